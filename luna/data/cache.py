@@ -130,11 +130,11 @@ class CacheInputs:
         """Resolve the CSV paths and the scans of ``data_dir``; raises if anything is missing."""
         data_dir = Path(data_dir)
         scans = find_scans(data_dir)
+        if not scans:
+            raise FileNotFoundError(f"no scans found: expected {data_dir}/subset*/<seriesuid>.mhd files")
         for name in (annotations_file, candidates_file):
             if not (data_dir / name).is_file():
                 raise FileNotFoundError(f"expected the LUNA16 CSV file {data_dir / name}, but it does not exist")
-        if not scans:
-            raise FileNotFoundError(f"no scans found: expected {data_dir}/subset*/<seriesuid>.mhd files")
         return cls(data_dir / annotations_file, data_dir / candidates_file, scans, tuple(int(w) for w in width_irc))
 
     def key(self) -> str:

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+
+from luna.data.datamodule import LunaDataModule
+from luna.data.dataset import EvaluationSampler, TrainingSampler
+from luna.data.phantom import PhantomSpec
+from luna.data.splits import epoch_order, stride_split
+
+
+def make(phantom_dir, cache_root, **kwargs):
+    dm = LunaDataModule(phantom_dir, cache_dir=cache_root, num_workers=0, **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def series_of(dm, positions):
+    return {dm.cache.series_uids[s] for s in dm.cache.index["series"][positions]}
+
+
+def test_series_split_strides_over_sorted_series_without_sharing_a_ct(phantom_dir, cache_root):
+    dm = make(phantom_dir, cache_root, val_stride=4)
+    uids = dm.cache.series_uids
+    assert uids == sorted(uids)
+    assert series_of(dm, dm.val_positions) == set(uids[::4])
+    assert series_of(dm, dm.train_positions) == set(uids) - set(uids[::4])
+    assert len(dm.train_positions) + len(dm.val_positions) == len(dm.cache)
+    assert np.all(np.diff(dm.val_positions) > 0)  # reference order kept inside each split
+
+
+def test_candidate_split_takes_every_nth_candidate(phantom_dir, cache_root):
+    dm = make(phantom_dir, cache_root, split_by="candidate", val_stride=10)
+    n = len(dm.cache)
+    assert list(dm.val_positions) == list(range(0, n, 10))
+    assert len(dm.train_positions) == n - len(range(0, n, 10))
+    assert not set(dm.val_positions) & set(dm.train_positions)
+    assert series_of(dm, dm.val_positions) & series_of(dm, dm.train_positions)  # chapter 11: CTs shared
+
+
+def test_subset_split_is_a_luna16_fold(phantom_dir, cache_root):
+    dm = make(phantom_dir, cache_root, split_by="subset", val_subset=2)
+    subsets = np.asarray(dm.cache.subsets)[dm.cache.index["series"]]
+    assert set(subsets[dm.val_positions]) == {"subset2"}
+    assert "subset2" not in set(subsets[dm.train_positions])
+    with pytest.raises(ValueError, match="val_subset='subset9'"):
+        make(phantom_dir, cache_root, split_by="subset", val_subset=9)
+
+
+def test_split_that_leaves_validation_empty_is_an_error(phantom_dir, cache_root):
+    with pytest.raises(ValueError, match="val_stride"):
+        make(phantom_dir, cache_root, val_stride=1)
+
+
+def test_batches_are_float32_crops_with_traceable_candidates(phantom_dir, cache_root):
+    dm = make(phantom_dir, cache_root, batch_size=8)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["crop"].shape == (8, 1, 32, 48, 48) and batch["crop"].dtype == torch.float32
+    assert batch["label"].dtype == torch.int64 and batch["label"].shape == (8,)
+    assert batch["crop"].min() >= -1000 and batch["crop"].max() <= 1000
+    for row in range(8):
+        candidate = dm.candidate(int(batch["index"][row]))
+        assert candidate.series_uid == batch["series_uid"][row]
+        assert tuple(batch["center_xyz"][row].tolist()) == candidate.center_xyz
+        assert int(batch["label"][row]) == candidate.is_nodule
+        assert torch.equal(batch["crop"][row, 0], torch.from_numpy(dm.cache.crop(int(batch["index"][row])).astype("float32")))
+
+
+def test_balanced_epochs_have_the_requested_ratio_and_reshuffle(phantom_dir, cache_root):
+    dm = make(phantom_dir, cache_root, negatives_per_positive=2, samples_per_epoch=300, seed=3)
+    sampler = dm.train_dataloader().sampler
+    labels = dm.train_dataset.labels
+    first = list(sampler)
+    assert len(first) == 300 and labels[first].sum() == 100
+    assert all(labels[first[k]] == (k % 3 == 0) for k in range(300))
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and labels[second].sum() == 100
+    again = make(phantom_dir, cache_root, negatives_per_positive=2, samples_per_epoch=300, seed=3)
+    assert list(again.train_dataloader().sampler) == first  # same seed, same order
+
+
+def test_natural_ratio_epoch_is_a_permutation(phantom_dir, cache_root):
+    dm = make(phantom_dir, cache_root)
+    order = list(dm.train_dataloader().sampler)
+    assert sorted(order) == list(range(len(dm.train_dataset)))
+
+
+def test_ranks_draw_disjoint_shares_of_one_epoch(phantom_dir, cache_root):
+    dm = make(phantom_dir, cache_root, negatives_per_positive=1, samples_per_epoch=101)
+    ranks = [TrainingSampler(dm.train_dataset, 1, 101, seed=5, num_replicas=2, rank=r) for r in (0, 1)]
+    shares = [list(s) for s in ranks]
+    assert len(shares[0]) == len(shares[1]) == 50
+    interleaved = [x for pair in zip(*shares) for x in pair]
+    assert interleaved == ranks[0].global_order().tolist()
+
+
+def test_evaluation_sampler_covers_every_sample_once_without_padding(phantom_dir, cache_root):
+    dm = make(phantom_dir, cache_root)
+    n = len(dm.val_dataset)
+    for world in (1, 2, 3, 7):
+        shares = [list(EvaluationSampler(dm.val_dataset, world, rank)) for rank in range(world)]
+        assert sum(shares, []) == list(range(n))
+
+
+def test_eval_series_selects_test_and_predict_data(phantom_dir, cache_root):
+    dm = make(phantom_dir, cache_root)
+    uid = dm.cache.series_uids[1]
+    dm_eval = make(phantom_dir, cache_root, eval_series=[uid])
+    assert set(dm_eval.test_dataloader().dataset.positions) == set(
+        np.flatnonzero(dm.cache.index["series"] == 1)
+    )
+    assert list(dm.test_dataloader().dataset.positions) == list(dm.val_positions)
+    with pytest.raises(ValueError, match="9.9.9"):
+        make(phantom_dir, cache_root, eval_series=["9.9.9"]).predict_dataloader()
+
+
+def test_phantom_is_generated_on_first_use(tmp_path):
+    spec = PhantomSpec(series=4, seed=1, subsets=2)
+    dm = make(tmp_path / "generated", tmp_path / "cache", phantom=spec, val_stride=2)
+    assert (tmp_path / "generated" / "subset1").is_dir() and len(dm.cache.series_uids) == 4
+
+
+def test_setup_without_prepare_data_explains(phantom_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="run prepare_data"):
+        LunaDataModule(phantom_dir, cache_dir=tmp_path).setup("fit")
+
+
+def test_pure_split_and_order_helpers():
+    train, val = stride_split(25, 10)
+    assert list(val) == [0, 10, 20] and len(train) == 22
+    labels = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0], dtype=bool)
+    order = epoch_order(labels, 4, 50, seed=0, epoch=0)
+    assert labels[order].sum() == 10 and np.array_equal(order, epoch_order(labels, 4, 50, seed=0, epoch=0))
+    with pytest.raises(ValueError, match="needs positives"):
+        epoch_order(np.zeros(5, dtype=bool), 1, 10, 0, 0)

@@ -1,0 +1,77 @@
+import csv
+import subprocess
+import sys
+
+import numpy as np
+
+from luna.data.cache import CacheInputs, CropCache, build_cache
+from luna.data.ct import CtScan, find_scans
+from luna.data.phantom import PhantomSpec, generate_phantom
+
+
+def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path):
+    spec = PhantomSpec(series=3, seed=11, subsets=2, shape_irc=(48, 96, 96))
+    a, b = generate_phantom(tmp_path / "a", spec), generate_phantom(tmp_path / "b", spec)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    c = generate_phantom(tmp_path / "c", PhantomSpec(series=3, seed=12, subsets=2, shape_irc=(48, 96, 96)))
+    assert (c / "candidates.csv").read_bytes() != (a / "candidates.csv").read_bytes()
+
+
+def test_layout_and_columns_are_luna16s(phantom_dir):
+    assert sorted(p.name for p in phantom_dir.iterdir() if p.is_dir()) == [
+        "seg-lungs-LUNA16", "subset0", "subset1", "subset2", "subset3"
+    ]
+    with open(phantom_dir / "annotations.csv") as f:
+        assert next(csv.reader(f)) == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
+    with open(phantom_dir / "candidates.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["seriesuid", "coordX", "coordY", "coordZ", "class"]
+    on_disk = set(find_scans(phantom_dir))
+    listed = {row[0] for row in rows[1:]}
+    assert len(listed - on_disk) == 2  # series listed but not on disk
+    diameters = [float(row[4]) for row in csv.reader(open(phantom_dir / "annotations.csv")) if row[0] != "seriesuid"]
+    assert 3.0 <= min(diameters) and max(diameters) <= 30.0
+
+
+def test_scans_are_int16_with_varied_geometry_and_out_of_field_padding(phantom_dir):
+    import SimpleITK as sitk
+
+    images = [sitk.ReadImage(str(p)) for p in sorted(find_scans(phantom_dir).values())]
+    assert {image.GetPixelID() for image in images} == {sitk.sitkInt16}
+    assert len({image.GetSpacing() for image in images}) == len(images)
+    assert len({image.GetOrigin() for image in images}) == len(images)
+    assert any(not np.allclose(np.reshape(image.GetDirection(), (3, 3)), np.eye(3)) for image in images)
+    assert {int(sitk.GetArrayViewFromImage(image).min()) for image in images} == {-3024, -2000}
+
+
+def test_candidates_lie_near_every_border(phantom_dir, phantom_cache):
+    cache = CropCache(phantom_cache)
+    scans = {uid: CtScan.read(path).hu.shape for uid, path in find_scans(phantom_dir).items()}
+    faces = set()
+    for record in cache.index:
+        shape = scans[cache.series_uids[record["series"]]]
+        for axis, (center, size) in enumerate(zip(record["center_irc"], shape)):
+            if center <= 3:
+                faces.add((axis, 0))
+            if center >= size - 4:
+                faces.add((axis, 1))
+    assert faces == {(axis, side) for axis in range(3) for side in (0, 1)}
+
+
+def test_nodules_are_brighter_than_their_surroundings_on_average(phantom_cache):
+    cache = CropCache(phantom_cache)
+    core = [cache.crop(k)[14:18, 22:26, 22:26].mean() for k in range(len(cache))]
+    labels = cache.index["is_nodule"]
+    assert np.mean(np.array(core)[labels]) > np.mean(np.array(core)[~labels]) + 200
+
+
+def test_command_line(tmp_path):
+    out = tmp_path / "cli"
+    subprocess.run(
+        [sys.executable, "-m", "luna.data.phantom", str(out), "--series", "2", "--seed", "4", "--shape_irc", "40", "64", "64"],
+        check=True,
+    )
+    assert len(find_scans(out)) == 2
+    build_cache(CacheInputs.from_folder(out), tmp_path / "cache")
