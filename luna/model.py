@@ -86,17 +86,19 @@ class LunaModel(nn.Module):
         return logits, self.head_softmax(logits)
 
 
+def book_state_dict(checkpoint: object, source: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
+    """The weights inside a book checkpoint dict, with any ``nn.DataParallel`` ``module.`` prefix removed."""
+    if not (isinstance(checkpoint, dict) and "model_state" in checkpoint):
+        raise ValueError(f"{source}: not a book checkpoint (expected a dict with a 'model_state' entry)")
+    return {key.removeprefix("module."): value for key, value in checkpoint["model_state"].items()}
+
+
 def load_book_checkpoint(path: str | Path, **model_kwargs) -> LunaModel:
     """A LunaModel with the weights of a book checkpoint (``torch.save({'model_state': ...})``).
 
-    Accepts the book's files as they are: a ``module.`` prefix left by ``nn.DataParallel`` is
-    removed. ``model_kwargs`` go to ``LunaModel`` (e.g. a different ``width_irc``).
+    The book's files hold only tensors, numbers and strings, so they load with
+    ``weights_only=True``. ``model_kwargs`` go to ``LunaModel`` (e.g. a different ``width_irc``).
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint["model_state"] if isinstance(checkpoint, dict) and "model_state" in checkpoint else None
-    if state is None:
-        raise ValueError(f"{path}: not a book checkpoint (expected a dict with a 'model_state' entry)")
-    state = {key.removeprefix("module."): value for key, value in state.items()}
     model = LunaModel(**model_kwargs)
-    model.load_state_dict(state)
+    model.load_state_dict(book_state_dict(torch.load(path, map_location="cpu", weights_only=True), path))
     return model

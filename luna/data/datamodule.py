@@ -84,6 +84,7 @@ class LunaDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.width_irc = tuple(width_irc)
         self.cache_width_irc = tuple(context_irc or width_irc)
+        self.phantom = phantom  # an object, not its config: under LightningCLI, hparams hold the config
         self.prepare_data_per_node = not shared_cache
         self.cache: CropCache | None = None
         self.train_positions = self.val_positions = np.empty(0, dtype=np.int64)
@@ -95,7 +96,7 @@ class LunaDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Generate phantom data if asked, then build the crop cache (no state is assigned)."""
-        spec = self.hparams.phantom
+        spec = self.phantom
         if spec is not None:
             if not self.data_dir.exists():
                 log.info("generating phantom LUNA16 data (%d series) in %s", spec.series, self.data_dir)

@@ -1,0 +1,75 @@
+"""``python -m luna.fit``: the Lightning CLI of luna (also installed as the ``luna`` command).
+
+    python -m luna.fit                                   # train on phantom data (configs/default.yaml)
+    python -m luna.fit --config configs/luna16.yaml --data.data_dir=/data/LUNA16
+    python -m luna.fit validate --ckpt_path=PATH         # also: test, predict
+    python -m luna.fit --help | --print_config
+
+Without a subcommand, ``fit`` is meant. ``configs/default.yaml`` is always read first; every
+``--config`` file and ``--section.key=value`` after it overrides what comes before.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from luna.data.datamodule import LunaDataModule
+from luna.module import LunaClassifier
+from luna.predictions import PredictionCsvWriter
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class LunaCLI(LightningCLI):
+    """LightningCLI with the callbacks every run wants, each configurable under its own key."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/f1",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best-epoch{epoch:03d}-step{step}",
+                "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.save_last": True,
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(PredictionCsvWriter, "predictions")
+        parser.link_arguments("data.width_irc", "model.width_irc")
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        """``--trainer.enable_progress_bar=false`` also drops the configured progress bar (for batch jobs)."""
+        if config.get("enable_progress_bar") is False:
+            config["callbacks"] = [c for c in config.get("callbacks") or [] if not isinstance(c, ProgressBar)]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+# The module, not the DataModule, moves batches to their final form on the device (augmentation).
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+
+
+def main(args: list[str] | None = None) -> LunaCLI:
+    """Run the CLI on ``args`` (default: the command line), with ``fit`` meant when no subcommand is given."""
+    argv = sys.argv if args is None else [sys.argv[0], *args]
+    if len(argv) < 2 or argv[1] not in SUBCOMMANDS:
+        argv.insert(1, "fit")
+    return LunaCLI(
+        LunaClassifier,
+        LunaDataModule,
+        seed_everything_default=1234,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={subcommand: {"default_config_files": [str(DEFAULT_CONFIG)]} for subcommand in SUBCOMMANDS},
+        args=argv[1:] if args is not None else None,
+    )
+
+
+if __name__ == "__main__":
+    main()

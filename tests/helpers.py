@@ -1,0 +1,34 @@
+"""Small builders shared by the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+def tiny_config(path: Path, data_dir: Path, cache_dir: Path, run_dir: Path, **data) -> Path:
+    """A config for `luna.fit` that trains a few steps on the test phantom."""
+    config = {
+        "data": {
+            "data_dir": str(data_dir),
+            "cache_dir": str(cache_dir),
+            "phantom": None,
+            "batch_size": 8,
+            "num_workers": 0,
+            "negatives_per_positive": 1,
+            "samples_per_epoch": 16,
+            **data,
+        },
+        "trainer": {
+            "max_epochs": 1,
+            "default_root_dir": str(run_dir),
+            "enable_progress_bar": False,
+            "logger": [
+                {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                 "init_args": {"save_dir": str(run_dir), "name": "luna"}},
+            ],
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

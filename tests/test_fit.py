@@ -1,0 +1,81 @@
+"""The command line as users run it: `python -m luna.fit` (LightningCLI) on phantom data."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from luna.fit import main
+from tests.helpers import tiny_config
+
+
+@pytest.fixture
+def config(phantom_dir, cache_root, tmp_path):
+    return tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
+
+
+def run_dir(tmp_path, version=0):
+    return tmp_path / "runs" / "luna" / f"version_{version}"
+
+
+def test_python_m_luna_fit_trains_end_to_end(config, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "luna.fit", "--config", str(config), "--data.batch_size=4"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run_dir(tmp_path)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "checkpoints").glob("best-epoch000-step*.ckpt"))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"]["batch_size"] == 4  # the override, in the resolved config
+    assert saved["data"]["width_irc"] == [32, 48, 48]  # model.width_irc is linked to it
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert any(row.get("val/f1") for row in rows) and any(row.get("train/f1") for row in rows)
+    assert sorted((out / "figures").glob("val_*-epoch000.png"))
+
+
+def test_print_config_loads_back(config, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--config", str(config), "--model.label_smoothing=0.1", "--print_config"])
+    printed = capsys.readouterr().out
+    (tmp_path / "printed.yaml").write_text(printed)
+    assert yaml.safe_load(printed)["model"]["label_smoothing"] == 0.1
+    with pytest.raises(SystemExit):
+        main(["--config", str(tmp_path / "printed.yaml"), "--print_config"])
+    assert capsys.readouterr().out == printed
+
+
+def test_resume_continues_from_the_saved_epoch_and_reruns_do_not_abort(config, tmp_path):
+    main(["--config", str(config)])
+    last = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+    main(["--config", str(config), "--trainer.max_epochs=2", f"--ckpt_path={last}"])
+    resumed = run_dir(tmp_path, 1)
+    checkpoint = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 4
+    epochs = {row["epoch"] for row in csv.DictReader((resumed / "metrics.csv").open()) if row["epoch"]}
+    assert epochs == {"1"}
+
+
+def test_validate_test_and_predict_are_subcommands(config, tmp_path, phantom_dir, cache_root):
+    main(["--config", str(config)])
+    checkpoint = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    cli = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}"])
+    assert "val/f1" in cli.trainer.callback_metrics
+    cli = main(["test", "--config", str(config), f"--ckpt_path={checkpoint}"])
+    assert cli.trainer.callback_metrics["test/samples"] == len(cli.datamodule.val_dataset)
+    out = tmp_path / "predictions.csv"
+    cli = main(["predict", "--config", str(config), f"--ckpt_path={checkpoint}", f"--predictions.path={out}"])
+    rows = list(csv.DictReader(out.open()))
+    dataset = cli.datamodule.eval_dataset
+    assert len(rows) == len(dataset)
+    assert list(rows[0]) == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
+    expected = [cli.datamodule.candidate(int(k)) for k in dataset.positions]
+    assert [(r["seriesuid"], float(r["coordX"]), float(r["coordZ"])) for r in rows] == [
+        (c.series_uid, c.center_xyz[0], c.center_xyz[2]) for c in expected
+    ]
+    assert all(0.0 <= float(r["probability"]) <= 1.0 for r in rows)

@@ -1,0 +1,68 @@
+"""LunaClassifier in real Trainer runs on the phantom data."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger
+
+from luna.data.datamodule import LunaDataModule
+from luna.module import LunaClassifier
+
+
+@pytest.fixture
+def datamodule(phantom_dir, cache_root):
+    return LunaDataModule(phantom_dir, cache_dir=cache_root, batch_size=8, num_workers=0,
+                          negatives_per_positive=1, samples_per_epoch=16)
+
+
+def trainer(tmp_path, **kwargs):
+    return pl.Trainer(accelerator="cpu", devices=1, logger=CSVLogger(tmp_path), enable_progress_bar=False,
+                      enable_checkpointing=False, **kwargs)
+
+
+def test_sanity_check_does_not_leak_into_validation_metrics(datamodule, tmp_path):
+    run = trainer(tmp_path, max_epochs=1, num_sanity_val_steps=2)
+    run.fit(LunaClassifier(), datamodule=datamodule)
+    assert run.callback_metrics["val/samples"] == len(datamodule.val_dataset)
+    assert run.callback_metrics["train/samples"] == 16
+    for name in ("accuracy", "precision", "recall", "f1", "auroc", "calibration_error", "loss",
+                 "loss_positive", "loss_negative"):
+        assert f"val/{name}" in run.callback_metrics
+
+
+def test_predict_returns_probabilities_with_series_and_centres(datamodule, tmp_path):
+    run = trainer(tmp_path)
+    batches = run.predict(LunaClassifier(), datamodule=datamodule)
+    indices = torch.cat([b["index"] for b in batches])
+    assert indices.tolist() == datamodule.val_dataset.positions.tolist()
+    first = batches[0]
+    assert first["probability"].shape == (8,) and ((first["probability"] >= 0) & (first["probability"] <= 1)).all()
+    candidate = datamodule.candidate(int(first["index"][0]))
+    assert first["series_uid"][0] == candidate.series_uid
+    assert tuple(first["center_xyz"][0].tolist()) == candidate.center_xyz
+
+
+def test_a_monai_network_replaces_luna_model(datamodule, tmp_path):
+    from monai.networks.nets import DenseNet
+
+    network = DenseNet(spatial_dims=3, in_channels=1, out_channels=2, init_features=8, growth_rate=8, block_config=(2, 2))
+    run = trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0)
+    run.fit(LunaClassifier(network=network), datamodule=datamodule)
+    assert "val/auroc" in run.callback_metrics
+
+
+def test_finetune_depth_trains_only_the_last_units(datamodule, tmp_path):
+    module = LunaClassifier(finetune_depth=2)  # block4 + head, as the book's --finetune-depth=2
+    before = {k: v.clone() for k, v in module.network.named_parameters()}
+    trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(module, datamodule=datamodule)
+    for name, value in module.network.named_parameters():
+        changed = not torch.equal(before[name], value)
+        assert changed == (name.split(".")[0] in ("block4", "head_linear")), name
+
+
+def test_discriminative_learning_rates_scale_by_depth():
+    module = LunaClassifier(lr_decay_per_unit=0.5)
+    module.trainer = None
+    optimizer = module.configure_optimizers()
+    rates = [group["lr"] for group in optimizer.param_groups]
+    assert rates == [1e-3 * 0.5**k for k in range(6)]  # head first, tail batchnorm last
