@@ -27,27 +27,37 @@ RELIABILITY_BINS = 10
 class ConfidentMistakes(Metric):
     """The ``k`` most confident false positives and false negatives, with their centre slices.
 
-    States are concatenated across processes, so the montage shows the worst mistakes of the
-    whole validation set, not of one rank's share.
+    States are lists of 1-D tensors (slices flattened) so that torchmetrics can gather shares of
+    different sizes; each process keeps only its own top ``k``, and the montage shows the worst
+    mistakes of the whole validation set, not of one rank's share.
     """
 
     full_state_update = False
 
     def __init__(self, slice_shape: tuple[int, int] = (48, 48), k: int = 8, threshold: float = 0.5) -> None:
         super().__init__()
-        self.k, self.threshold = k, threshold
-        for name in ("fp_score", "fn_score", "fp_index", "fn_index"):
-            self.add_state(name, default=torch.zeros(0), dist_reduce_fx="cat")
-        self.add_state("fp_slice", default=torch.zeros(0, *slice_shape), dist_reduce_fx="cat")
-        self.add_state("fn_slice", default=torch.zeros(0, *slice_shape), dist_reduce_fx="cat")
+        self.slice_shape, self.k, self.threshold = tuple(slice_shape), k, threshold
+        for kind in ("fp", "fn"):
+            for part in ("score", "index", "slice"):
+                self.add_state(f"{kind}_{part}", default=[], dist_reduce_fx="cat")
+
+    def _gathered(self, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        parts = []
+        for part in ("score", "index", "slice"):
+            value = getattr(self, f"{kind}_{part}")
+            if isinstance(value, list):
+                value = torch.cat(value) if value else torch.zeros(0, device=self.device)
+            parts.append(value)
+        score, index, slices = parts
+        return score, index, slices.reshape(-1, *self.slice_shape)
 
     def _keep(self, kind: str, score: torch.Tensor, index: torch.Tensor, slices: torch.Tensor) -> None:
-        old_slices = getattr(self, f"{kind}_slice")
-        scores = torch.cat([getattr(self, f"{kind}_score"), score])
+        old_score, old_index, old_slices = self._gathered(kind)
+        scores = torch.cat([old_score, score])
         order = scores.argsort(descending=True)[: self.k]
-        setattr(self, f"{kind}_score", scores[order])
-        setattr(self, f"{kind}_index", torch.cat([getattr(self, f"{kind}_index"), index.float()])[order])
-        setattr(self, f"{kind}_slice", torch.cat([old_slices, slices])[order])
+        setattr(self, f"{kind}_score", [scores[order]])
+        setattr(self, f"{kind}_index", [torch.cat([old_index, index.float()])[order]])
+        setattr(self, f"{kind}_slice", [torch.cat([old_slices, slices])[order].flatten()])
 
     def update(self, probability: torch.Tensor, label: torch.Tensor, index: torch.Tensor, slices: torch.Tensor) -> None:
         """``probability`` of a nodule, ``label`` 0/1, candidate ``index``, centre ``slices`` [B, R, C]."""
@@ -60,7 +70,7 @@ class ConfidentMistakes(Metric):
         """``{"false_positive": (confidence, index, slices), "false_negative": (...)}``, most confident first."""
         result = {}
         for kind, name in (("fp", "false_positive"), ("fn", "false_negative")):
-            score, index, slices = (getattr(self, f"{kind}_{part}") for part in ("score", "index", "slice"))
+            score, index, slices = self._gathered(kind)
             order = score.argsort(descending=True)[: self.k]
             result[name] = (score[order], index[order].long(), slices[order])
         return result
@@ -160,7 +170,7 @@ class StageMetrics(nn.Module):
             "reliability": self.reliability.compute(),
             # torchmetrics squeezes one-element results to 0-d: restore the [k], [k], [k, R, C] shapes
             "mistakes": {
-                kind: (score.reshape(-1), index.reshape(-1), slices.reshape(-1, *self.mistakes.fp_slice.shape[1:]))
+                kind: (score.reshape(-1), index.reshape(-1), slices.reshape(-1, *self.mistakes.slice_shape))
                 for kind, (score, index, slices) in self.mistakes.compute().items()
             },
         }

@@ -1,0 +1,187 @@
+"""Multi-process behaviour, for real: 2 DDP processes (gloo on CPU) against 1, and SLURM launches."""
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.helpers import tiny_config
+from tests.test_cache import tree_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+SCALARS = ("accuracy", "precision", "recall", "f1", "auroc", "calibration_error", "loss", "loss_positive",
+           "loss_negative", "samples")
+
+
+def luna(*args, env=None, timeout=300):
+    result = subprocess.run([sys.executable, "-m", "luna.fit", *args], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, **(env or {})}, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def last_metrics(run_dir: Path, stage: str) -> dict[str, float]:
+    rows = [row for row in csv.DictReader((run_dir / "metrics.csv").open()) if row.get(f"{stage}/f1")]
+    return {name: float(rows[-1][f"{stage}/{name}"]) for name in SCALARS}
+
+
+DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
+
+
+@pytest.fixture(scope="module")
+def trained(phantom_dir, cache_root, tmp_path_factory):
+    """A checkpoint from a short single-process run, and the config that made it."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    config = tiny_config(tmp / "tiny.yaml", phantom_dir, cache_root, tmp / "runs", val_stride=3)
+    luna("--config", str(config))
+    return config, tmp / "runs" / "luna" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_ddp_evaluation_equals_one_process(trained, tmp_path, stage):
+    config, checkpoint = trained
+    results = {}
+    for processes, extra in ((1, []), (2, DDP)):
+        runs = tmp_path / f"p{processes}"
+        logger = f'[{{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {{"save_dir": "{runs}", "name": "luna"}}}}]'
+        luna(stage, "--config", str(config), f"--ckpt_path={checkpoint}", f"--trainer.logger={logger}", *extra)
+        results[processes] = last_metrics(runs / "luna" / "version_0", "val" if stage == "validate" else "test")
+    one, two = results[1], results[2]
+    assert one["samples"] == two["samples"] == split_size(config)
+    for name in SCALARS:
+        assert two[name] == pytest.approx(one[name], abs=1e-6), name
+
+
+def split_size(config: Path) -> int:
+    from luna.data.datamodule import LunaDataModule
+
+    data = yaml.safe_load(config.read_text())["data"]
+    dm = LunaDataModule(data["data_dir"], cache_dir=data["cache_dir"], val_stride=data["val_stride"])
+    dm.setup()
+    return len(dm.val_dataset)
+
+
+def test_the_evaluation_split_is_odd_so_ranks_get_uneven_shares(trained):
+    assert split_size(trained[0]) % 2 == 1
+
+
+def test_two_processes_on_an_empty_cache_build_once_and_both_train(phantom_dir, phantom_cache, tmp_path):
+    config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, tmp_path / "cache", tmp_path / "runs")
+    result = luna("--config", str(config), *DDP)
+    log = result.stdout + result.stderr
+    assert len(re.findall(r"crop cache .*: cutting 12 of 12 scans", log)) == 1, log[-3000:]
+    assert tree_bytes(tmp_path / "cache" / phantom_cache.name) == tree_bytes(phantom_cache)
+    hparams = yaml.safe_load((tmp_path / "runs" / "luna" / "version_0" / "hparams.yaml").read_text())
+    assert hparams["world_size"] == 2 and hparams["global_batch_size"] == 16
+    rows = [r for r in csv.DictReader((tmp_path / "runs" / "luna" / "version_0" / "metrics.csv").open()) if r.get("train/samples")]
+    assert float(rows[-1]["train/samples"]) == 16  # both ranks' 8 samples, synchronised
+
+
+def test_a_failed_build_stops_every_rank_with_its_error(phantom_copy, tmp_path):
+    raw = sorted(phantom_copy.glob("subset*/*.raw"))[0]
+    raw.write_bytes(raw.read_bytes()[:2048])
+    config = tiny_config(tmp_path / "tiny.yaml", phantom_copy, tmp_path / "cache", tmp_path / "runs")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "luna.fit", "--config", str(config), *DDP],
+                            capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert result.returncode != 0
+    assert raw.stem in result.stderr
+    assert time.monotonic() - started < 200  # no hang at a barrier
+
+
+SLURM_ENV = {
+    "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "luna-test", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+    "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+}
+
+
+def test_lightning_reads_world_size_and_ranks_from_slurm(monkeypatch):
+    import pytorch_lightning as pl
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    for key, value in SLURM_ENV.items():
+        monkeypatch.setenv(key, value)
+    trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, num_nodes=1, logger=False)
+    assert isinstance(trainer.strategy.cluster_environment, SLURMEnvironment)
+    assert (trainer.world_size, trainer.global_rank, trainer.local_rank, trainer.node_rank) == (2, 1, 1, 0)
+
+
+SBATCH = sorted((ROOT / "scripts" / "slurm").glob("*.sbatch"))
+
+
+@pytest.mark.parametrize("script", SBATCH, ids=lambda p: p.name)
+def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    if shutil_which("shellcheck"):
+        subprocess.run(["shellcheck", "-x", str(script)], check=True, cwd=ROOT)
+    directives = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", script.read_text(), re.M))
+    assert directives["ntasks-per-node"] == directives.get("gpus-per-node", directives["ntasks-per-node"])
+    assert directives["signal"] == "SIGUSR1@90"
+    # Run the script as SLURM would, with `srun` replaced by a stub that prints the config it gets.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@" --print_config\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3",
+           "SLURM_NTASKS_PER_NODE": directives["ntasks-per-node"], "SLURM_NNODES": directives["nodes"],
+           "LUNA_RUNS": str(tmp_path / "runs")}
+    printed = subprocess.run(["bash", str(script)], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    config = yaml.safe_load(printed.stdout)
+    assert int(config["trainer"]["devices"]) == int(directives["ntasks-per-node"])
+    assert config["trainer"]["num_nodes"] == int(directives["nodes"])
+    assert config["trainer"]["strategy"] == "ddp"
+    assert config["trainer"]["default_root_dir"].startswith(str(tmp_path / "runs"))
+    assert [logger["init_args"]["save_dir"] for logger in config["trainer"]["logger"]][0].startswith(str(tmp_path / "runs"))
+    if "array" in directives:
+        assert config["data"]["split_by"] == "subset" and config["data"]["val_subset"] == 3
+
+
+def shutil_which(name):
+    import shutil
+
+    return shutil.which(name)
+
+
+def test_sigusr1_saves_a_checkpoint_requeues_and_the_restart_resumes(phantom_dir, cache_root, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "scontrol").write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NAME": "luna-test", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1",
+           "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    runs = tmp_path / "runs"
+    config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, runs, samples_per_epoch=64)
+    args = [sys.executable, "-m", "luna.fit", "--config", str(config), "--trainer.max_epochs=6"]
+    job = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first_epoch = runs / "luna" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 180
+    while not first_epoch.exists() and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    assert first_epoch.exists(), "the job never finished an epoch"
+    job.send_signal(signal.SIGUSR1)
+    output, _ = job.communicate(timeout=240)
+    hpc = sorted(runs.glob("hpc_ckpt_*.ckpt"))
+    assert hpc, output[-3000:]
+    assert calls.read_text().split() == ["requeue", "4242"]
+    saved = torch.load(hpc[-1], weights_only=False)
+    # The "requeued" job starts again with the same command: it must resume from the HPC checkpoint.
+    restarted = subprocess.run(args + ["--trainer.max_epochs=7"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "Restoring states from the checkpoint path at" in restarted.stdout + restarted.stderr
+    assert "hpc_ckpt" in restarted.stdout + restarted.stderr
+    steps = [int(r["step"]) for r in csv.DictReader((runs / "luna" / "version_1" / "metrics.csv").open())]
+    assert min(steps) >= saved["global_step"] > 0  # continued, not restarted from zero
+    final = torch.load(runs / "luna" / "version_1" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert final["epoch"] == 6
