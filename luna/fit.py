@@ -11,6 +11,7 @@ Without a subcommand, ``fit`` is meant. ``configs/default.yaml`` is always read 
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -58,6 +59,9 @@ warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer
 
 def main(args: list[str] | None = None) -> LunaCLI:
     """Run the CLI on ``args`` (default: the command line), with ``fit`` meant when no subcommand is given."""
+    if not logging.getLogger().handlers:  # show luna's progress (cache builds, splits) like Lightning's own
+        logging.basicConfig(format="%(message)s")
+    logging.getLogger("luna").setLevel(logging.INFO)
     argv = sys.argv if args is None else [sys.argv[0], *args]
     if len(argv) < 2 or argv[1] not in SUBCOMMANDS:
         argv.insert(1, "fit")

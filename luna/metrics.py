@@ -123,9 +123,10 @@ class StageMetrics(nn.Module):
                 "calibration_error": BinaryCalibrationError(n_bins=RELIABILITY_BINS),
             }
         )
-        self.loss = MeanMetric()
-        self.loss_positive = MeanMetric()
-        self.loss_negative = MeanMetric()
+        # float64 sums: the mean over all samples is then independent of how they were split up
+        self.loss = MeanMetric().set_dtype(torch.float64)
+        self.loss_positive = MeanMetric().set_dtype(torch.float64)
+        self.loss_negative = MeanMetric().set_dtype(torch.float64)
         self.samples = SumMetric()
         self.curves = curves
         if curves:
@@ -137,14 +138,13 @@ class StageMetrics(nn.Module):
     def update(self, probability: torch.Tensor, label: torch.Tensor, loss: torch.Tensor,
                index: torch.Tensor | None = None, slices: torch.Tensor | None = None) -> None:
         """``probability`` of a nodule [B], ``label`` [B], per-sample ``loss`` [B] (+ index, slices for mistakes)."""
-        probability, loss = probability.detach().float(), loss.detach().float()
+        probability, loss = probability.detach().float(), loss.detach().double()
         self.scores.update(probability, label)
         self.loss.update(loss)
         positive = label == 1
-        if positive.any():
-            self.loss_positive.update(loss[positive])
-        if (~positive).any():
-            self.loss_negative.update(loss[~positive])
+        # Updated even when empty: every process must run the same collectives at compute time.
+        self.loss_positive.update(loss[positive])
+        self.loss_negative.update(loss[~positive])
         self.samples.update(torch.tensor(float(label.numel()), device=label.device))
         if self.curves:
             self.pr_curve.update(probability, label)
@@ -156,9 +156,8 @@ class StageMetrics(nn.Module):
     def compute_scalars(self) -> dict[str, torch.Tensor]:
         """All scalars, keyed ``<stage>/<name>``; collective: call on every process."""
         values = dict(self.scores.compute())
-        for name in ("loss", "loss_positive", "loss_negative"):
-            metric = getattr(self, name)
-            values[name] = metric.compute() if metric.update_count else torch.tensor(float("nan"))
+        for name in ("loss", "loss_positive", "loss_negative"):  # NaN when a stage saw no such sample
+            values[name] = getattr(self, name).compute()
         values["samples"] = self.samples.compute()
         return {f"{self.stage}/{name}": value for name, value in values.items()}
 

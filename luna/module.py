@@ -188,7 +188,7 @@ class LunaClassifier(pl.LightningModule):
                      world, batch_size, world * batch_size)
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute_scalars())
+        self.log_dict(self.train_metrics.compute_scalars(), sync_dist=True)  # already equal on all ranks
         self.train_metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -203,7 +203,7 @@ class LunaClassifier(pl.LightningModule):
             return
         scalars = metrics.compute_scalars()  # collective: every rank computes, then all log the same values
         curves = metrics.compute_curves()
-        self.log_dict(scalars)
+        self.log_dict(scalars, sync_dist=True)  # already equal on all ranks: the mean leaves them as they are
         if self.trainer.is_global_zero and self.trainer.loggers:
             datamodule = getattr(self.trainer, "datamodule", None)
             describe = (lambda k: datamodule.candidate(k).series_uid[-8:]) if hasattr(datamodule, "candidate") else str

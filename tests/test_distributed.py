@@ -40,7 +40,7 @@ DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices
 def trained(phantom_dir, cache_root, tmp_path_factory):
     """A checkpoint from a short single-process run, and the config that made it."""
     tmp = tmp_path_factory.mktemp("ddp")
-    config = tiny_config(tmp / "tiny.yaml", phantom_dir, cache_root, tmp / "runs", val_stride=3)
+    config = tiny_config(tmp / "tiny.yaml", phantom_dir, cache_root, tmp / "runs", val_stride=4)
     luna("--config", str(config))
     return config, tmp / "runs" / "luna" / "version_0" / "checkpoints" / "last.ckpt"
 
@@ -181,7 +181,7 @@ def test_sigusr1_saves_a_checkpoint_requeues_and_the_restart_resumes(phantom_dir
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "Restoring states from the checkpoint path at" in restarted.stdout + restarted.stderr
     assert "hpc_ckpt" in restarted.stdout + restarted.stderr
-    steps = [int(r["step"]) for r in csv.DictReader((runs / "luna" / "version_1" / "metrics.csv").open())]
-    assert min(steps) >= saved["global_step"] > 0  # continued, not restarted from zero
-    final = torch.load(runs / "luna" / "version_1" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert final["epoch"] == 6
+    rows = list(csv.DictReader((runs / "luna" / "version_1" / "metrics.csv").open()))
+    assert min(int(r["step"]) for r in rows) >= saved["global_step"] > 0  # continued, not restarted from zero
+    epochs = sorted({int(r["epoch"]) for r in rows if r["epoch"]})
+    assert epochs[0] == saved["epoch"] and epochs[-1] == 6

@@ -1,0 +1,135 @@
+"""Data-layer benchmark: every figure is a ratio of two things measured side by side in this run.
+
+    python scripts/bench_data.py [--scans 8] [--shape 150 512 512] [--processes 2] [--reads 3000]
+
+1. Candidate list at LUNA16 V2 scale (754,975 rows): load_candidates time.
+2. Cache build vs SimpleITK alone reading the same real-size phantom scans with the same number
+   of processes; peak memory of a build worker vs the size of one scan.
+3. Cache size in bytes per voxel.
+4. Warm random reads through CropDataset vs a bare np.memmap slice of the same bytes, and vs
+   MONAI's PersistentDataset serving the same crops (its cache filled first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from luna.data.cache import CacheInputs, CropCache, build_cache
+from luna.data.candidates import load_candidates
+from luna.data.dataset import CropDataset
+from luna.data.phantom import PhantomSpec, generate_phantom
+
+
+def write_v2_scale_csvs(folder: Path, rows: int = 754_975, positives: int = 1_557, series: int = 888) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    uids = [f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{rng.integers(10**29, 10**30)}" for _ in range(series)]
+    which = rng.integers(0, series, rows)
+    xyz = rng.uniform(-300, 300, (rows, 3))
+    label = np.zeros(rows, dtype=int)
+    label[rng.choice(rows, positives, replace=False)] = 1
+    candidates = folder / "candidates_V2.csv"
+    with candidates.open("w") as f:
+        f.write("seriesuid,coordX,coordY,coordZ,class\n")
+        f.writelines(f"{uids[s]},{x!r},{y!r},{z!r},{c}\n" for s, (x, y, z), c in zip(which, xyz, label))
+    annotations = folder / "annotations.csv"
+    picks = rng.choice(np.flatnonzero(label), 1186, replace=False)
+    with annotations.open("w") as f:
+        f.write("seriesuid,coordX,coordY,coordZ,diameter_mm\n")
+        f.writelines(f"{uids[which[k]]},{xyz[k][0]!r},{xyz[k][1]!r},{xyz[k][2]!r},{rng.uniform(3.25, 32.3)!r}\n" for k in picks)
+    return annotations, candidates
+
+
+def read_scan(path: Path) -> int:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).nbytes
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
+def read_rate(read, keys, repeats: int = 3) -> float:
+    """Best-of-``repeats`` reads per second."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for k in keys:
+            read(k)
+        best = min(best, time.perf_counter() - start)
+    return len(keys) / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scans", type=int, default=8)
+    parser.add_argument("--shape", type=int, nargs=3, default=(150, 512, 512))
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--reads", type=int, default=3000)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="luna-bench-"))
+    print(f"work folder: {work}")
+
+    annotations, candidates = write_v2_scale_csvs(work)
+    seconds, loaded = timed(load_candidates, annotations, candidates)
+    print(f"[candidates] {len(loaded):,} rows loaded, joined and sorted in {seconds:.2f} s")
+
+    data = work / "luna16"
+    if not data.exists():
+        generate_phantom(data, PhantomSpec(series=args.scans, seed=1, shape_irc=tuple(args.shape), subsets=2))
+    inputs = CacheInputs.from_folder(data)
+    scans = sorted(inputs.scans.values())
+    with ProcessPoolExecutor(args.processes) as pool:  # warm the page cache and the pool's imports
+        list(pool.map(read_scan, scans))
+    with ProcessPoolExecutor(args.processes) as pool:
+        start = time.perf_counter()
+        scan_bytes = list(pool.map(read_scan, scans))
+        read_seconds = time.perf_counter() - start
+    build_seconds, path = timed(build_cache, inputs, work / "cache", args.processes)
+    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(f"[build] {len(scans)} scans of {args.shape}: SimpleITK read alone {read_seconds:.2f} s, "
+          f"cache build {build_seconds:.2f} s with {args.processes} processes: ratio {build_seconds / read_seconds:.2f}x")
+    print(f"[build] peak RSS of a worker process {worker_peak / 2**20:.0f} MiB; one scan = {max(scan_bytes) / 2**20:.0f} MiB "
+          f"(int16); dataset = {sum(scan_bytes) / 2**20:.0f} MiB")
+
+    cache = CropCache(path)
+    crop_bytes = sum(p.stat().st_size for p in (path / "scans").glob("*.npy"))
+    index_bytes = (path / "index.npy").stat().st_size
+    voxels = len(cache) * int(np.prod(cache.width_irc))
+    print(f"[size] {len(cache)} crops: {crop_bytes / voxels:.4f} bytes/voxel (book: 4, float32) + index {index_bytes / 1024:.1f} KiB")
+
+    dataset = CropDataset(cache, np.arange(len(cache)))
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, len(cache), args.reads).tolist()
+    maps = {s: np.load(path / "scans" / f"{uid}.npy", mmap_mode="r") for s, uid in enumerate(cache.series_uids)}
+    where = [(int(cache.index[k]["series"]), int(cache.index[k]["row"])) for k in range(len(cache))]
+    for k in keys:  # warm: pages in memory, maps open
+        np.array(dataset[k]["crop"])
+    bare = read_rate(lambda k: np.array(maps[where[k][0]][where[k][1]]), keys)
+    ours = read_rate(lambda k: np.array(dataset[k]["crop"]), keys)
+    print(f"[reads] bare np.memmap slice {bare:,.0f} crops/s, CropDataset {ours:,.0f} crops/s: ratio {ours / bare:.2f}x")
+
+    from monai.data import PersistentDataset
+
+    persistent = PersistentDataset(
+        data=[{"k": k} for k in range(len(cache))],
+        transform=lambda item: {"crop": np.array(cache.crop(item["k"])), "label": bool(cache.index[item["k"]]["is_nodule"])},
+        cache_dir=work / "monai",
+    )
+    for k in range(len(cache)):  # fill MONAI's cache
+        persistent[k]
+    monai_rate = read_rate(lambda k: persistent[k]["crop"], keys[: max(200, args.reads // 10)])
+    print(f"[reads] MONAI PersistentDataset {monai_rate:,.0f} crops/s: CropDataset is {ours / monai_rate:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()
