@@ -107,8 +107,12 @@ def test_lightning_reads_world_size_and_ranks_from_slurm(monkeypatch):
     import pytorch_lightning as pl
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
     for key, value in SLURM_ENV.items():
         monkeypatch.setenv(key, value)
+    # the Trainer sets the process-wide rank_zero_only.rank (to 1 here): restore it after the test
+    monkeypatch.setattr(rank_zero_only, "rank", getattr(rank_zero_only, "rank", 0))
     trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, num_nodes=1, logger=False)
     assert isinstance(trainer.strategy.cluster_environment, SLURMEnvironment)
     assert (trainer.world_size, trainer.global_rank, trainer.local_rank, trainer.node_rank) == (2, 1, 1, 0)
