@@ -30,7 +30,7 @@ from luna.data.phantom import PhantomSpec, generate_phantom
 
 def write_v2_scale_csvs(folder: Path, rows: int = 754_975, positives: int = 1_557, series: int = 888) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
-    uids = [f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{rng.integers(10**29, 10**30)}" for _ in range(series)]
+    uids = [f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{rng.integers(10**17, 10**18)}{k:012d}" for k in range(series)]
     which = rng.integers(0, series, rows)
     xyz = rng.uniform(-300, 300, (rows, 3))
     label = np.zeros(rows, dtype=int)
@@ -38,12 +38,12 @@ def write_v2_scale_csvs(folder: Path, rows: int = 754_975, positives: int = 1_55
     candidates = folder / "candidates_V2.csv"
     with candidates.open("w") as f:
         f.write("seriesuid,coordX,coordY,coordZ,class\n")
-        f.writelines(f"{uids[s]},{x!r},{y!r},{z!r},{c}\n" for s, (x, y, z), c in zip(which, xyz, label))
+        f.writelines(f"{uids[s]},{x:.10f},{y:.10f},{z:.10f},{c}\n" for s, (x, y, z), c in zip(which, xyz, label))
     annotations = folder / "annotations.csv"
     picks = rng.choice(np.flatnonzero(label), 1186, replace=False)
     with annotations.open("w") as f:
         f.write("seriesuid,coordX,coordY,coordZ,diameter_mm\n")
-        f.writelines(f"{uids[which[k]]},{xyz[k][0]!r},{xyz[k][1]!r},{xyz[k][2]!r},{rng.uniform(3.25, 32.3)!r}\n" for k in picks)
+        f.writelines(f"{uids[which[k]]},{xyz[k][0]:.10f},{xyz[k][1]:.10f},{xyz[k][2]:.10f},{rng.uniform(3.25, 32.3):.6f}\n" for k in picks)
     return annotations, candidates
 
 
