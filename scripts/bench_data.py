@@ -24,7 +24,6 @@ import SimpleITK as sitk
 
 from luna.data.cache import CacheInputs, CropCache, build_cache
 from luna.data.candidates import load_candidates
-from luna.data.dataset import CropDataset
 from luna.data.phantom import PhantomSpec, generate_phantom
 
 
@@ -95,7 +94,7 @@ def main() -> None:
         scan_bytes = list(pool.map(read_scan, scans))
         read_seconds = time.perf_counter() - start
     build_seconds, path = timed(build_cache, inputs, work / "cache", args.processes)
-    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # largest child (KiB on Linux)
     print(f"[build] {len(scans)} scans of {args.shape}: SimpleITK read alone {read_seconds:.2f} s, "
           f"cache build {build_seconds:.2f} s with {args.processes} processes: ratio {build_seconds / read_seconds:.2f}x")
     print(f"[build] peak RSS of a worker process {worker_peak / 2**20:.0f} MiB; one scan = {max(scan_bytes) / 2**20:.0f} MiB "
@@ -107,11 +106,13 @@ def main() -> None:
     voxels = len(cache) * int(np.prod(cache.width_irc))
     print(f"[size] {len(cache)} crops: {crop_bytes / voxels:.4f} bytes/voxel (book: 4, float32) + index {index_bytes / 1024:.1f} KiB")
 
+    from luna.data.dataset import CropDataset  # imports torch: only after the build, so workers stay small
+
     dataset = CropDataset(cache, np.arange(len(cache)))
     rng = np.random.default_rng(0)
     keys = rng.integers(0, len(cache), args.reads).tolist()
     maps = {s: np.load(path / "scans" / f"{uid}.npy", mmap_mode="r") for s, uid in enumerate(cache.series_uids)}
-    where = [(int(cache.index[k]["series"]), int(cache.index[k]["row"])) for k in range(len(cache))]
+    where = list(zip(cache.index["series"].tolist(), cache.index["row"].tolist()))
     for k in keys:  # warm: pages in memory, maps open
         np.array(dataset[k]["crop"])
     bare = read_rate(lambda k: np.array(maps[where[k][0]][where[k][1]]), keys)
@@ -122,7 +123,7 @@ def main() -> None:
 
     persistent = PersistentDataset(
         data=[{"k": k} for k in range(len(cache))],
-        transform=lambda item: {"crop": np.array(cache.crop(item["k"])), "label": bool(cache.index[item["k"]]["is_nodule"])},
+        transform=lambda item: {"crop": np.array(cache.crop(item["k"])), "label": bool(cache.index["is_nodule"][item["k"]])},
         cache_dir=work / "monai",
     )
     for k in range(len(cache)):  # fill MONAI's cache

@@ -1,6 +1,8 @@
 import pytest
 
-from luna.data.candidates import Candidate, CsvFormatError, load_candidates, matching_diameter
+import numpy as np
+
+from luna.data.candidates import Candidate, CsvFormatError, load_candidates, matching_diameters
 
 UID_A = "1.2.3.100"
 UID_B = "1.2.3.200"
@@ -59,9 +61,9 @@ def test_series_filter_keeps_only_given_series(csvs):
 
 
 def test_matching_diameter_is_inclusive_and_per_axis():
-    annotations = [((0.0, 0.0, 0.0), 4.0)]
-    assert matching_diameter((1.0, 1.0, 1.0), annotations) == 4.0
-    assert matching_diameter((1.0, 1.0, 1.0001), annotations) == 0.0
+    annotations = (np.array([[0.0, 0.0, 0.0]]), np.array([4.0]))
+    assert matching_diameters(np.array([[1.0, 1.0, 1.0]]), *annotations).tolist() == [4.0]
+    assert matching_diameters(np.array([[1.0, 1.0, 1.0001]]), *annotations).tolist() == [0.0]
 
 
 def test_missing_csv_names_the_expected_path(tmp_path, csvs):

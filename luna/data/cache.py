@@ -364,13 +364,27 @@ class CropCache:
         self.subsets: list[str] = [entry["subset"] for entry in self.manifest["series"]]
         self.width_irc: tuple[int, int, int] = tuple(self.manifest["width_irc"])
         self.index = np.load(self.path / INDEX)
+        self._derive()
+
+    def _derive(self) -> None:
+        """Plain per-field copies of the index: reading a structured record per sample is slow."""
+        self.center_xyz = np.ascontiguousarray(self.index["center_xyz"])
+        self.offset_irc = np.ascontiguousarray(self.index["offset_irc"])
+        self._series_of: list[int] = self.index["series"].tolist()
+        self._row_of: list[int] = self.index["row"].tolist()
         self._maps: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.index)
 
+    _DERIVED = ("center_xyz", "offset_irc", "_series_of", "_row_of", "_maps")
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_maps": {}}
+        return {name: value for name, value in self.__dict__.items() if name not in self._DERIVED}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._derive()
 
     def _scan_crops(self, series: int) -> np.ndarray:
         crops = self._maps.get(series)
@@ -381,17 +395,19 @@ class CropCache:
 
     def crop(self, k: int) -> np.ndarray:
         """The crop of candidate ``k`` (index order) as a read-only int16 view of shape ``width_irc``."""
-        record = self.index[k]
-        return self._scan_crops(int(record["series"]))[int(record["row"])]
+        return self._scan_crops(self._series_of[k])[self._row_of[k]]
+
+    def series_uid(self, k: int) -> str:
+        """The series of candidate ``k``."""
+        return self.series_uids[self._series_of[k]]
 
     def candidate(self, k: int) -> Candidate:
         """Candidate ``k`` as loaded from the CSVs."""
-        record = self.index[k]
         return Candidate(
-            self.series_uids[int(record["series"])],
-            tuple(float(v) for v in record["center_xyz"]),
-            bool(record["is_nodule"]),
-            float(record["diameter_mm"]),
+            self.series_uid(k),
+            tuple(self.center_xyz[k].tolist()),
+            bool(self.index["is_nodule"][k]),
+            float(self.index["diameter_mm"][k]),
         )
 
 

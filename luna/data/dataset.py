@@ -32,20 +32,21 @@ class CropDataset(Dataset):
         self.cache = cache
         self.positions = np.asarray(positions, dtype=np.int64)
         self.labels = cache.index["is_nodule"][self.positions]
+        self._positions: list[int] = self.positions.tolist()
+        self._labels: list[int] = self.labels.astype(int).tolist()
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, item: int) -> dict:
-        k = int(self.positions[item])
-        record = self.cache.index[k]
+        k = self._positions[item]
         return {
             "crop": self.cache.crop(k),
-            "label": int(record["is_nodule"]),
+            "label": self._labels[item],
             "index": k,
-            "series_uid": self.cache.series_uids[int(record["series"])],
-            "center_xyz": record["center_xyz"],
-            "offset_irc": record["offset_irc"],
+            "series_uid": self.cache.series_uid(k),
+            "center_xyz": self.cache.center_xyz[k],
+            "offset_irc": self.cache.offset_irc[k],
         }
 
 
