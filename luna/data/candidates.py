@@ -13,9 +13,11 @@ without a single scan on disk:
 from __future__ import annotations
 
 import csv
+import gc
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,8 +148,13 @@ def load_candidates(
         FileNotFoundError: a CSV is missing.
         CsvFormatError: a header lacks a column, or a value is not a number / class is not 0 or 1.
     """
+    with _collector_paused():  # millions of new rows and tuples: the cyclic GC would rescan them over and over
+        return _load_candidates(Path(annotations_csv), Path(candidates_csv), series_uids)
+
+
+def _load_candidates(annotations_csv: Path, candidates_csv: Path, series_uids: set[str] | None) -> list[Candidate]:
     annotations = read_annotations(annotations_csv)
-    table = _read_table(Path(candidates_csv), CANDIDATE_COLUMNS)
+    table = _read_table(candidates_csv, CANDIDATE_COLUMNS)
     labels = [label.strip() for label in table.columns["class"]]
     for line_number, label in zip(table.line_numbers, labels):
         if label not in ("0", "1"):
@@ -161,29 +168,34 @@ def load_candidates(
     for uid, rows in rows_by_series.items():
         if uid in annotations:
             diameters[rows] = matching_diameters(centers[rows], *annotations[uid])
-    kept = sorted(row for rows in rows_by_series.values() for row in rows)
-    center_tuples, diameter_list = centers.tolist(), diameters.tolist()
-    candidates = [Candidate(uids[k], tuple(center_tuples[k]), labels[k] == "1", diameter_list[k]) for k in kept]
-    return sort_reference_order(candidates)
+    series_rank = {uid: rank for rank, uid in enumerate(sorted(rows_by_series))}
+    kept = np.array(sorted(row for rows in rows_by_series.values() for row in rows), dtype=np.int64)
+    is_nodule = np.array([label == "1" for label in labels])
+    ranks = np.fromiter((series_rank[uids[k]] for k in kept.tolist()), dtype=np.int64, count=len(kept))
+    ordered = kept[reference_order(is_nodule[kept], diameters[kept], ranks, centers[kept])].tolist()
+    center_list, diameter_list, nodule_list = centers.tolist(), diameters.tolist(), is_nodule.tolist()
+    return [Candidate(uids[k], tuple(center_list[k]), nodule_list[k], diameter_list[k]) for k in ordered]
 
 
-def sort_reference_order(candidates: list[Candidate]) -> list[Candidate]:
-    """``sorted(candidates, key=reference_sort_key, reverse=True)``, computed with ``numpy.lexsort``.
+def reference_order(is_nodule: np.ndarray, diameter_mm: np.ndarray, series_rank: np.ndarray,
+                    center_xyz: np.ndarray) -> np.ndarray:
+    """Positions that sort candidates descending on (is_nodule, diameter_mm, series_uid, center_xyz).
 
-    At LUNA16 scale (755k rows, most sharing is_nodule, diameter and a long uid prefix) Python's
-    tuple comparisons take seconds; ranking the uids once and sorting numeric columns does not.
+    ``series_rank`` is each candidate's uid's rank among the sorted uids. This is the order of
+    ``sorted(candidates, key=reference_sort_key, reverse=True)``, computed with ``numpy.lexsort``:
+    at LUNA16 scale (755k rows, most sharing the first keys and a long uid prefix) Python's tuple
+    comparisons take seconds.
     """
-    if not candidates:
-        return []
-    uids = sorted({c.series_uid for c in candidates})
-    uid_rank = {uid: rank for rank, uid in enumerate(uids)}
-    centers = np.array([c.center_xyz for c in candidates], dtype=np.float64)
-    keys = (
-        centers[:, 2],
-        centers[:, 1],
-        centers[:, 0],
-        np.fromiter((uid_rank[c.series_uid] for c in candidates), dtype=np.int64, count=len(candidates)),
-        np.fromiter((c.diameter_mm for c in candidates), dtype=np.float64, count=len(candidates)),
-        np.fromiter((c.is_nodule for c in candidates), dtype=bool, count=len(candidates)),
-    )
-    return [candidates[k] for k in np.lexsort(keys)[::-1]]
+    keys = (center_xyz[:, 2], center_xyz[:, 1], center_xyz[:, 0], series_rank, diameter_mm, is_nodule)
+    return np.lexsort(keys)[::-1]
+
+
+@contextmanager
+def _collector_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

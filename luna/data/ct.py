@@ -137,10 +137,10 @@ class CtScan:
             raise ScanReadError(f"cannot read scan {mhd_path.stem} ({mhd_path}): {detail}") from None
         if image.GetDimension() != 3:
             raise ScanReadError(f"scan {mhd_path.stem} ({mhd_path}) is not a 3D image")
-        hu = sitk.GetArrayFromImage(image)
-        if hu.dtype != np.int16:
-            hu = hu.astype(np.int16) if np.issubdtype(hu.dtype, np.integer) else np.rint(hu).astype(np.int16)
-        np.clip(hu, HU_MIN, HU_MAX, out=hu)
+        voxels = sitk.GetArrayViewFromImage(image)  # no copy: clipping below makes the one copy we keep
+        if not np.issubdtype(voxels.dtype, np.integer):
+            voxels = np.rint(voxels)
+        hu = np.clip(voxels, HU_MIN, HU_MAX).astype(np.int16, copy=False)
         return cls(
             series_uid=mhd_path.stem,
             hu=hu,
