@@ -46,15 +46,13 @@ class LunaCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionCsvWriter, "predictions")
         parser.link_arguments("data.width_irc", "model.width_irc")
 
-    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+    def instantiate_trainer(self, **kwargs) -> Trainer:
         """``--trainer.enable_progress_bar=false`` also drops the configured progress bar (for batch jobs)."""
-        if config.get("enable_progress_bar") is False:
-            config["callbacks"] = [c for c in config.get("callbacks") or [] if not isinstance(c, ProgressBar)]
-        return super()._instantiate_trainer(config, callbacks)
-
-
-# The module, not the DataModule, moves batches to their final form on the device (augmentation).
-warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+        trainer_config = self.config_init[self.subcommand].get("trainer") or {}
+        if trainer_config.get("enable_progress_bar") is False:
+            callbacks = trainer_config.get("callbacks") or []
+            kwargs["callbacks"] = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        return super().instantiate_trainer(**kwargs)
 
 
 def main(args: list[str] | None = None) -> LunaCLI:
@@ -62,6 +60,8 @@ def main(args: list[str] | None = None) -> LunaCLI:
     if not logging.getLogger().handlers:  # show luna's progress (cache builds, splits) like Lightning's own
         logging.basicConfig(format="%(message)s")
     logging.getLogger("luna").setLevel(logging.INFO)
+    # By design the module, not the DataModule, gives batches their final form on the device.
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
     argv = sys.argv if args is None else [sys.argv[0], *args]
     if len(argv) < 2 or argv[1] not in SUBCOMMANDS:
         argv.insert(1, "fit")

@@ -163,3 +163,11 @@ def test_cache_pickles_without_its_memory_maps(phantom_cache):
     clone = pickle.loads(pickle.dumps(cache))
     assert clone._maps == {} and np.array_equal(clone.crop(3), cache.crop(3))
     assert len(pickle.dumps(cache)) < os.path.getsize(phantom_cache / "index.npy") + 10_000
+
+
+def test_a_scan_rewritten_in_place_gives_a_new_cache(phantom_copy, phantom_cache):
+    raw = sorted(phantom_copy.glob("subset*/*.raw"))[0]
+    stat = raw.stat()
+    raw.write_bytes(raw.read_bytes())  # same size, same bytes, but rewritten: it could hold other voxels
+    os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert f"luna-{CacheInputs.from_folder(phantom_copy).key()}" != phantom_cache.name

@@ -12,9 +12,11 @@ Layout of one cache (``<cache_dir>/luna-<key>/``)::
     index.npy                one record per served candidate, in reference order
     manifest.json            inputs, series list and counts; written last: the cache is complete
 
-The key hashes the CSVs' bytes, the scans on disk (uid, subset, ``.raw`` size), the crop width,
-the HU window and ``FORMAT_VERSION``: a changed input gives a new cache, an unchanged one is reused
-without opening a scan. Every file is written under a temporary name and renamed, and a scan whose
+The key hashes the CSVs' bytes, the scans on disk (uid, subset, ``.raw`` size and modification
+time), the crop width, the HU window and ``FORMAT_VERSION``: a changed input gives a new cache, an
+unchanged one is reused without opening a scan. Hashing 120 GB of voxels is not an option, so a
+scan rewritten in place counts as changed (its mtime moves) and a copy that keeps mtimes
+(``cp -p``, ``rsync -a``) reuses the cache. Every file is written under a temporary name and renamed, and a scan whose
 ``.json`` exists is never redone, so a build killed at any moment resumes and ends with the same
 bytes as an uninterrupted one. Two builders racing on one folder write different temporary files
 and rename identical contents, so neither corrupts the other.
@@ -138,7 +140,7 @@ class CacheInputs:
         return cls(data_dir / annotations_file, data_dir / candidates_file, scans, tuple(int(w) for w in width_irc))
 
     def key(self) -> str:
-        """Content key: CSV bytes, scans on disk (uid, subset, .raw size), crop width, HU window."""
+        """Content key: CSV bytes, scans on disk (uid, subset, .raw size and mtime), crop width, HU window."""
         digest = hashlib.sha256()
         digest.update(json.dumps([FORMAT_VERSION, list(self.width_irc), [HU_MIN, HU_MAX]]).encode())
         for csv_path in (self.annotations_csv, self.candidates_csv):
@@ -148,8 +150,9 @@ class CacheInputs:
                     digest.update(chunk)
         for uid, mhd_path in sorted(self.scans.items()):
             raw_path = mhd_path.with_suffix(".raw")
-            raw_size = raw_path.stat().st_size if raw_path.exists() else -1
-            digest.update(f"\0{uid}\0{mhd_path.parent.name}\0{raw_size}".encode())
+            raw = raw_path.stat() if raw_path.exists() else None
+            stamp = f"{raw.st_size}\0{raw.st_mtime_ns}" if raw else "missing"
+            digest.update(f"\0{uid}\0{mhd_path.parent.name}\0{stamp}".encode())
         return digest.hexdigest()[:20]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader
 
 from luna.data.cache import CacheInputs, CropCache, build_cache, open_built_cache
@@ -172,7 +173,7 @@ class LunaDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=workers,
             collate_fn=collate_crops,
-            pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+            pin_memory=self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator),
             persistent_workers=workers > 0,
         )
 

@@ -196,7 +196,7 @@ def _draw_vessels(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> l
         for _ in range(7):
             position = center_mm + rng.normal(0, 0.15, size=3) * lung_semi
             heading = rng.normal(size=3)
-            radius = rng.uniform(1.6, 2.8)
+            radius = rng.uniform(0.9, 1.8)
             for _ in range(6):
                 heading = heading / np.linalg.norm(heading) + rng.normal(0, 0.35, size=3)
                 heading /= np.linalg.norm(heading)
@@ -206,7 +206,7 @@ def _draw_vessels(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> l
                     break
                 _tube(scan.hu, position / spacing_irc, end / spacing_irc, radius, 45.0, spacing_irc, edge_mm)
                 points.append(((position + end) / 2) / spacing_irc)
-                position, radius = end, max(radius * 0.8, 0.6)
+                position, radius = end, max(radius * 0.85, 0.5)
     return points
 
 
