@@ -67,15 +67,16 @@ def run_recipes(args: argparse.Namespace) -> None:
         )
         init = checkpoints.get(recipe.init_from or recipe.tta_of or "")
         module = LunaClassifier(optimizer=optimizer, init_checkpoint=str(init) if init else None, **recipe.module)
-        trainer = pl.Trainer(accelerator="auto", devices=1, max_epochs=1, limit_val_batches=0, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                 "enable_model_summary": False, "accelerator": "auto", "devices": 1}
+        trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, **quiet)
         start = time.perf_counter()
         if recipe.tta_of is None:
             trainer.fit(module, datamodule=datamodule)
             checkpoints[recipe.name] = work / f"recipe{len(checkpoints)}.ckpt"
             trainer.save_checkpoint(checkpoints[recipe.name])
         seconds = time.perf_counter() - start
-        metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        metrics = pl.Trainer(**quiet).validate(module, datamodule=datamodule, verbose=False)[0]
         rows.append((recipe.name, metrics["val/f1"], metrics["val/auroc"], metrics["val/calibration_error"],
                      metrics["val/samples"], seconds))
         logging.getLogger("bench").info("%s: F1 %.3f", recipe.name, metrics["val/f1"])

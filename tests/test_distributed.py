@@ -3,6 +3,7 @@
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,7 +125,7 @@ SBATCH = sorted((ROOT / "scripts" / "slurm").glob("*.sbatch"))
 @pytest.mark.parametrize("script", SBATCH, ids=lambda p: p.name)
 def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
     subprocess.run(["bash", "-n", str(script)], check=True)
-    if shutil_which("shellcheck"):
+    if shutil.which("shellcheck"):
         subprocess.run(["shellcheck", "-x", str(script)], check=True, cwd=ROOT)
     directives = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", script.read_text(), re.M))
     assert directives["ntasks-per-node"] == directives.get("gpus-per-node", directives["ntasks-per-node"])
@@ -148,12 +149,6 @@ def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
     assert [logger["init_args"]["save_dir"] for logger in config["trainer"]["logger"]][0].startswith(str(tmp_path / "runs"))
     if "array" in directives:
         assert config["data"]["split_by"] == "subset" and config["data"]["val_subset"] == 3
-
-
-def shutil_which(name):
-    import shutil
-
-    return shutil.which(name)
 
 
 def test_sigusr1_saves_a_checkpoint_requeues_and_the_restart_resumes(phantom_dir, cache_root, tmp_path):
