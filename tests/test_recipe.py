@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
@@ -46,3 +48,51 @@ def test_lr_finder_runs_end_to_end_and_reports(phantom_dir, cache_root, tmp_path
     assert report["suggestion"] is None or 1e-6 <= report["suggestion"] <= 1.0
     assert (run / "lr_finder.png").stat().st_size > 1000
     assert not (run / "checkpoints" / "last.ckpt").exists()  # stopped after the sweep
+
+
+def test_presized_context_trains_augmented_and_validates_on_the_exact_crop(phantom_dir, tmp_path):
+    from luna.augment import Augmentation
+
+    datamodule = LunaDataModule(phantom_dir, cache_dir=tmp_path / "cache", batch_size=4, num_workers=0,
+                                context_irc=(48, 64, 64), negatives_per_positive=1, samples_per_epoch=8)
+    shapes = {}
+
+    class Shapes(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            shapes["train"] = tuple(batch["crop"].shape)
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            shapes["val"] = tuple(batch["crop"].shape)
+
+    module = LunaClassifier(augmentation=Augmentation.book())
+    pl.Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+               enable_checkpointing=False, enable_progress_bar=False, callbacks=[Shapes()]).fit(module, datamodule=datamodule)
+    assert shapes == {"train": (4, 1, 32, 48, 48), "val": (4, 1, 32, 48, 48)}
+    raw = next(iter(datamodule.val_dataloader()))
+    assert tuple(raw["crop"].shape) == (4, 1, 48, 64, 64)  # the cache holds the larger context
+
+
+def test_one_cycle_and_cosine_schedules_step_per_batch():
+    for schedule, peak_then_end in (("one_cycle", (1e-3, 0.0)), ("cosine", (1e-3, 0.0))):
+        module = LunaClassifier(lr_schedule=schedule)
+        module.trainer = type("Stub", (), {"estimated_stepping_batches": 50})()
+        config = module.configure_optimizers()
+        optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+        assert config["lr_scheduler"]["interval"] == "step"
+        rates = []
+        for _ in range(50):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        assert max(rates) == pytest.approx(peak_then_end[0], rel=1e-6)
+        assert rates[-1] < 0.05 * peak_then_end[0]
+
+
+def test_early_stopping_preset_monitors_val_f1(capsys):
+    import yaml
+
+    with pytest.raises(SystemExit):
+        main(["--config", "configs/presets/early_stopping.yaml", "--print_config"])
+    callbacks = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+    stopping = [c for c in callbacks if c["class_path"].endswith("EarlyStopping")][0]
+    assert stopping["init_args"]["monitor"] == "val/f1" and stopping["init_args"]["mode"] == "max"
