@@ -2,7 +2,7 @@
 
 Lightning's ``LearningRateFinder`` sweeps the learning rate over a few hundred steps on the real
 data and suggests one. This subclass writes what a user needs to choose: the loss-vs-rate plot
-(``lr_finder.png``) and the suggestion (``lr_finder.json``) in the run's log folder, and by default
+(``lr_finder.png``) and the suggestion (``lr_finder.json``) in the run's log folder, and
 ends the run there, so the chosen rate is then set in the config (``model.optimizer.init_args.lr``).
 """
 
@@ -28,15 +28,16 @@ class LearningRateReport(LearningRateFinder):
         max_lr: highest rate tried.
         num_training_steps: steps of the sweep.
         mode: ``exponential`` or ``linear`` spacing of the rates.
-        stop_after: end the run after the sweep (the default); False trains on at the suggested
-            rate (needs a module attribute ``lr``, which LunaClassifier does not have: keep True).
+
+    The run ends after the sweep: the rate lives in the optimizer's config, so it is set there
+    rather than patched into a running module.
     """
 
     def __init__(self, min_lr: float = 1e-6, max_lr: float = 1.0, num_training_steps: int = 100,
-                 mode: str = "exponential", stop_after: bool = True) -> None:
+                 mode: str = "exponential") -> None:
         super().__init__(min_lr=min_lr, max_lr=max_lr, num_training_steps=num_training_steps, mode=mode,
-                         update_attr=not stop_after)
-        self._early_exit = stop_after
+                         update_attr=False)
+        self._early_exit = True
 
     def lr_find(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
