@@ -17,9 +17,10 @@ import warnings
 from pathlib import Path
 
 from pytorch_lightning import Trainer
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from luna.checkpointing import RunCheckpoint
 from luna.data.datamodule import LunaDataModule
 from luna.module import LunaClassifier
 from luna.predictions import PredictionCsvWriter
@@ -32,7 +33,7 @@ class LunaCLI(LightningCLI):
     """LightningCLI with the callbacks every run wants, each configurable under its own key."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/f1",

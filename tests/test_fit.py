@@ -79,3 +79,12 @@ def test_validate_test_and_predict_are_subcommands(config, tmp_path, phantom_dir
         (c.series_uid, c.center_xyz[0], c.center_xyz[2]) for c in expected
     ]
     assert all(0.0 <= float(r["probability"]) <= 1.0 for r in rows)
+
+
+def test_last_checkpoint_is_the_last_epoch_when_the_monitor_never_improves(config, tmp_path):
+    # "epoch" in mode "min" is best at epoch 0 and never improves after it.
+    main(["--config", str(config), "--trainer.max_epochs=3", "--checkpoint.monitor=epoch", "--checkpoint.mode=min"])
+    checkpoints = run_dir(tmp_path) / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    assert [p.name for p in checkpoints.glob("best-*.ckpt")] == ["best-epoch000-step2.ckpt"]
