@@ -89,3 +89,31 @@ def log_figures(trainer: Trainer, figures: dict[str, Figure]) -> None:
                 fig.savefig(folder / f"{tag.replace('/', '_')}-epoch{trainer.current_epoch:03d}.png", dpi=90)
     for fig in figures.values():
         plt.close(fig)
+
+
+def froc_figure(result, title: str = "FROC") -> Figure:
+    """The FROC curve on a log2 FP/scan axis (1/8 to 8), its seven operating points and CPM, and
+    the bootstrap band when the result has one."""
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    band = result.bootstrap
+    if band is not None:
+        ax.fill_between(band.fp_per_scan, band.sensitivity_low, band.sensitivity_high, color="C0", alpha=0.2,
+                        label=f"95 % bootstrap band ({band.samples} resamples over scans)")
+    inside = result.curve_fp_per_scan > 0
+    ax.plot(result.curve_fp_per_scan[inside], result.curve_sensitivity[inside], color="C0", lw=1.5, drawstyle="default",
+            label="FROC")
+    ax.plot(result.fp_per_scan, result.sensitivity, "o", color="C3",
+            label=f"CPM {result.cpm:.3f}" + (f" (95 % CI {band.cpm_ci[0]:.3f}-{band.cpm_ci[1]:.3f})" if band else ""))
+    for x, y in zip(result.fp_per_scan, result.sensitivity):
+        ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(result.fp_per_scan, ["1/8", "1/4", "1/2", "1", "2", "4", "8"])
+    ax.set(xlim=(result.fp_per_scan[0] / 1.2, result.fp_per_scan[-1] * 1.2), ylim=(0, 1.05),
+           xlabel="average false positives per scan", ylabel="sensitivity", title=title)
+    ax.grid(True, which="major", alpha=0.4)
+    ax.legend(loc="lower right", fontsize=8)
+    counts = result.counts
+    ax.text(0.02, 0.98, f"{counts.scans} scans, {counts.detected}/{counts.nodules} nodules detected, "
+            f"{counts.false_positives} false positives", transform=ax.transAxes, va="top", fontsize=8)
+    return fig

@@ -48,7 +48,7 @@ class PredictionCsvWriter(BasePredictionWriter):
                 prediction["index"].tolist(), prediction["series_uid"], prediction["center_xyz"].tolist(),
                 prediction["probability"].tolist(),
             ):
-                writer.writerow([index, uid, *(repr(v) for v in xyz), f"{probability:.6f}"])
+                writer.writerow([index, uid, *(repr(v) for v in xyz), repr(probability)])
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.strategy.barrier("prediction parts written")

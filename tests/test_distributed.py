@@ -41,7 +41,7 @@ DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices
 def trained(phantom_dir, cache_root, tmp_path_factory):
     """A checkpoint from a short single-process run, and the config that made it."""
     tmp = tmp_path_factory.mktemp("ddp")
-    config = tiny_config(tmp / "tiny.yaml", phantom_dir, cache_root, tmp / "runs", val_stride=4)
+    config = tiny_config(tmp / "tiny.yaml", phantom_dir, cache_root, tmp / "runs", val_stride=5)
     luna("--config", str(config))
     return config, tmp / "runs" / "luna" / "version_0" / "checkpoints" / "last.ckpt"
 

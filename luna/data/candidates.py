@@ -12,25 +12,21 @@ without a single scan on disk:
 
 from __future__ import annotations
 
-import csv
 import gc
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from luna.csvfile import CsvFormatError, read_columns
+
 log = logging.getLogger(__name__)
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
-
-
-class CsvFormatError(ValueError):
-    """A LUNA16 CSV that cannot be read; the message names the file, line and column."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,65 +51,10 @@ def reference_sort_key(candidate: Candidate) -> tuple:
     return (candidate.is_nodule, candidate.diameter_mm, candidate.series_uid, candidate.center_xyz)
 
 
-@dataclass(frozen=True)
-class _Table:
-    """The wanted columns of a CSV, as text, with each row's line number (for error messages)."""
-
-    path: Path
-    line_numbers: list[int]
-    columns: dict[str, list[str]]
-
-    def numbers(self, column: str) -> np.ndarray:
-        """A column as float64; a value that is not a number is reported with its line."""
-        values = self.columns[column]
-        try:
-            return np.asarray(values, dtype=np.float64) if values else np.empty(0)
-        except ValueError:
-            for line_number, text in zip(self.line_numbers, values):
-                try:
-                    float(text)
-                except ValueError:
-                    raise CsvFormatError(
-                        f"{self.path}, line {line_number}, column {column}: {text!r} is not a number"
-                    ) from None
-            raise
-
-
-def _read_table(path: Path, columns: Sequence[str]) -> _Table:
-    """Read ``columns`` of a CSV after checking its header and the width of every row."""
-    if not path.is_file():
-        raise FileNotFoundError(f"expected the LUNA16 CSV file {path}, but it does not exist")
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise CsvFormatError(f"{path}: the file is empty; expected a header {','.join(columns)}")
-        header = [name.strip() for name in header]
-        missing = [name for name in columns if name not in header]
-        if missing:
-            raise CsvFormatError(
-                f"{path}, line 1: missing column(s) {', '.join(missing)}; "
-                f"expected a header with {','.join(columns)}, found {','.join(header)}"
-            )
-        rows = list(reader)
-    width = len(header)
-    line_numbers = [number for number, row in enumerate(rows, start=2) if row]
-    rows = [row for row in rows if row]
-    for line_number, row in zip(line_numbers, rows):
-        if len(row) != width:
-            raise CsvFormatError(f"{path}, line {line_number}: expected {width} values, found {len(row)}")
-    by_position = list(zip(*rows)) if rows else [()] * width
-    return _Table(path, line_numbers, {name: list(by_position[header.index(name)]) for name in columns})
-
-
-def _centers(table: _Table) -> np.ndarray:
-    return np.stack([table.numbers("coordX"), table.numbers("coordY"), table.numbers("coordZ")], axis=1)
-
-
 def read_annotations(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``annotations.csv`` as ``{series_uid: (centers_xyz [m, 3], diameters_mm [m])}``, rows in file order."""
-    table = _read_table(Path(path), ANNOTATION_COLUMNS)
-    centers, diameters = _centers(table), table.numbers("diameter_mm")
+    table = read_columns(path, ANNOTATION_COLUMNS, "LUNA16 CSV file")
+    centers, diameters = table.xyz(), table.numbers("diameter_mm")
     rows: dict[str, list[int]] = defaultdict(list)
     for row, uid in enumerate(table.columns["seriesuid"]):
         rows[uid].append(row)
@@ -154,12 +95,12 @@ def load_candidates(
 
 def _load_candidates(annotations_csv: Path, candidates_csv: Path, series_uids: set[str] | None) -> list[Candidate]:
     annotations = read_annotations(annotations_csv)
-    table = _read_table(candidates_csv, CANDIDATE_COLUMNS)
+    table = read_columns(candidates_csv, CANDIDATE_COLUMNS, "LUNA16 CSV file")
     labels = [label.strip() for label in table.columns["class"]]
     for line_number, label in zip(table.line_numbers, labels):
         if label not in ("0", "1"):
             raise CsvFormatError(f"{table.path}, line {line_number}, column class: {label!r} is not 0 or 1")
-    uids, centers = table.columns["seriesuid"], _centers(table)
+    uids, centers = table.columns["seriesuid"], table.xyz()
     rows_by_series: dict[str, list[int]] = defaultdict(list)
     for row, uid in enumerate(uids):
         if series_uids is None or uid in series_uids:

@@ -7,14 +7,21 @@ out exactly like it. ``generate_phantom`` writes such a folder::
     OUT_DIR/subset1/...                     one scan with a non-identity direction matrix
     OUT_DIR/seg-lungs-LUNA16/<uid>.mhd      a lung mask, as in the release (not a scan)
     OUT_DIR/annotations.csv                 seriesuid,coordX,coordY,coordZ,diameter_mm
+    OUT_DIR/annotations_excluded.csv        irrelevant findings (same columns; -1 = unknown size)
+    OUT_DIR/annotations_with_malignancy.csv the nodules with mal_bool (the book's chapter 14)
     OUT_DIR/candidates.csv                  seriesuid,coordX,coordY,coordZ,class
+    OUT_DIR/seriesuids.csv                  the scans on disk, one uid per line, no header
     OUT_DIR/phantom.json                    the parameters (written last: the folder is complete)
 
 Each scan holds a body, two lungs, vessels (tubes: the hard negatives, round in a single slice
-like a nodule), 1-4 spherical nodules of 3-30 mm, noise and out-of-field padding (-3024 or -2000
-HU). Candidates are the nodules (class 1, jittered) and negatives on vessels, in the lungs, in the
-body and within a few voxels of each of the six faces; some candidate rows belong to series that
-are not on disk, as when a user has only some subsets. The same arguments give the same bytes.
+like a nodule), 1-5 nodules of 3-30 mm, noise and out-of-field padding (-3024 or -2000 HU).
+Nodules are benign or malignant as a radiologist would judge them: malignancy grows with size,
+malignant nodules are lobulated and spiculated, and some benign ones are calcified (dense).
+Irrelevant findings, as in ``annotations_excluded.csv``, are nodules under 3 mm and unsized
+non-nodule findings on vessels. Candidates are the nodules (class 1, jittered) and negatives on
+vessels, on the irrelevant findings, in the lungs, in the body and within a few voxels of each of
+the six faces; some candidate rows belong to series that are not on disk, as when a user has
+only some subsets. The same arguments give the same bytes.
 
 Command line: ``python -m luna.data.phantom OUT_DIR [--series N] [--seed S] [--shape_irc I R C]``.
 """
@@ -78,7 +85,8 @@ class _Scan:
     origin_xyz: np.ndarray
     direction: np.ndarray
     lung_mask: np.ndarray
-    nodules: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (center_irc, diameter_mm)
+    nodules: list[tuple[np.ndarray, float, bool]] = field(default_factory=list)  # (center_irc, diameter_mm, malignant)
+    irrelevant: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (center_irc, diameter_mm or -1)
     negatives_irc: list[np.ndarray] = field(default_factory=list)
 
 
@@ -165,6 +173,7 @@ def _make_scan(spec: PhantomSpec, index: int, rng: np.random.Generator) -> _Scan
     vessel_points = _draw_vessels(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
     _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
     _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing_irc, body)
+    _draw_irrelevant(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
 
     volume += rng.normal(0.0, spec.noise_hu, size=volume.shape).astype(np.float32)
     padding = -3024.0 if index % 2 == 0 else -2000.0
@@ -211,17 +220,38 @@ def _draw_vessels(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> l
 
 
 def _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> None:
-    for _ in range(rng.integers(1, 5)):
+    for _ in range(rng.integers(1, 6)):
         diameter = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
         center_mm = _random_lung_point(rng, lung_centers, lung_semi, shrink=0.75)
-        density = rng.uniform(-80.0, 120.0)
+        malignant = bool(rng.random() < 1 / (1 + np.exp(-(diameter - 12.0) / 4.0)))
+        calcified = not malignant and rng.random() < 0.3
+        density = rng.uniform(300.0, 600.0) if calcified else rng.uniform(-80.0, 120.0) + (60.0 if malignant else 0.0)
         center_irc = center_mm / spacing_irc
         _ball(scan.hu, center_irc, diameter / 2, density, spacing_irc, edge_mm)
-        # Texture: a few smaller lobules inside larger nodules, so they are not perfect spheres.
-        for _ in range(int(diameter // 8)):
-            lobule = center_mm + rng.normal(0, diameter / 6, size=3)
+        # Texture: lobules make larger nodules uneven; malignant ones are lobulated and spiculated.
+        lobules = int(diameter // 8) + (3 if malignant else 0)
+        for _ in range(lobules):
+            lobule = center_mm + rng.normal(0, diameter / (4 if malignant else 6), size=3)
             _ball(scan.hu, lobule / spacing_irc, diameter / 4, density + rng.uniform(-60, 60), spacing_irc, edge_mm)
-        scan.nodules.append((center_irc, diameter))
+        if malignant:
+            for _ in range(rng.integers(4, 9)):
+                direction = rng.normal(size=3)
+                direction /= np.linalg.norm(direction)
+                start = center_mm + direction * diameter * 0.4
+                end = center_mm + direction * diameter * rng.uniform(0.8, 1.3)
+                _tube(scan.hu, start / spacing_irc, end / spacing_irc, rng.uniform(0.4, 0.8), density, spacing_irc, edge_mm)
+        scan.nodules.append((center_irc, diameter, malignant))
+
+
+def _draw_irrelevant(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> None:
+    """Findings the official scoring ignores: nodules under 3 mm, and unsized findings on vessels."""
+    for _ in range(rng.integers(0, 3)):
+        diameter = float(rng.uniform(1.5, 2.9))
+        center_mm = _random_lung_point(rng, lung_centers, lung_semi, shrink=0.75)
+        _ball(scan.hu, center_mm / spacing_irc, diameter / 2, rng.uniform(-80.0, 120.0), spacing_irc, edge_mm)
+        scan.irrelevant.append((center_mm / spacing_irc, diameter))
+    if scan.negatives_irc and rng.random() < 0.5:
+        scan.irrelevant.append((scan.negatives_irc[0], -1.0))  # the first negative is on a vessel
 
 
 def _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing_irc, body) -> None:
@@ -241,7 +271,7 @@ def _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing
     # Keep negatives off the nodules: in LUNA16 a candidate that close to a nodule is class 1.
     scan.negatives_irc = [
         point for point in negatives
-        if all(np.linalg.norm((point - center) * spacing_irc) > diameter / 2 + 3.0 for center, diameter in scan.nodules)
+        if all(np.linalg.norm((point - center) * spacing_irc) > diameter / 2 + 3.0 for center, diameter, _ in scan.nodules)
     ]
 
 
@@ -277,6 +307,7 @@ def generate_phantom(out_dir: str | Path, spec: PhantomSpec = PhantomSpec()) -> 
     try:
         _write_phantom(staging, spec)
         os.replace(staging, out_dir)
+        log.info("phantom LUNA16 data written to %s (%d scans)", out_dir, spec.series)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -285,10 +316,11 @@ def generate_phantom(out_dir: str | Path, spec: PhantomSpec = PhantomSpec()) -> 
 
 def _write_phantom(folder: Path, spec: PhantomSpec) -> None:
     seeds = np.random.SeedSequence(spec.seed).spawn(spec.series + 1)
-    annotation_rows, candidate_rows = [], []
+    annotation_rows, excluded_rows, malignancy_rows, candidate_rows, uids = [], [], [], [], []
     for index in range(spec.series):
         rng = np.random.default_rng(seeds[index])
         scan = _make_scan(spec, index, rng)
+        uids.append(scan.uid)
         subset = folder / f"subset{index % spec.subsets}"
         subset.mkdir(exist_ok=True)
         _write_image(scan.hu, scan, subset / f"{scan.uid}.mhd")
@@ -296,15 +328,23 @@ def _write_phantom(folder: Path, spec: PhantomSpec) -> None:
             masks = folder / "seg-lungs-LUNA16"
             masks.mkdir()
             _write_image(scan.lung_mask.astype(np.int16), scan, masks / f"{scan.uid}.mhd")
-        for center_irc, diameter in scan.nodules:
-            annotation_rows.append(_csv_row(scan.uid, _xyz(scan, center_irc), f"{diameter:.8f}"))
+        for center_irc, diameter, malignant in scan.nodules:
+            xyz = _xyz(scan, center_irc)
+            annotation_rows.append(_csv_row(scan.uid, xyz, f"{diameter:.8f}"))
+            ratings = _radiologist_ratings(rng, malignant)
+            malignancy_rows.append(_csv_row(scan.uid, xyz, f'{diameter:.8f},{malignant},"{ratings}"'))
             jitter_count = 2 if diameter >= 10 else 1
             for _ in range(jitter_count):
                 jitter_mm = rng.uniform(-1, 1, size=3) * diameter / 10
                 jittered = center_irc + jitter_mm / scan.spacing_xyz[::-1]
                 candidate_rows.append(_csv_row(scan.uid, _xyz(scan, jittered), "1"))
+        for center_irc, diameter in scan.irrelevant:
+            excluded_rows.append(_csv_row(scan.uid, _xyz(scan, center_irc), f"{diameter:.8f}"))
+            if diameter > 0:  # a candidate on a small nodule: class 0, as in the release
+                jittered = center_irc + rng.uniform(-0.5, 0.5, size=3) / scan.spacing_xyz[::-1]
+                candidate_rows.append(_csv_row(scan.uid, _xyz(scan, jittered), "0"))
         candidate_rows += [_csv_row(scan.uid, _xyz(scan, point), "0") for point in scan.negatives_irc]
-        log.info("phantom scan %d/%d written: %s", index + 1, spec.series, scan.uid)
+        log.debug("phantom scan %d/%d written: %s", index + 1, spec.series, scan.uid)
     rng = np.random.default_rng(seeds[-1])
     for _ in range(spec.missing_series):
         uid = _series_uid(rng)
@@ -312,13 +352,22 @@ def _write_phantom(folder: Path, spec: PhantomSpec) -> None:
         annotation_rows.append(_csv_row(uid, xyz, "6.50000000"))
         candidate_rows += [_csv_row(uid, xyz, "1"), _csv_row(uid, tuple(np.add(xyz, 40.0)), "0")]
     order = np.random.default_rng(seeds[-1]).permutation(len(candidate_rows))
-    (folder / "annotations.csv").write_text(
-        "seriesuid,coordX,coordY,coordZ,diameter_mm\n" + "".join(annotation_rows)
+    header = "seriesuid,coordX,coordY,coordZ,"
+    (folder / "annotations.csv").write_text(header + "diameter_mm\n" + "".join(annotation_rows))
+    (folder / "annotations_excluded.csv").write_text(header + "diameter_mm\n" + "".join(excluded_rows))
+    (folder / "annotations_with_malignancy.csv").write_text(
+        header + "diameter_mm,mal_bool,mal_details\n" + "".join(malignancy_rows)
     )
-    (folder / "candidates.csv").write_text(
-        "seriesuid,coordX,coordY,coordZ,class\n" + "".join(candidate_rows[k] for k in order)
-    )
+    (folder / "candidates.csv").write_text(header + "class\n" + "".join(candidate_rows[k] for k in order))
+    (folder / "seriesuids.csv").write_text("".join(f"{uid}\n" for uid in uids))
     (folder / MARKER).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+
+
+def _radiologist_ratings(rng: np.random.Generator, malignant: bool) -> str:
+    """LIDC-style malignancy ratings (1-5) of up to four readers, consistent with ``malignant``."""
+    readers = int(rng.integers(1, 5))
+    low, high = (4, 6) if malignant else (1, 3)
+    return str([int(r) for r in rng.integers(low, high, size=readers)])
 
 
 def main() -> None:
@@ -341,7 +390,6 @@ def main() -> None:
     args["shape_irc"] = tuple(args["shape_irc"])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     generate_phantom(out_dir, PhantomSpec(**args))
-    log.info("phantom LUNA16 folder written to %s", out_dir)
 
 
 if __name__ == "__main__":
