@@ -6,9 +6,9 @@ sample). Here the whole batch is transformed in one call after it reaches the de
 ``affine_grid`` units of the model's crop: a flip per axis, an offset and a scale on all three
 axes, a rotation about the I axis, then Gaussian noise in HU.
 
-Presizing: batches may hold a larger *context* crop than the model sees. The model's crop is cut
-from that context by the reference rule (centred on the candidate, shifted inside at scan
-borders), and the augmentation samples from the whole context, so offsets and rotations see real
+Presizing: training batches may hold a larger *context* crop than the model sees, with
+``window_irc`` saying where the model's crop (cut by the reference rule, ``luna.data.ct.crop_starts``)
+lies inside it. The augmentation samples from the whole context, so offsets and rotations see real
 voxels instead of inventing border voxels.
 
 Exactness: with every magnitude at zero, no resampling happens at all: the output is an integer
@@ -53,24 +53,11 @@ class Augmentation:  # not frozen: Lightning walks hyperparameters with apply_to
         return cls(flip_irc=(True, True, True), offset=0.1, scale=0.2, rotate=True, noise_hu=25.0)
 
 
-def crop_starts(offset_irc: torch.Tensor, width_irc: tuple[int, int, int], context_irc: tuple[int, ...]) -> torch.Tensor:
-    """Start of the model's crop inside each context crop, by the reference rule: ``[B, 3]``.
-
-    ``offset_irc`` is the candidate's voxel inside the context crop. Cutting the reference crop of
-    the context around it gives exactly the reference crop of the scan (the same clamping).
-    """
-    width = torch.tensor(width_irc, device=offset_irc.device)
-    context = torch.tensor(context_irc, device=offset_irc.device)
-    return torch.minimum(torch.clamp(offset_irc - width // 2, min=0), context - width)
-
-
-def center_crop(crops: torch.Tensor, offset_irc: torch.Tensor, width_irc: tuple[int, int, int]) -> torch.Tensor:
-    """The model's crop ``[B, C, *width_irc]`` cut exactly (no interpolation) from context crops."""
-    context = tuple(crops.shape[2:])
-    if context == tuple(width_irc):
+def window_crop(crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int]) -> torch.Tensor:
+    """The model's crops ``[B, C, *width_irc]`` cut exactly (no interpolation) at ``window_irc`` ``[B, 3]``."""
+    if tuple(crops.shape[2:]) == tuple(width_irc):
         return crops
-    starts = crop_starts(offset_irc, width_irc, context)
-    axes = [starts[:, k, None] + torch.arange(w, device=crops.device) for k, w in enumerate(width_irc)]
+    axes = [window_irc[:, k, None] + torch.arange(w, device=crops.device) for k, w in enumerate(width_irc)]
     b = torch.arange(crops.shape[0], device=crops.device)[:, None, None, None]
     gathered = crops.permute(0, 2, 3, 4, 1)[b, axes[0][:, :, None, None], axes[1][:, None, :, None], axes[2][:, None, None, :]]
     return gathered.permute(0, 4, 1, 2, 3).contiguous()
@@ -105,18 +92,19 @@ def _affine(augmentation: Augmentation, flips: torch.Tensor) -> torch.Tensor:
 
 
 def augment(
-    crops: torch.Tensor, offset_irc: torch.Tensor, width_irc: tuple[int, int, int], augmentation: Augmentation
+    crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int], augmentation: Augmentation
 ) -> torch.Tensor:
     """Randomly transformed model crops ``[B, C, *width_irc]`` from (context) crops, on their device.
 
+    ``window_irc`` ``[B, 3]`` is where the untransformed model crop lies in each context crop.
     Draws from torch's global generator on the crops' device, so a seeded run repeats itself.
     """
     batch, device = crops.shape[0], crops.device
     flips = _random_flips(augmentation, batch, device)
     if augmentation.resamples:
-        out = _resample(crops, offset_irc, width_irc, _affine(augmentation, flips))
+        out = _resample(crops, window_irc, width_irc, _affine(augmentation, flips))
     else:
-        out = center_crop(crops, offset_irc, width_irc)
+        out = window_crop(crops, window_irc, width_irc)
         for dim in range(3):
             if augmentation.flip_irc[dim]:
                 mask = flips[:, dim].view(-1, 1, 1, 1, 1)
@@ -126,11 +114,11 @@ def augment(
     return out
 
 
-def _resample(crops: torch.Tensor, offset_irc: torch.Tensor, width_irc: tuple[int, int, int],
+def _resample(crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int],
               transform: torch.Tensor) -> torch.Tensor:
     """Trilinear ``grid_sample`` (border padding) of the transformed model-crop window of each context."""
     context = crops.shape[2:]
-    starts = crop_starts(offset_irc, width_irc, tuple(context)).float()
+    starts = window_irc.float()
     width = torch.tensor(width_irc, device=crops.device, dtype=torch.float32)
     size = torch.tensor(context, device=crops.device, dtype=torch.float32)
     # model-crop normalised coords u -> context normalised coords: u * w/W + (2 * start + w)/W - 1, in (x, y, z)
@@ -141,3 +129,18 @@ def _resample(crops: torch.Tensor, offset_irc: torch.Tensor, width_irc: tuple[in
     theta[:, :, 3] = ratio * transform[:, :, 3] + center
     grid = F.affine_grid(theta, [crops.shape[0], crops.shape[1], *width_irc], align_corners=False)
     return F.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def mixup(crops: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixup of a batch with a shuffled copy of itself: ``(mixed crops, partner [B], weight [B])``.
+
+    Each sample keeps weight ``w = max(l, 1 - l)``, ``l ~ Beta(alpha, alpha)``, so the first sample
+    dominates and its label is the one reported; the loss is ``w * loss(label) + (1 - w) *
+    loss(label[partner])``. Draws from torch's global generator.
+    """
+    batch = crops.shape[0]
+    weight = torch.distributions.Beta(alpha, alpha).sample((batch,)).to(crops.device)
+    weight = torch.maximum(weight, 1 - weight)
+    partner = torch.randperm(batch, device=crops.device)
+    shaped = weight.view(-1, *[1] * (crops.ndim - 1))
+    return shaped * crops + (1 - shaped) * crops[partner], partner, weight

@@ -24,6 +24,8 @@ from luna.checkpointing import RunCheckpoint
 from luna.data.datamodule import LunaDataModule
 from luna.module import LunaClassifier
 from luna.predictions import PredictionCsvWriter
+from luna.run_log import RunLog
+from luna.validation_figures import ValidationFigures
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -45,7 +47,11 @@ class LunaCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionCsvWriter, "predictions")
+        parser.add_lightning_class_args(ValidationFigures, "figures")
+        parser.add_lightning_class_args(RunLog, "run_log")
         parser.link_arguments("data.width_irc", "model.width_irc")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """``--trainer.enable_progress_bar=false`` also drops the configured progress bar (for batch jobs)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateFinder
 
-from luna.figures import log_figures
+from luna.validation_figures import log_figures
 
 log = logging.getLogger(__name__)
 
@@ -56,5 +56,5 @@ class LearningRateReport(LearningRateFinder):
         )
         fig = self.optimal_lr.plot(suggest=True)
         fig.savefig(folder / "lr_finder.png", dpi=90)
-        log_figures(trainer, {"lr_finder": fig})
+        log_figures(trainer, {"lr_finder": fig}, trainer.current_epoch)
         log.info("learning-rate finder: suggested lr %s (plot: %s)", suggestion, folder / "lr_finder.png")

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from luna.data.ct import DEFAULT_WIDTH_IRC
+
 BLOCK_COUNT = 4
 
 
@@ -42,12 +44,14 @@ class LunaModel(nn.Module):
         conv_channels: channels of the first block; each later block doubles them.
         width_irc: crop size (I, R, C) the model is built for; the head's input size follows from
             it, so each axis must be divisible by 16 (four 2x pools).
+        num_classes: outputs of the head (2 for the book's nodule / non-nodule).
 
-    ``forward`` returns ``(logits, probabilities)``, both of shape ``[B, 2]``.
+    ``forward`` returns ``(logits, probabilities)``, both of shape ``[B, num_classes]``.
     """
 
     def __init__(
-        self, in_channels: int = 1, conv_channels: int = 8, width_irc: Sequence[int] = (32, 48, 48)
+        self, in_channels: int = 1, conv_channels: int = 8, width_irc: Sequence[int] = DEFAULT_WIDTH_IRC,
+        num_classes: int = 2,
     ) -> None:
         super().__init__()
         pool = 2**BLOCK_COUNT
@@ -59,7 +63,7 @@ class LunaModel(nn.Module):
         for k in range(BLOCK_COUNT):
             self.add_module(f"block{k + 1}", LunaBlock(channels[k], channels[k + 1]))
         head_features = channels[-1] * math.prod(size // pool for size in width_irc)
-        self.head_linear = nn.Linear(head_features, 2)
+        self.head_linear = nn.Linear(head_features, num_classes)
         self.head_softmax = nn.Softmax(dim=1)
         self._init_weights()
 

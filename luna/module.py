@@ -1,72 +1,84 @@
-"""LunaClassifier: the LightningModule (network, loss, metrics, figures, prediction, fine-tuning)."""
+"""LunaClassifier: the LightningModule. It holds the network, the loss and the steps.
+
+Whatever watches a run lives in callbacks (``ValidationFigures``, ``RunLog``, ``RunCheckpoint``,
+``ProgressiveUnfreezing``); metrics are ``luna.metrics.StageMetrics``; augmentations and mixup are
+functions of ``luna.augment``; fine-tuning helpers live in ``luna.finetuning``.
+"""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
-from luna.augment import Augmentation, augment, center_crop, flip
-from luna.figures import confusion_figure, log_figures, mistakes_figure, pr_curve_figure, reliability_figure
-from luna.metrics import StageMetrics
-from luna.model import LunaModel, book_state_dict
+from luna.augment import Augmentation, augment, flip, mixup, window_crop
+from luna.data.ct import DEFAULT_WIDTH_IRC
+from luna.data.dataset import CropBatch
+from luna.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
+from luna.metrics import EvaluationOutcome, StageMetrics
+from luna.model import LunaModel
 
 log = logging.getLogger(__name__)
 
 Schedule = Literal["constant", "one_cycle", "cosine"]
 
 
-def trainable_units(network: nn.Module) -> list[nn.Module]:
-    """Top-level children that hold parameters, input side first (LunaModel: tail, block1-4, head)."""
-    return [child for child in network.children() if any(True for _ in child.parameters())]
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
 
 
-def load_weights(network: nn.Module, path: str | Path) -> None:
-    """Initialise ``network`` from a luna ``.ckpt`` (Lightning) or a book ``{'model_state': ...}`` file.
-
-    Lightning checkpoints hold pickled hyperparameters, so they are loaded with
-    ``weights_only=False``: only point this at checkpoints you trust.
-    """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
-        state = {k.removeprefix("network."): v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
-    else:
-        state = book_state_dict(checkpoint, path)
-    network.load_state_dict(state)
-    log.info("initialised the network from %s", path)
+def check_flips(tta_flips: list[list[int]] | None) -> list[tuple[int, ...]]:
+    """Validated test-time flips: each a list of distinct axes among 0 (I), 1 (R), 2 (C)."""
+    if not tta_flips:
+        return [()]
+    flips = []
+    for dims in tta_flips:
+        if any(not isinstance(d, int) or isinstance(d, bool) or d not in (0, 1, 2) for d in dims) or len(set(dims)) != len(dims):
+            raise ValueError(f"tta_flips={tta_flips}: each flip is a list of distinct axes among 0 (I), 1 (R) and 2 (C); "
+                             f"{list(dims)} is not")
+        flips.append(tuple(dims))
+    return flips
 
 
 class LunaClassifier(pl.LightningModule):
-    """Nodule-candidate classification with any 3D network.
+    """Classification of 3D crops with any 3D network (LUNA16 candidates by default).
 
     Args:
-        network: maps ``[B, 1, I, R, C]`` crops to logits ``[B, 2]`` (or ``(logits, probs)`` as
-            LunaModel does). None builds ``LunaModel(width_irc=width_irc)``; a MONAI
-            ``DenseNet121(spatial_dims=3, in_channels=1, out_channels=2)`` works as well.
+        network: maps ``[B, 1, I, R, C]`` crops to logits ``[B, num_classes]`` (or ``(logits,
+            probs)`` as LunaModel does). None builds ``LunaModel(width_irc, num_classes)``; any
+            ``nn.Module`` is given by ``class_path`` in the config, e.g.
+            ``monai.networks.nets.DenseNet121`` with ``spatial_dims: 3, in_channels: 1, out_channels: 2``.
         optimizer: a callable ``params -> Optimizer``; None is the book's SGD (lr 1e-3, momentum 0.99).
         lr_schedule: ``constant``, ``one_cycle`` (peak = the optimizer's lr) or ``cosine`` (decay to
             0), stepped every batch over ``trainer.estimated_stepping_batches``.
-        width_irc: the crop the network sees; larger (context) crops from the DataModule are cut
-            or augmented down to it on the device.
+        width_irc: the crop the network sees (linked to ``data.width_irc`` by the CLI).
+        num_classes: classes of the data (linked to the data by the CLI); 2 for LUNA16 candidates.
+        class_names: one name per class for logs and figures; default from the data.
+        threshold: binary runs: the decision threshold on P(class 1) at which accuracy, precision,
+            recall, F1 and the confusion matrix are taken (``f1_best`` reports the best one).
+        prior_correction: shift the logits by ``log(natural / sampled)`` class frequencies of the
+            training data, so that a model trained on balanced epochs gives probabilities at the
+            natural class ratio (validation, test, predict; not the training loss).
         augmentation: random training transforms, applied to the batch on the device.
         tta_flips: test-time augmentation for validate/test/predict: the probability is the mean
-            over these flips (each a list of axes, 0 = I, 1 = R, 2 = C; ``[]`` is no flip). None or
-            an empty list: no TTA.
+            over these flips (each a list of axes, 0 = I, 1 = R, 2 = C; ``[]`` is no flip).
         mixup_alpha: mixup of training crops with Beta(alpha, alpha) weights; 0 disables it.
         label_smoothing: cross-entropy label smoothing epsilon for training.
         channels_last: run the network on ``channels_last_3d`` tensors (2.6x faster on CPU here).
         init_checkpoint: start from the network weights of a luna ``.ckpt`` or a book checkpoint.
+        trust_checkpoint: allow ``init_checkpoint`` to be fully unpickled (only for trusted files).
         finetune_depth: train only the last K parameterised units of the network (LunaModel:
             1 = head only, 2 = block4 + head, ... as the book's ``--finetune-depth``); None trains all.
         lr_decay_per_unit: discriminative learning rates: each unit's rate is this factor times
             the rate of the unit after it (the head gets the optimizer's rate); 1.0 disables it.
-        mistakes_shown: confident false positives and negatives shown in the validation montage.
+        mistakes_shown: most confident mistakes per true class in the validation montage.
     """
 
     def __init__(
@@ -74,71 +86,88 @@ class LunaClassifier(pl.LightningModule):
         network: nn.Module | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Schedule = "constant",
-        width_irc: tuple[int, int, int] = (32, 48, 48),
+        width_irc: tuple[int, int, int] = DEFAULT_WIDTH_IRC,
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        threshold: float = 0.5,
+        prior_correction: bool = False,
         augmentation: Augmentation = Augmentation(),
         tta_flips: list[list[int]] | None = None,
         mixup_alpha: float = 0.0,
         label_smoothing: float = 0.0,
         channels_last: bool = True,
         init_checkpoint: str | None = None,
+        trust_checkpoint: bool = False,
         finetune_depth: int | None = None,
         lr_decay_per_unit: float = 1.0,
         mistakes_shown: int = 8,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["network", "optimizer"])
-        self.network = network if network is not None else LunaModel(width_irc=width_irc)
+        self.network = network if network is not None else LunaModel(width_irc=width_irc, num_classes=num_classes)
         self.optimizer_factory = optimizer
         self.width_irc = tuple(width_irc)
         self.augmentation = augmentation
-        self.tta_flips = [tuple(f) for f in tta_flips] if tta_flips else [()]
+        self.tta_flips = check_flips(tta_flips)
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
         if init_checkpoint:
-            load_weights(self.network, init_checkpoint)
-        units = trainable_units(self.network)
+            load_network_weights(self.network, init_checkpoint, trust=trust_checkpoint)
         if finetune_depth is not None:
-            if not 1 <= finetune_depth <= len(units):
-                raise ValueError(f"finetune_depth={finetune_depth}: must be between 1 and {len(units)} for this network")
-            for unit in units[: len(units) - finetune_depth]:
-                unit.requires_grad_(False)
-        slice_shape = self.width_irc[1:]
-        self.train_metrics = StageMetrics("train")
-        self.val_metrics = StageMetrics("val", curves=True, slice_shape=slice_shape, mistakes=mistakes_shown)
-        self.test_metrics = StageMetrics("test", curves=True, slice_shape=slice_shape, mistakes=mistakes_shown)
+            freeze_all_but_last(self.network, finetune_depth)
+        names = class_names or (["non-nodule", "nodule"] if num_classes == 2 else None)
+        options = {"num_classes": num_classes, "class_names": names, "threshold": threshold}
+        shown = {"curves": True, "slice_shape": self.width_irc[1:], "mistakes": mistakes_shown}
+        self.train_metrics = StageMetrics("train", **options)
+        self.val_metrics = StageMetrics("val", **options, **shown)
+        self.test_metrics = StageMetrics("test", **options, **shown)
+        self.register_buffer("logit_shift", torch.zeros(num_classes), persistent=False)
+        self.evaluations: dict[str, EvaluationOutcome] = {}
+        self._checkpoint_epoch = 0
+        self._first_nonfinite_step = None
 
-    # ------------------------------------------------------------------ batches on the device
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Augment (training) or cut the exact model crop (otherwise), batched on the device."""
-        crops, offsets = batch["crop"], batch["offset_irc"]
-        if self.trainer is not None and self.trainer.training:
-            crops = augment(crops, offsets, self.width_irc, self.augmentation)
+    # ------------------------------------------------------------------ data and priors
+    def setup(self, stage: str) -> None:
+        """Take the prior correction from the training data, when asked for."""
+        if not self.hparams.prior_correction:
+            return
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "class_frequencies"):
+            raise ValueError("prior_correction=true needs a DataModule with class_frequencies() (the training data's)")
+        natural, sampled = datamodule.class_frequencies()
+        shift = np.log(natural) - np.log(sampled)
+        self.logit_shift = torch.as_tensor(shift, dtype=torch.float32, device=self.logit_shift.device)
+        log.info("prior correction: logits shifted by %s (natural class frequencies %s, sampled %s)",
+                 np.round(shift, 3).tolist(), np.round(natural, 4).tolist(), np.round(sampled, 4).tolist())
+
+    def on_after_batch_transfer(self, batch: CropBatch, dataloader_idx: int) -> CropBatch:
+        """int16 -> float32 on the device, then augment (training) or cut the model's crop exactly."""
+        crops = batch["crop"].float()
+        if self._trainer is not None and self._trainer.training:
+            crops = augment(crops, batch["window_irc"], self.width_irc, self.augmentation)
         else:
-            crops = center_crop(crops, offsets, self.width_irc)
+            crops = window_crop(crops, batch["window_irc"], self.width_irc)
         if self.hparams.channels_last:
             crops = crops.contiguous(memory_format=torch.channels_last_3d)
         return {**batch, "crop": crops}
 
+    # ------------------------------------------------------------------ forward
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, 2]``."""
+        """Logits ``[B, num_classes]``."""
         out = self.network(crops)
         return out[0] if isinstance(out, (tuple, list)) else out
 
-    def nodule_probability(self, crops: torch.Tensor) -> torch.Tensor:
-        """P(nodule) ``[B]``, averaged over the test-time flips."""
-        probabilities = [F.softmax(self(flip(crops, dims)), dim=1)[:, 1] for dims in self.tta_flips]
-        return torch.stack(probabilities).mean(0)
+    def probabilities(self, crops: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[B, num_classes]``: prior-corrected, averaged over the test-time flips."""
+        runs = [F.softmax(self(flip(crops, dims)).float() + self.logit_shift, dim=1) for dims in self.tta_flips]
+        return torch.stack(runs).mean(0)
 
     # ------------------------------------------------------------------ steps
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: CropBatch, batch_idx: int) -> torch.Tensor:
         crops, labels = batch["crop"], batch["label"]
         smoothing = self.hparams.label_smoothing
         if self.hparams.mixup_alpha > 0:
-            weight = torch.distributions.Beta(self.hparams.mixup_alpha, self.hparams.mixup_alpha).sample(labels.shape)
-            weight = torch.maximum(weight, 1 - weight).to(crops.device)  # the first sample dominates: its label is reported
-            partner = torch.randperm(len(labels), device=crops.device)
-            shaped = weight.view(-1, *[1] * (crops.ndim - 1))
-            crops = shaped * crops + (1 - shaped) * crops[partner]
+            crops, partner, weight = mixup(crops, self.hparams.mixup_alpha)
             logits = self(crops)
             losses = weight * F.cross_entropy(logits, labels, reduction="none", label_smoothing=smoothing) + (
                 1 - weight
@@ -146,50 +175,82 @@ class LunaClassifier(pl.LightningModule):
         else:
             logits = self(crops)
             losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=smoothing)
-        self.train_metrics.update(F.softmax(logits.detach(), dim=1)[:, 1], labels, losses)
         loss = losses.mean()
+        self._note_nonfinite(loss)
+        self.train_metrics.update(F.softmax(logits.detach().float(), dim=1), labels, losses)
         self.log("train/loss_step", loss, prog_bar=True, batch_size=len(labels))
         return loss
 
-    def _evaluate(self, batch: dict, metrics: StageMetrics) -> None:
+    def _evaluate(self, batch: CropBatch, metrics: StageMetrics) -> None:
         crops, labels = batch["crop"], batch["label"]
-        probability = self.nodule_probability(crops)
-        true_class = torch.where(labels == 1, probability, 1 - probability)
-        losses = -torch.log(true_class.clamp_min(1e-12))
-        middle = crops.shape[2] // 2
-        metrics.update(probability, labels, losses, batch["index"], crops[:, 0, middle])
+        probabilities = self.probabilities(crops)
+        losses = -torch.log(probabilities.gather(1, labels[:, None])[:, 0].clamp_min(1e-12))
+        # the slice through each candidate, and where it lies in that slice
+        offset = batch["offset_irc"] - batch["window_irc"]
+        rows = torch.arange(len(labels), device=crops.device)
+        slices = crops[rows, 0, offset[:, 0].clamp(0, crops.shape[2] - 1)]
+        identity = {"index": batch["index"], "series": batch["series"], "center_xyz": batch["center_xyz"]}
+        metrics.update(probabilities, labels, losses, identity, slices, offset[:, 1:])
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: CropBatch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: CropBatch, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics)
 
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        """Each candidate's P(nodule) with what identifies it: ``index``, ``series_uid``, ``center_xyz``."""
-        return {
-            "index": batch["index"],
-            "series_uid": batch["series_uid"],
-            "center_xyz": batch["center_xyz"],
-            "probability": self.nodule_probability(batch["crop"]),
-        }
+    def predict_step(self, batch: CropBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, np.ndarray]:
+        """Each sample's cache ``index`` and class ``probabilities``, as numpy copies (no shared memory kept)."""
+        return {"index": batch["index"].cpu().numpy().copy(),
+                "probabilities": self.probabilities(batch["crop"]).cpu().numpy()}
+
+    # ------------------------------------------------------------------ divergence
+    def _note_nonfinite(self, loss: torch.Tensor) -> None:
+        """Remember the first step with a non-finite loss, on the device (no synchronisation here)."""
+        step = torch.tensor(self.global_step, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        if self._first_nonfinite_step is None:
+            self._first_nonfinite_step = torch.full((), -1, device=loss.device, dtype=torch.long)
+        self._first_nonfinite_step = torch.where(bad & (self._first_nonfinite_step < 0), step, self._first_nonfinite_step)
+
+    def _raise_if_diverged(self) -> None:
+        if self._first_nonfinite_step is None:
+            return
+        step = int(self.trainer.strategy.reduce(self._first_nonfinite_step.float(), reduce_op="max"))
+        if step >= 0:
+            raise DivergenceError(
+                f"the training loss became NaN or infinite at step {step} (epoch {self.current_epoch}); training "
+                "stopped. The weights after that step are not usable, so no checkpoint was written for it: the "
+                "last good one is checkpoints/last.ckpt (the end of the previous epoch). Lower the learning rate "
+                "or check the data."
+            )
+
+    def on_train_batch_end(self, outputs, batch: CropBatch, batch_idx: int) -> None:
+        """Look for a diverged loss every ``log_every_n_steps`` (one synchronisation per check)."""
+        if (self.global_step % max(self.trainer.log_every_n_steps, 1)) == 0:
+            self._raise_if_diverged()
 
     # ------------------------------------------------------------------ epoch ends
     def on_train_start(self) -> None:
-        """Start validation metrics clean (the sanity check must not leak in); record the global batch."""
+        """Start validation metrics clean: the sanity check must not leak in."""
         self.val_metrics.reset()
-        loader = self.trainer.train_dataloader
-        batch_size = getattr(loader, "batch_size", None)
-        if batch_size:
-            world = self.trainer.world_size
-            for logger in self.trainer.loggers:
-                logger.log_hyperparams({"world_size": world, "global_batch_size": world * batch_size})
-            log.info("global batch: %d processes x %d = %d samples per step (learning rate not rescaled)",
-                     world, batch_size, world * batch_size)
 
     def on_train_epoch_end(self) -> None:
+        self._raise_if_diverged()
         self.log_dict(self.train_metrics.compute_scalars(), sync_dist=True)  # already equal on all ranks
         self.train_metrics.reset()
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self._raise_if_diverged()  # before validation, so that no checkpoint holds diverged weights
+        self._set_froc_reference(self.val_metrics, "val")
+
+    def on_test_start(self) -> None:
+        self._set_froc_reference(self.test_metrics, "test")
+
+    def _set_froc_reference(self, metrics: StageMetrics, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        reference = datamodule.froc_reference(stage) if hasattr(datamodule, "froc_reference") else None
+        metrics.set_froc_reference(reference, datamodule.series_uids if reference is not None else [])
 
     def on_validation_epoch_end(self) -> None:
         self._end_evaluation(self.val_metrics)
@@ -197,45 +258,26 @@ class LunaClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._end_evaluation(self.test_metrics)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._checkpoint_epoch = int(checkpoint.get("epoch", 0))
+
     def _end_evaluation(self, metrics: StageMetrics) -> None:
         if self.trainer.sanity_checking:
             metrics.reset()
             return
-        scalars = metrics.compute_scalars()  # collective: every rank computes, then all log the same values
-        curves = metrics.compute_curves()
-        self.log_dict(scalars, sync_dist=True)  # already equal on all ranks: the mean leaves them as they are
-        if self.trainer.is_global_zero and self.trainer.loggers:
-            datamodule = getattr(self.trainer, "datamodule", None)
-            describe = (lambda k: datamodule.candidate(k).series_uid[-8:]) if hasattr(datamodule, "candidate") else str
-            stage = metrics.stage
-            log_figures(self.trainer, {
-                f"{stage}/pr_curve": pr_curve_figure(curves["pr_curve"]),
-                f"{stage}/confusion_matrix": confusion_figure(curves["confusion"]),
-                f"{stage}/reliability": reliability_figure(curves["reliability"]),
-                f"{stage}/confident_mistakes": mistakes_figure(curves["mistakes"], describe),
-            })
+        fitting = self.trainer.state.fn == TrainerFn.FITTING
+        outcome = metrics.compute(epoch=self.current_epoch if fitting else self._checkpoint_epoch)  # collective
+        nonfinite = outcome.scalars[f"{metrics.stage}/nonfinite"]
+        if nonfinite:
+            log.warning("%s: %d samples had non-finite probabilities and were left out of the metrics",
+                        metrics.stage, int(nonfinite))
+        self.log_dict(outcome.scalars, sync_dist=True)  # already equal on all ranks: the mean leaves them as they are
+        self.evaluations[metrics.stage] = outcome
         metrics.reset()
 
     # ------------------------------------------------------------------ optimisation
-    def _parameter_groups(self) -> list[dict]:
-        """One group per trainable unit, with ``lr_scale`` for discriminative learning rates."""
-        decay = self.hparams.lr_decay_per_unit
-        if decay == 1.0:
-            return [{"params": [p for p in self.network.parameters() if p.requires_grad], "lr_scale": 1.0}]
-        units = trainable_units(self.network)
-        groups = []
-        for depth, unit in enumerate(reversed(units)):
-            params = [p for p in unit.parameters() if p.requires_grad]
-            if params:
-                groups.append({"params": params, "lr_scale": decay**depth})
-        covered = {id(p) for unit in units for p in unit.parameters()}
-        rest = [p for p in self.network.parameters() if p.requires_grad and id(p) not in covered]
-        if rest:
-            groups.append({"params": rest, "lr_scale": 1.0})
-        return groups
-
     def configure_optimizers(self):
-        groups = self._parameter_groups()
+        groups = parameter_groups(self.network, self.hparams.lr_decay_per_unit)
         if self.optimizer_factory is None:
             optimizer = torch.optim.SGD(groups, lr=1e-3, momentum=0.99)
         else:

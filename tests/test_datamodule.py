@@ -52,18 +52,31 @@ def test_split_that_leaves_validation_empty_is_an_error(phantom_dir, cache_root)
         make(phantom_dir, cache_root, val_stride=1)
 
 
-def test_batches_are_float32_crops_with_traceable_candidates(phantom_dir, cache_root):
+def test_batches_are_int16_crops_with_traceable_candidates(phantom_dir, cache_root):
     dm = make(phantom_dir, cache_root, batch_size=8)
     batch = next(iter(dm.val_dataloader()))
-    assert batch["crop"].shape == (8, 1, 32, 48, 48) and batch["crop"].dtype == torch.float32
+    assert batch["crop"].shape == (8, 1, 32, 48, 48) and batch["crop"].dtype == torch.int16
     assert batch["label"].dtype == torch.int64 and batch["label"].shape == (8,)
     assert batch["crop"].min() >= -1000 and batch["crop"].max() <= 1000
     for row in range(8):
         candidate = dm.candidate(int(batch["index"][row]))
-        assert candidate.series_uid == batch["series_uid"][row]
+        assert candidate.series_uid == dm.series_uids[int(batch["series"][row])]
         assert tuple(batch["center_xyz"][row].tolist()) == candidate.center_xyz
         assert int(batch["label"][row]) == candidate.is_nodule
-        assert torch.equal(batch["crop"][row, 0], torch.from_numpy(dm.cache.crop(int(batch["index"][row])).astype("float32")))
+        assert torch.equal(batch["crop"][row, 0], torch.from_numpy(dm.cache.crop(int(batch["index"][row]))))
+    assert torch.equal(batch["window_irc"], torch.zeros(8, 3, dtype=torch.long))
+
+
+def test_int16_batches_become_the_same_float32_crops_on_the_device(phantom_dir, cache_root):
+    from luna.module import LunaClassifier
+
+    dm = make(phantom_dir, cache_root, batch_size=8)
+    batch = next(iter(dm.val_dataloader()))
+    module = LunaClassifier(channels_last=False)
+    on_device = module.on_after_batch_transfer(batch, 0)
+    assert on_device["crop"].dtype == torch.float32
+    expected = np.stack([dm.cache.crop(int(k)).astype(np.float32) for k in batch["index"]])[:, None]
+    assert torch.equal(on_device["crop"], torch.from_numpy(expected))  # bit-identical to converting on the CPU
 
 
 def test_balanced_epochs_have_the_requested_ratio_and_reshuffle(phantom_dir, cache_root):

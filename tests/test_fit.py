@@ -88,3 +88,32 @@ def test_last_checkpoint_is_the_last_epoch_when_the_monitor_never_improves(confi
     last = torch.load(checkpoints / "last.ckpt", weights_only=False)
     assert (last["epoch"], last["global_step"]) == (2, 6)
     assert [p.name for p in checkpoints.glob("best-*.ckpt")] == ["best-epoch000-step2.ckpt"]
+
+
+def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(config, tmp_path, phantom_dir):
+    from luna.evaluation.files import evaluate_submission
+
+    main(["--config", str(config), "--checkpoint.monitor=val/cpm", "--checkpoint.mode=max"])
+    checkpoints = run_dir(tmp_path) / "checkpoints"
+    assert list(checkpoints.glob("best-epoch000-*.ckpt"))
+    checkpoint = checkpoints / "last.ckpt"
+    cli = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}"])
+    cpm = float(cli.trainer.callback_metrics["val/cpm"])
+    predictions = tmp_path / "val_predictions.csv"
+    cli = main(["predict", "--config", str(config), f"--ckpt_path={checkpoint}", f"--predictions.path={predictions}"])
+    reference = cli.datamodule.froc_reference("test")
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    for name in ("annotations.csv", "annotations_excluded.csv"):
+        (listed / name).write_bytes((phantom_dir / name).read_bytes())
+    (listed / "seriesuids.csv").write_text("".join(f"{uid}\n" for uid in reference.scans))
+    evaluation = evaluate_submission(predictions, listed, bootstrap_samples=0)
+    assert evaluation.result.cpm == pytest.approx(cpm, abs=1e-6)
+    assert 0 <= cpm <= 1 and evaluation.result.counts.nodules > 0
+    figures = run_dir(tmp_path, 1) / "figures"
+    assert (figures / "val_froc-epoch000.png").is_file()
+
+
+def test_candidate_split_logs_no_cpm(config, tmp_path):
+    cli = main(["--config", str(config), "--data.split_by=candidate"])
+    assert "val/cpm" not in cli.trainer.callback_metrics and "val/f1" in cli.trainer.callback_metrics

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from luna.evaluation.froc import FP_PER_SCAN, Findings, Marks, cap_marks, froc
+from luna.evaluation.froc import FP_PER_SCAN, Findings, Marks, Reference, cap_marks
+from luna.evaluation.froc import froc as froc_of
 
 
 def findings(*rows):
@@ -22,6 +23,10 @@ def marks(*rows):
 
 
 NONE = Findings.empty()
+
+
+def froc(marks, nodules, irrelevant, scan_count, **kwargs):
+    return froc_of(marks, Reference([f"scan{k}" for k in range(scan_count)], nodules, irrelevant), **kwargs)
 
 
 def test_a_mark_at_exactly_the_radius_misses_and_just_inside_hits():

@@ -1,5 +1,6 @@
 """LunaClassifier in real Trainer runs on the phantom data."""
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -30,16 +31,16 @@ def test_sanity_check_does_not_leak_into_validation_metrics(datamodule, tmp_path
         assert f"val/{name}" in run.callback_metrics
 
 
-def test_predict_returns_probabilities_with_series_and_centres(datamodule, tmp_path):
+def test_predict_returns_plain_copies_of_indices_and_probabilities(datamodule, tmp_path):
+    import numpy as np
+
     run = trainer(tmp_path)
     batches = run.predict(LunaClassifier(), datamodule=datamodule)
-    indices = torch.cat([b["index"] for b in batches])
+    indices = np.concatenate([b["index"] for b in batches])
     assert indices.tolist() == datamodule.val_dataset.positions.tolist()
     first = batches[0]
-    assert first["probability"].shape == (8,) and ((first["probability"] >= 0) & (first["probability"] <= 1)).all()
-    candidate = datamodule.candidate(int(first["index"][0]))
-    assert first["series_uid"][0] == candidate.series_uid
-    assert tuple(first["center_xyz"][0].tolist()) == candidate.center_xyz
+    assert isinstance(first["index"], np.ndarray) and isinstance(first["probabilities"], np.ndarray)
+    assert first["probabilities"].shape == (8, 2) and np.allclose(first["probabilities"].sum(1), 1)
 
 
 def test_a_monai_network_replaces_luna_model(datamodule, tmp_path):
@@ -66,3 +67,19 @@ def test_discriminative_learning_rates_scale_by_depth():
     optimizer = module.configure_optimizers()
     rates = [group["lr"] for group in optimizer.param_groups]
     assert rates == [1e-3 * 0.5**k for k in range(6)]  # head first, tail batchnorm last
+
+
+def test_prior_correction_turns_balanced_odds_into_natural_odds(datamodule, tmp_path):
+    corrected = LunaClassifier(prior_correction=True, channels_last=False)
+    trainer(tmp_path, max_steps=1, limit_val_batches=1, num_sanity_val_steps=0).fit(corrected, datamodule=datamodule)
+    natural, sampled = datamodule.class_frequencies()
+    assert sampled.tolist() == [0.5, 0.5] and 0 < natural[1] < 0.5  # balanced epochs, rarer nodules
+    plain = LunaClassifier(channels_last=False)
+    plain.network.load_state_dict(corrected.network.state_dict())
+    crops = torch.randn(6, 1, 32, 48, 48, generator=torch.Generator().manual_seed(0)) * 300
+    corrected.eval(), plain.eval()
+    logits = plain(crops).double()
+    # odds of a nodule multiplied by natural[1] / natural[0]: add the log of that to the log-odds
+    expected = torch.sigmoid(logits[:, 1] - logits[:, 0] + float(np.log(natural[1] / natural[0])))
+    assert torch.allclose(corrected.probabilities(crops)[:, 1].double(), expected, atol=1e-6)
+    assert torch.allclose(plain.probabilities(crops)[:, 1].double(), torch.sigmoid(logits[:, 1] - logits[:, 0]), atol=1e-6)

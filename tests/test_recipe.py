@@ -68,8 +68,8 @@ def test_presized_context_trains_augmented_and_validates_on_the_exact_crop(phant
     pl.Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
                enable_checkpointing=False, enable_progress_bar=False, callbacks=[Shapes()]).fit(module, datamodule=datamodule)
     assert shapes == {"train": (4, 1, 32, 48, 48), "val": (4, 1, 32, 48, 48)}
-    raw = next(iter(datamodule.val_dataloader()))
-    assert tuple(raw["crop"].shape) == (4, 1, 48, 64, 64)  # the cache holds the larger context
+    assert tuple(next(iter(datamodule.train_dataloader()))["crop"].shape) == (4, 1, 48, 64, 64)  # the context
+    assert tuple(next(iter(datamodule.val_dataloader()))["crop"].shape) == (4, 1, 32, 48, 48)  # cut on the CPU
 
 
 def test_one_cycle_and_cosine_schedules_step_per_batch():

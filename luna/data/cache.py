@@ -370,17 +370,17 @@ class CropCache:
         self._derive()
 
     def _derive(self) -> None:
-        """Plain per-field copies of the index: reading a structured record per sample is slow."""
+        """Contiguous per-field copies of the index: reading a structured record per sample is slow."""
         self.center_xyz = np.ascontiguousarray(self.index["center_xyz"])
         self.offset_irc = np.ascontiguousarray(self.index["offset_irc"])
-        self._series_of: list[int] = self.index["series"].tolist()
-        self._row_of: list[int] = self.index["row"].tolist()
+        self.series_of = np.ascontiguousarray(self.index["series"], dtype=np.int64)
+        self._row_of = np.ascontiguousarray(self.index["row"], dtype=np.int64)
         self._maps: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.index)
 
-    _DERIVED = ("center_xyz", "offset_irc", "_series_of", "_row_of", "_maps")
+    _DERIVED = ("center_xyz", "offset_irc", "series_of", "_row_of", "_maps")
 
     def __getstate__(self) -> dict:
         return {name: value for name, value in self.__dict__.items() if name not in self._DERIVED}
@@ -398,11 +398,11 @@ class CropCache:
 
     def crop(self, k: int) -> np.ndarray:
         """The crop of candidate ``k`` (index order) as a read-only int16 view of shape ``width_irc``."""
-        return self._scan_crops(self._series_of[k])[self._row_of[k]]
+        return self._scan_crops(int(self.series_of[k]))[int(self._row_of[k])]
 
     def series_uid(self, k: int) -> str:
         """The series of candidate ``k``."""
-        return self.series_uids[self._series_of[k]]
+        return self.series_uids[int(self.series_of[k])]
 
     def candidate(self, k: int) -> Candidate:
         """Candidate ``k`` as loaded from the CSVs."""

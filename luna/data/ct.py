@@ -54,28 +54,34 @@ def irc_to_xyz(
     return float(x), float(y), float(z)
 
 
-def crop_start(center_irc: Sequence[int], width_irc: Sequence[int], shape_irc: Sequence[int]) -> tuple[int, ...]:
-    """Start index of the reference crop on each axis.
+def crop_starts(center_irc: np.ndarray, width_irc: Sequence[int], shape_irc: Sequence[int]) -> np.ndarray:
+    """Start index of the reference crop of each centre ``[n, 3]`` (IRC) in a volume of ``shape_irc``.
 
-    ``start = center - width // 2``, shifted back inside the volume when the crop would leave it
-    (start 0, or end at the last voxel); never padded.
+    The one crop rule of luna: ``start = center - width // 2`` (the centre voxel sits at index
+    ``width // 2`` of the crop, for odd and even widths alike), shifted back inside the volume when
+    the crop would leave it (start 0, or end at the last voxel); never padded. For the even widths
+    of the book (32, 48, 48) this is its ``round(center - width / 2)``.
 
     Raises:
-        CenterOutsideScanError: the centre is not inside the volume.
+        CenterOutsideScanError: a centre is not inside the volume.
         ValueError: the volume is smaller than the crop on some axis.
     """
-    starts = []
-    for axis, (center, width, size) in enumerate(zip(center_irc, width_irc, shape_irc)):
-        if not 0 <= center < size:
-            raise CenterOutsideScanError(
-                f"centre {tuple(center_irc)} (IRC) lies outside a volume of shape {tuple(shape_irc)}"
-            )
-        if width > size:
-            raise ValueError(
-                f"crop width {tuple(width_irc)} exceeds the volume shape {tuple(shape_irc)} on axis {axis}"
-            )
-        starts.append(min(max(int(round(center - width / 2)), 0), size - width))
-    return tuple(starts)
+    center = np.asarray(center_irc, dtype=np.int64).reshape(-1, 3)
+    width, shape = np.asarray(width_irc, dtype=np.int64), np.asarray(shape_irc, dtype=np.int64)
+    outside = ((center < 0) | (center >= shape)).any(axis=1)
+    if outside.any():
+        raise CenterOutsideScanError(
+            f"centre {tuple(center[outside.argmax()].tolist())} (IRC) lies outside a volume of shape {tuple(shape.tolist())}"
+        )
+    if (width > shape).any():
+        axis = int((width > shape).argmax())
+        raise ValueError(f"crop width {tuple(width.tolist())} exceeds the volume shape {tuple(shape.tolist())} on axis {axis}")
+    return np.clip(center - width // 2, 0, shape - width)
+
+
+def crop_start(center_irc: Sequence[int], width_irc: Sequence[int], shape_irc: Sequence[int]) -> tuple[int, ...]:
+    """``crop_starts`` of one centre, as a tuple."""
+    return tuple(int(start) for start in crop_starts(np.asarray(center_irc), width_irc, shape_irc)[0])
 
 
 def find_scans(data_dir: str | Path) -> dict[str, Path]:

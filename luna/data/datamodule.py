@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CUDAAccelerator
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from luna.data.cache import CacheInputs, CropCache, build_cache, open_built_cache
 from luna.data.candidates import Candidate
+from luna.data.ct import DEFAULT_WIDTH_IRC
 from luna.data.dataset import CropDataset, EvaluationSampler, TrainingSampler, collate_crops
 from luna.data.phantom import MARKER, PhantomSpec, generate_phantom
 from luna.data.splits import SplitBy, split_items
+from luna.evaluation.files import read_reference
+from luna.evaluation.froc import Reference
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +26,9 @@ class LunaDataModule(pl.LightningDataModule):
     """LUNA16 candidates as batches of cached crops.
 
     ``prepare_data`` builds the crop cache once per node (or once in all when ``shared_cache``);
-    ``setup`` opens it and splits it. Batches are dicts: ``crop`` float32 ``[B, 1, I, R, C]``,
-    ``label`` int64 ``[B]`` (1 = nodule), ``index`` (see ``candidate``), ``series_uid`` (list),
-    ``center_xyz`` float64 ``[B, 3]`` mm, ``offset_irc`` int64 ``[B, 3]`` (the candidate's voxel
-    inside the crop).
+    ``setup`` opens it and splits it. Batches are ``CropBatch`` dicts (int16 crops; the module
+    makes them float32 on the device). Validation and test score LUNA16's FROC (``val/cpm``)
+    over the scans they hold, unless ``split_by="candidate"`` puts scans in both sets.
 
     Args:
         data_dir: the LUNA16 folder (``subset*/<uid>.mhd``, ``annotations.csv``, candidates CSV).
@@ -64,7 +65,7 @@ class LunaDataModule(pl.LightningDataModule):
         val_stride: int = 10,
         split_by: SplitBy = "series",
         val_subset: int = 0,
-        width_irc: tuple[int, int, int] = (32, 48, 48),
+        width_irc: tuple[int, int, int] = DEFAULT_WIDTH_IRC,
         context_irc: tuple[int, int, int] | None = None,
         batch_size: int = 32,
         num_workers: int = 2,
@@ -89,6 +90,10 @@ class LunaDataModule(pl.LightningDataModule):
         self.prepare_data_per_node = not shared_cache
         self.cache: CropCache | None = None
         self.train_positions = self.val_positions = np.empty(0, dtype=np.int64)
+        self.num_classes = 2
+        self.class_names = ["non-nodule", "nodule"]
+        self._datasets: dict[str, CropDataset] = {}
+        self._references: dict[str, Reference | None] = {}
 
     # ------------------------------------------------------------------ build and open
     def _inputs(self) -> CacheInputs:
@@ -131,18 +136,22 @@ class LunaDataModule(pl.LightningDataModule):
         )
 
     # ------------------------------------------------------------------ datasets
-    def _dataset(self, positions: Sequence[int]) -> CropDataset:
+    def _dataset(self, name: str, positions: np.ndarray, serve_context: bool = False) -> CropDataset:
+        """The dataset of a split, built once."""
         if self.cache is None:
             raise RuntimeError("call setup() before asking for data")
-        return CropDataset(self.cache, positions)
+        if name not in self._datasets:
+            self._datasets[name] = CropDataset(self.cache, positions, self.width_irc, serve_context)
+        return self._datasets[name]
 
     @property
     def train_dataset(self) -> CropDataset:
-        return self._dataset(self.train_positions)
+        """The training split, with the cached context around each crop for augmentation."""
+        return self._dataset("train", self.train_positions, serve_context=True)
 
     @property
     def val_dataset(self) -> CropDataset:
-        return self._dataset(self.val_positions)
+        return self._dataset("val", self.val_positions)
 
     @property
     def eval_dataset(self) -> CropDataset:
@@ -150,22 +159,61 @@ class LunaDataModule(pl.LightningDataModule):
         series = self.hparams.eval_series
         if series is None:
             return self.val_dataset
+        return self._dataset("eval", self._eval_positions(series))
+
+    def _eval_positions(self, series: list[str]) -> np.ndarray:
         unknown = sorted(set(series) - set(self.cache.series_uids))
         if unknown:
             raise ValueError(f"eval_series not in the cache (no scan or no candidate): {unknown}")
-        wanted = np.isin(self.cache.index["series"], [self.cache.series_uids.index(uid) for uid in series])
-        return self._dataset(np.flatnonzero(wanted))
+        wanted = np.isin(self.cache.series_of, [self.cache.series_uids.index(uid) for uid in series])
+        return np.flatnonzero(wanted)
+
+    @property
+    def series_uids(self) -> list[str]:
+        """The uid of each series number in batches (``batch["series"]``)."""
+        return self.cache.series_uids
 
     def candidate(self, index: int) -> Candidate:
         """The candidate behind a batch's ``index`` entry."""
         return self.cache.candidate(index)
+
+    def identify(self, indices: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Series uids and centres (mm ``[n, 3]``) of the candidates at cache ``indices``."""
+        uids = self.cache.series_uids
+        return [uids[s] for s in self.cache.series_of[indices].tolist()], self.cache.center_xyz[indices]
+
+    def class_frequencies(self) -> tuple[np.ndarray, np.ndarray]:
+        """Class frequencies of the training split as it is (natural) and as epochs sample it."""
+        labels = self.train_dataset.labels.astype(np.int64)
+        natural = np.bincount(labels, minlength=self.num_classes) / len(labels)
+        ratio = self.hparams.negatives_per_positive
+        sampled = natural if ratio == 0 else np.array([ratio, 1.0]) / (ratio + 1)
+        return natural, sampled
+
+    def froc_reference(self, stage: str) -> Reference | None:
+        """The scans and findings LUNA16's FROC scores a stage against, or None when it means nothing.
+
+        ``val`` evaluates the scans of the validation split, ``test`` (and predict) those of the
+        evaluation set. With ``split_by="candidate"`` the same scans are in training and
+        validation, so no FROC is scored.
+        """
+        if stage not in self._references:
+            if self.hparams.split_by == "candidate":
+                log.info("split_by='candidate' puts scans in both training and validation: CPM would be "
+                         "meaningless, so it is not computed")
+                self._references[stage] = None
+            else:
+                dataset = self.val_dataset if stage == "val" else self.eval_dataset
+                scans = [self.cache.series_uids[s] for s in np.unique(dataset.series).tolist()]
+                self._references[stage] = read_reference(self.data_dir, scans, self.hparams.annotations_file)
+        return self._references[stage]
 
     # ------------------------------------------------------------------ loaders
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _loader(self, dataset: CropDataset, sampler) -> DataLoader:
+    def _loader(self, dataset: CropDataset, sampler: DistributedSampler) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(
             dataset,

@@ -1,7 +1,13 @@
 """Dataset, samplers and collate for crops served from a ``CropCache``.
 
-A sample is a zero-copy int16 view of the cache plus what traces it back to its candidate;
-``collate_crops`` converts the whole batch to float32 in one pass (one copy per sample in all).
+A sample is a zero-copy int16 view of the cache plus what traces it back to its candidate. Batches
+cross to the device as int16 (half the bytes of float32) and become float32 there
+(``LunaClassifier.on_after_batch_transfer``), where augmentation runs too.
+
+Everything a dataset holds per candidate is a numpy array, never a Python object per candidate:
+DataLoader workers then share those pages with the main process instead of copying them as
+reference counts change (worker memory stays flat at LUNA16's 755k candidates), and a dataset
+pickles small for spawned workers.
 
 Samplers subclass ``DistributedSampler`` so that Lightning uses them as they are under DDP
 instead of wrapping them in its own: its default pads the validation set with repeated samples,
@@ -11,64 +17,102 @@ which quietly skews DDP metrics. Here each rank takes a disjoint share and nothi
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TypedDict
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from luna.data.cache import CropCache
+from luna.data.ct import crop_starts
 from luna.data.splits import epoch_order
+
+
+class CropSample(TypedDict):
+    """One sample of a ``CropDataset`` (numpy values; ``collate_crops`` makes a ``CropBatch``)."""
+
+    crop: np.ndarray  # int16 [I, R, C], a read-only view of the cache
+    label: int
+    index: int  # the candidate's row in the cache
+    series: int  # the candidate's series (scan) number in the cache
+    center_xyz: np.ndarray  # float64 [3], millimetres
+    offset_irc: np.ndarray  # int64 [3], the candidate's voxel inside ``crop``
+    window_irc: np.ndarray  # int64 [3], start of the model's crop inside ``crop`` (0 when served exactly)
+
+
+class CropBatch(TypedDict):
+    """A batch as the DataLoader yields it; the module turns ``crop`` into float32 on the device."""
+
+    crop: torch.Tensor  # int16 [B, 1, I, R, C]
+    label: torch.Tensor  # int64 [B]
+    index: torch.Tensor  # int64 [B]
+    series: torch.Tensor  # int64 [B]
+    center_xyz: torch.Tensor  # float64 [B, 3]
+    offset_irc: torch.Tensor  # int64 [B, 3]
+    window_irc: torch.Tensor  # int64 [B, 3]
 
 
 class CropDataset(Dataset):
     """The candidates at ``positions`` (cache index order) of a crop cache.
 
-    Items are dicts: ``crop`` (int16 numpy view ``[I, R, C]``), ``label`` (1 = nodule), ``index``
-    (position in the cache, see ``CropCache.candidate``), ``series_uid``, ``center_xyz`` (mm) and
-    ``offset_irc`` (the candidate's voxel inside the crop; not the middle near a scan's border).
+    Args:
+        cache: an open crop cache.
+        positions: the candidates served, as cache rows.
+        width_irc: the crop the model sees; None is the cache's width.
+        serve_context: serve the cache's whole (context) crop with ``window_irc`` saying where the
+            model's crop lies inside it (for augmentation that needs the voxels around it);
+            otherwise serve exactly the model's crop, cut by the reference rule.
     """
 
-    def __init__(self, cache: CropCache, positions: Sequence[int]) -> None:
+    def __init__(self, cache: CropCache, positions: Sequence[int], width_irc: Sequence[int] | None = None,
+                 serve_context: bool = False) -> None:
         self.cache = cache
         self.positions = np.asarray(positions, dtype=np.int64)
         self.labels = cache.index["is_nodule"][self.positions]
-        # Everything a sample carries besides its crop, as plain Python values: building a sample is
-        # then a few list lookups, which keeps reads close to the speed of copying the crop itself.
-        self._items = list(zip(
-            self.positions.tolist(),
-            self.labels.astype(int).tolist(),
-            [cache.series_uid(k) for k in self.positions.tolist()],
-            [tuple(xyz) for xyz in cache.center_xyz[self.positions].tolist()],
-            [tuple(irc) for irc in cache.offset_irc[self.positions].tolist()],
-        ))
+        self.series = cache.series_of[self.positions]
+        self.center_xyz = cache.center_xyz[self.positions]
+        self.width_irc = tuple(width_irc or cache.width_irc)
+        offset = cache.offset_irc[self.positions].astype(np.int64)
+        window = crop_starts(offset, self.width_irc, cache.width_irc) if len(offset) else offset
+        if serve_context or self.width_irc == cache.width_irc:
+            self.offset_irc, self.window_irc, self._cut = offset, window, None
+        else:
+            self.offset_irc, self.window_irc, self._cut = offset - window, np.zeros_like(window), window
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, item: int) -> dict:
-        k, label, series_uid, center_xyz, offset_irc = self._items[item]
+    def __getitem__(self, item: int) -> CropSample:
+        k = int(self.positions[item])
+        crop = self.cache.crop(k)
+        if self._cut is not None:
+            i, r, c = self._cut[item]
+            wi, wr, wc = self.width_irc
+            crop = crop[i : i + wi, r : r + wr, c : c + wc]
         return {
-            "crop": self.cache.crop(k),
-            "label": label,
+            "crop": crop,
+            "label": int(self.labels[item]),
             "index": k,
-            "series_uid": series_uid,
-            "center_xyz": center_xyz,
-            "offset_irc": offset_irc,
+            "series": int(self.series[item]),
+            "center_xyz": self.center_xyz[item],
+            "offset_irc": self.offset_irc[item],
+            "window_irc": self.window_irc[item],
         }
 
 
-def collate_crops(items: list[dict]) -> dict:
-    """Stack samples into a batch: ``crop`` float32 ``[B, 1, I, R, C]``, ``label`` int64 ``[B]``..."""
-    crops = np.empty((len(items), 1, *items[0]["crop"].shape), dtype=np.float32)
-    for row, item in enumerate(items):
-        crops[row, 0] = item["crop"]  # int16 -> float32 conversion and copy in one pass
+def collate_crops(samples: list[CropSample]) -> CropBatch:
+    """Stack samples into a ``CropBatch``: int16 crops ``[B, 1, I, R, C]`` (one copy), the rest as tensors."""
+    crops = np.empty((len(samples), 1, *samples[0]["crop"].shape), dtype=np.int16)
+    for row, sample in enumerate(samples):
+        crops[row, 0] = sample["crop"]
     return {
         "crop": torch.from_numpy(crops),
-        "label": torch.tensor([item["label"] for item in items], dtype=torch.int64),
-        "index": torch.tensor([item["index"] for item in items], dtype=torch.int64),
-        "series_uid": [item["series_uid"] for item in items],
-        "center_xyz": torch.tensor([item["center_xyz"] for item in items], dtype=torch.float64),
-        "offset_irc": torch.tensor([item["offset_irc"] for item in items], dtype=torch.int64),
+        "label": torch.tensor([sample["label"] for sample in samples], dtype=torch.int64),
+        "index": torch.tensor([sample["index"] for sample in samples], dtype=torch.int64),
+        "series": torch.tensor([sample["series"] for sample in samples], dtype=torch.int64),
+        "center_xyz": torch.from_numpy(np.stack([sample["center_xyz"] for sample in samples]).astype(np.float64)),
+        "offset_irc": torch.from_numpy(np.stack([sample["offset_irc"] for sample in samples]).astype(np.int64)),
+        "window_irc": torch.from_numpy(np.stack([sample["window_irc"] for sample in samples]).astype(np.int64)),
     }
 
 

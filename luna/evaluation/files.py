@@ -17,7 +17,7 @@ import numpy as np
 
 from luna.csvfile import CsvFormatError, read_columns
 from luna.data.ct import find_scans
-from luna.evaluation.froc import Findings, FrocResult, Marks, froc
+from luna.evaluation.froc import Findings, FrocResult, Marks, Reference, froc
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,24 @@ def read_findings(path: str | Path, scan_index: dict[str, int]) -> Findings:
     )
 
 
+def read_reference(data_dir: str | Path, scans: list[str], annotations_file: str = ANNOTATIONS,
+                   irrelevant_file: str = IRRELEVANT_FINDINGS) -> Reference:
+    """The findings of ``scans`` in a LUNA16 folder: ``annotations.csv`` and, when present,
+    ``annotations_excluded.csv`` (without it, a warning: marks on irrelevant findings then count
+    as false positives and CPM is lower than the official one)."""
+    data_dir = Path(data_dir)
+    scan_index = {uid: k for k, uid in enumerate(scans)}
+    nodules = read_findings(data_dir / annotations_file, scan_index)
+    excluded_path = data_dir / irrelevant_file
+    if excluded_path.is_file():
+        irrelevant = read_findings(excluded_path, scan_index)
+    else:
+        log.warning("%s not found: marks on irrelevant findings count as false positives, so this CPM is lower "
+                    "than the official one", excluded_path)
+        irrelevant = Findings.empty()
+    return Reference(list(scans), nodules, irrelevant)
+
+
 def evaluated_scans(data_dir: str | Path, subsets: list[int] | None = None) -> tuple[list[str], str]:
     """The evaluated scans of a LUNA16 folder, and where the list came from.
 
@@ -162,15 +180,8 @@ def evaluate_submission(
     data_dir = Path(data_dir)
     submission = predictions if isinstance(predictions, Submission) else read_predictions(predictions)
     scans, scans_from = evaluated_scans(data_dir, subsets)
-    scan_index = {uid: k for k, uid in enumerate(scans)}
-    nodules = read_findings(data_dir / ANNOTATIONS, scan_index)
-    excluded_path = data_dir / IRRELEVANT_FINDINGS
-    if excluded_path.is_file():
-        irrelevant = read_findings(excluded_path, scan_index)
-    else:
-        log.warning("%s not found: marks on irrelevant findings count as false positives, so this CPM is lower "
-                    "than the official one", excluded_path)
-        irrelevant = Findings.empty()
+    reference = read_reference(data_dir, scans)
+    scan_index = reference.scan_index()
     scan = np.fromiter((scan_index.get(uid, -1) for uid in submission.series_uid), dtype=np.int64, count=len(submission))
     evaluated = scan >= 0
     unevaluated = int((~evaluated).sum())
@@ -185,5 +196,5 @@ def evaluate_submission(
         center_xyz=submission.center_xyz[evaluated].reshape(-1, 3),
         probability=submission.probability[evaluated],
     )
-    result = froc(marks, nodules, irrelevant, len(scans), bootstrap_samples, seed)
-    return Evaluation(result, scans, scans_from, unevaluated, excluded_path.is_file())
+    result = froc(marks, reference, bootstrap_samples, seed)
+    return Evaluation(result, scans, scans_from, unevaluated, (data_dir / IRRELEVANT_FINDINGS).is_file())

@@ -58,6 +58,25 @@ class Findings:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """What marks are scored against: the evaluated scans and their findings.
+
+    Attributes:
+        scans: the evaluated series uids; findings and marks refer to them by position.
+        nodules: the nodules of those scans (``annotations.csv`` order).
+        irrelevant: their irrelevant findings (``annotations_excluded.csv`` order; may be empty).
+    """
+
+    scans: list[str]
+    nodules: Findings
+    irrelevant: Findings
+
+    def scan_index(self) -> dict[str, int]:
+        """Series uid -> position in ``scans``."""
+        return {uid: k for k, uid in enumerate(self.scans)}
+
+
+@dataclass(frozen=True)
 class Marks:
     """A system's marks (CAD candidates with a probability) on the evaluated scans.
 
@@ -244,9 +263,7 @@ def _read_off(fp_per_scan: np.ndarray, sensitivity: np.ndarray, points) -> np.nd
 
 def froc(
     marks: Marks,
-    nodules: Findings,
-    irrelevant: Findings,
-    scan_count: int,
+    reference: Reference,
     bootstrap_samples: int = 0,
     seed: int = 0,
     max_marks: int = MAX_MARKS_PER_SCAN,
@@ -255,14 +272,13 @@ def froc(
 
     Args:
         marks: the system's marks on the evaluated scans (rows of other scans already removed).
-        nodules: the nodules of the evaluated scans (``annotations.csv`` order).
-        irrelevant: the irrelevant findings (``annotations_excluded.csv`` order).
-        scan_count: the number of evaluated scans; scan indices run from 0 to ``scan_count - 1``.
-            A scan without marks still counts, and its nodules are missed.
+        reference: the evaluated scans and their findings. A scan without marks still counts,
+            and its nodules are missed.
         bootstrap_samples: resamples of the scans for the interval (the official script: 1000).
         seed: seeds the resampling.
         max_marks: the per-scan cap (100 in LUNA16).
     """
+    nodules, irrelevant, scan_count = reference.nodules, reference.irrelevant, len(reference.scans)
     if scan_count < 1:
         raise ValueError("scan_count must be at least 1: there is no scan to evaluate")
     for name, part in (("marks", marks), ("nodules", nodules), ("irrelevant", irrelevant)):
