@@ -9,16 +9,26 @@ does, so ``--ckpt_path=.../last.ckpt`` resumes from the true last epoch.
 
 from __future__ import annotations
 
+import logging
+
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
+
+log = logging.getLogger(__name__)
 
 
 class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` always holds the latest finished epoch.
 
-    Takes the arguments of ``ModelCheckpoint``; only the rule for ``last.ckpt`` differs.
+    Takes the arguments of ``ModelCheckpoint``, and ``fallback_monitor``: the metric to rank
+    checkpoints by when ``monitor`` is never logged (``val/cpm`` needs evaluated scans: a
+    ``split_by=candidate`` run or another dataset has none), with a warning.
     """
+
+    def __init__(self, *args, fallback_monitor: str | None = "val/f1", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fallback_monitor = fallback_monitor
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -26,6 +36,12 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_if_missed(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = self._monitor_candidates(trainer)
+        if (self.monitor and self.monitor not in metrics and self.fallback_monitor in metrics
+                and not trainer.sanity_checking):
+            log.warning("checkpoint monitor %s is not logged by this run; ranking checkpoints by %s instead",
+                        self.monitor, self.fallback_monitor)
+            self.monitor = self.fallback_monitor
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_missed(trainer)

@@ -24,6 +24,7 @@ from luna.checkpointing import RunCheckpoint
 from luna.data.datamodule import LunaDataModule
 from luna.module import LunaClassifier
 from luna.predictions import PredictionCsvWriter
+from luna.run_folder import LoggerName, run_loggers
 from luna.run_log import RunLog
 from luna.validation_figures import ValidationFigures
 
@@ -49,13 +50,21 @@ class LunaCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionCsvWriter, "predictions")
         parser.add_lightning_class_args(ValidationFigures, "figures")
         parser.add_lightning_class_args(RunLog, "run_log")
+        parser.add_argument("--loggers", type=list[LoggerName], default=["csv", "tensorboard"],
+                            help="loggers of the run, all in <trainer.default_root_dir>/version_N/ "
+                                 "(csv is required; wandb is offline unless WANDB_MODE=online). An explicit "
+                                 "--trainer.logger replaces them.")
         parser.link_arguments("data.width_irc", "model.width_irc")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        """``--trainer.enable_progress_bar=false`` also drops the configured progress bar (for batch jobs)."""
-        trainer_config = self.config_init[self.subcommand].get("trainer") or {}
+        """One run folder for every logger (see ``luna.run_folder``), and
+        ``--trainer.enable_progress_bar=false`` also drops the configured progress bar (for batch jobs)."""
+        config = self.config_init[self.subcommand]
+        trainer_config = config.get("trainer") or {}
+        if trainer_config.get("logger") is None:
+            kwargs["logger"] = run_loggers(trainer_config.get("default_root_dir") or "logs", config["loggers"])
         if trainer_config.get("enable_progress_bar") is False:
             callbacks = trainer_config.get("callbacks") or []
             kwargs["callbacks"] = [c for c in callbacks if not isinstance(c, ProgressBar)]

@@ -24,11 +24,8 @@ def tiny_config(path: Path, data_dir: Path, cache_dir: Path, run_dir: Path, **da
             "max_epochs": 1,
             "default_root_dir": str(run_dir),
             "enable_progress_bar": False,
-            "logger": [
-                {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                 "init_args": {"save_dir": str(run_dir), "name": "luna"}},
-            ],
         },
+        "loggers": ["csv"],
     }
     path.write_text(yaml.safe_dump(config))
     return path

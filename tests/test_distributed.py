@@ -43,7 +43,7 @@ def trained(phantom_dir, cache_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     config = tiny_config(tmp / "tiny.yaml", phantom_dir, cache_root, tmp / "runs", val_stride=5)
     luna("--config", str(config))
-    return config, tmp / "runs" / "luna" / "version_0" / "checkpoints" / "last.ckpt"
+    return config, tmp / "runs" / "version_0" / "checkpoints" / "last.ckpt"
 
 
 @pytest.mark.parametrize("stage", ["validate", "test"])
@@ -52,9 +52,8 @@ def test_ddp_evaluation_equals_one_process(trained, tmp_path, stage):
     results = {}
     for processes, extra in ((1, []), (2, DDP)):
         runs = tmp_path / f"p{processes}"
-        logger = f'[{{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {{"save_dir": "{runs}", "name": "luna"}}}}]'
-        luna(stage, "--config", str(config), f"--ckpt_path={checkpoint}", f"--trainer.logger={logger}", *extra)
-        results[processes] = last_metrics(runs / "luna" / "version_0", "val" if stage == "validate" else "test")
+        luna(stage, "--config", str(config), f"--ckpt_path={checkpoint}", f"--trainer.default_root_dir={runs}", *extra)
+        results[processes] = last_metrics(runs / "version_0", "val" if stage == "validate" else "test")
     one, two = results[1], results[2]
     assert one["samples"] == two["samples"] == split_size(config)
     for name in SCALARS:
@@ -80,9 +79,9 @@ def test_two_processes_on_an_empty_cache_build_once_and_both_train(phantom_dir, 
     log = result.stdout + result.stderr
     assert len(re.findall(r"crop cache .*: cutting 12 of 12 scans", log)) == 1, log[-3000:]
     assert tree_bytes(tmp_path / "cache" / phantom_cache.name) == tree_bytes(phantom_cache)
-    hparams = yaml.safe_load((tmp_path / "runs" / "luna" / "version_0" / "hparams.yaml").read_text())
+    hparams = yaml.safe_load((tmp_path / "runs" / "version_0" / "hparams.yaml").read_text())
     assert hparams["world_size"] == 2 and hparams["global_batch_size"] == 16
-    rows = [r for r in csv.DictReader((tmp_path / "runs" / "luna" / "version_0" / "metrics.csv").open()) if r.get("train/samples")]
+    rows = [r for r in csv.DictReader((tmp_path / "runs" / "version_0" / "metrics.csv").open()) if r.get("train/samples")]
     assert float(rows[-1]["train/samples"]) == 16  # both ranks' 8 samples, synchronised
 
 
@@ -146,7 +145,7 @@ def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
     assert config["trainer"]["num_nodes"] == int(directives["nodes"])
     assert config["trainer"]["strategy"] == "ddp"
     assert config["trainer"]["default_root_dir"].startswith(str(tmp_path / "runs"))
-    assert [logger["init_args"]["save_dir"] for logger in config["trainer"]["logger"]][0].startswith(str(tmp_path / "runs"))
+    assert config["trainer"]["logger"] is None  # the run's loggers follow default_root_dir
     if "array" in directives:
         assert config["data"]["split_by"] == "subset" and config["data"]["val_subset"] == 3
 
@@ -164,7 +163,7 @@ def test_sigusr1_saves_a_checkpoint_requeues_and_the_restart_resumes(phantom_dir
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, runs, samples_per_epoch=64)
     args = [sys.executable, "-m", "luna.fit", "--config", str(config), "--trainer.max_epochs=6"]
     job = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    first_epoch = runs / "luna" / "version_0" / "checkpoints" / "last.ckpt"
+    first_epoch = runs / "version_0" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 180
     while not first_epoch.exists() and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.2)
@@ -180,7 +179,7 @@ def test_sigusr1_saves_a_checkpoint_requeues_and_the_restart_resumes(phantom_dir
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "Restoring states from the checkpoint path at" in restarted.stdout + restarted.stderr
     assert "hpc_ckpt" in restarted.stdout + restarted.stderr
-    rows = list(csv.DictReader((runs / "luna" / "version_1" / "metrics.csv").open()))
+    rows = list(csv.DictReader((runs / "version_1" / "metrics.csv").open()))
     assert min(int(r["step"]) for r in rows) >= saved["global_step"] > 0  # continued, not restarted from zero
     epochs = sorted({int(r["epoch"]) for r in rows if r["epoch"]})
     assert epochs[0] == saved["epoch"] and epochs[-1] == 6

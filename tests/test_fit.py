@@ -18,7 +18,7 @@ def config(phantom_dir, cache_root, tmp_path):
 
 
 def run_dir(tmp_path, version=0):
-    return tmp_path / "runs" / "luna" / f"version_{version}"
+    return tmp_path / "runs" / f"version_{version}"
 
 
 def test_python_m_luna_fit_trains_end_to_end(config, tmp_path):
@@ -117,3 +117,16 @@ def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(c
 def test_candidate_split_logs_no_cpm(config, tmp_path):
     cli = main(["--config", str(config), "--data.split_by=candidate"])
     assert "val/cpm" not in cli.trainer.callback_metrics and "val/f1" in cli.trainer.callback_metrics
+
+
+def test_every_output_of_a_run_lands_in_one_folder_under_default_root_dir(config, tmp_path):
+    main(["--config", str(config), "--loggers=[csv, tensorboard]"])
+    run = run_dir(tmp_path)
+    assert {p.name for p in run.iterdir()} >= {"metrics.csv", "hparams.yaml", "config.yaml", "checkpoints", "figures",
+                                                "tensorboard"}
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    main(["predict", "--config", str(config), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    assert (run_dir(tmp_path, 1) / "predictions.csv").is_file()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0", "version_1"]
+    with pytest.raises(ValueError, match="'csv' is required"):
+        main(["--config", str(config), "--loggers=[tensorboard]"])

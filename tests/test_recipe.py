@@ -42,7 +42,7 @@ def test_lr_finder_runs_end_to_end_and_reports(phantom_dir, cache_root, tmp_path
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs", samples_per_epoch=160)
     main(["--config", str(config), "--config", "configs/presets/lr_find.yaml",
           "--trainer.callbacks.init_args.num_training_steps=15", "--trainer.enable_progress_bar=false"])
-    run = tmp_path / "runs" / "luna" / "version_0"
+    run = tmp_path / "runs" / "version_0"
     report = json.loads((run / "lr_finder.json").read_text())
     assert len(report["lr"]) == len(report["loss"]) > 5
     assert report["suggestion"] is None or 1e-6 <= report["suggestion"] <= 1.0

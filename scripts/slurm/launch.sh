@@ -3,7 +3,7 @@
 # srun starts one task per GPU; Lightning's SLURMEnvironment reads ranks and world size from it.
 # The Trainer's devices and num_nodes come from the allocation (SLURM_NTASKS_PER_NODE,
 # SLURM_NNODES), so the #SBATCH lines are the only place where GPU and node counts are written.
-# Logs, checkpoints and the HPC checkpoint of a requeued job go to LUNA_RUNS (shared storage).
+# Every output (LUNA_RUNS/version_N/) and the HPC checkpoint of a requeued job go to LUNA_RUNS (shared storage).
 # The crop cache goes to LUNA_CACHE: node-local scratch by default (built once per node), or
 # shared storage with LUNA_SHARED_CACHE=true (built once by global rank 0).
 
@@ -11,11 +11,6 @@
 : "${LUNA_CACHE:=${TMPDIR:-/tmp}/luna-cache-$SLURM_JOB_ID}"
 : "${LUNA_SHARED_CACHE:=false}"
 : "${LUNA_ACCELERATOR:=gpu}"
-
-luna_loggers() {
-  printf '[{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "%s", "name": "luna"}},' "$LUNA_RUNS"
-  printf ' {"class_path": "pytorch_lightning.loggers.TensorBoardLogger", "init_args": {"save_dir": "%s/tensorboard", "name": "luna"}}]' "$LUNA_RUNS"
-}
 
 luna_srun() {
   srun --kill-on-bad-exit=1 python -m luna.fit \
@@ -25,7 +20,6 @@ luna_srun() {
     --trainer.num_nodes="$SLURM_NNODES" \
     --trainer.default_root_dir="$LUNA_RUNS" \
     --trainer.enable_progress_bar=false \
-    --trainer.logger="$(luna_loggers)" \
     --data.cache_dir="$LUNA_CACHE" \
     --data.shared_cache="$LUNA_SHARED_CACHE" \
     "$@"
