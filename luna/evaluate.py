@@ -24,8 +24,6 @@ from luna.csvfile import CsvFormatError
 from luna.evaluation.files import Evaluation, evaluate_submission
 from luna.evaluation.froc import BAND_POINTS
 
-log = logging.getLogger(__name__)
-
 INTERPOLATION = "linear interpolation of the FROC curve (np.interp) at each operating point"
 
 

@@ -121,6 +121,19 @@ def test_lightning_reads_world_size_and_ranks_from_slurm(monkeypatch):
 SBATCH = sorted((ROOT / "scripts" / "slurm").glob("*.sbatch"))
 
 
+def stub(bin_dir: Path, name: str, body: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body)
+    (bin_dir / name).chmod(0o755)
+
+
+def slurm_env(tmp_path: Path, bin_dir: Path, directives: dict) -> dict:
+    return {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3",
+            "SLURM_NTASKS_PER_NODE": directives["ntasks-per-node"], "SLURM_NNODES": directives["nodes"],
+            "LUNA_RUNS": str(tmp_path / "runs")}
+
+
 @pytest.mark.parametrize("script", SBATCH, ids=lambda p: p.name)
 def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
     subprocess.run(["bash", "-n", str(script)], check=True)
@@ -128,26 +141,54 @@ def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
         subprocess.run(["shellcheck", "-x", str(script)], check=True, cwd=ROOT)
     directives = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", script.read_text(), re.M))
     assert directives["ntasks-per-node"] == directives.get("gpus-per-node", directives["ntasks-per-node"])
-    assert directives["signal"] == "SIGUSR1@90"
-    # Run the script as SLURM would, with `srun` replaced by a stub that prints the config it gets.
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text('#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@" --print_config\n')
-    (bin_dir / "srun").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3",
-           "SLURM_NTASKS_PER_NODE": directives["ntasks-per-node"], "SLURM_NNODES": directives["nodes"],
-           "LUNA_RUNS": str(tmp_path / "runs")}
-    printed = subprocess.run(["bash", str(script)], env=env, cwd=ROOT, capture_output=True, text=True)
+    if script.name == "crossval_merge.sbatch":  # CPU only, no srun: record the command it runs
+        stub(bin_dir, "python", f'echo "$@" > {tmp_path / "python.args"}\n')
+        done = subprocess.run(["bash", str(script), "--config", "x.yaml"], env=slurm_env(tmp_path, bin_dir, directives),
+                              cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "python.args").read_text().split() == [
+            "-m", "luna.crossval", "--merge_only", "--output", str(tmp_path / "runs" / "crossval"), "--config", "x.yaml"]
+        return
+    assert directives["signal"] == "SIGUSR1@90"
+    # Run the script as SLURM would, with `srun` replaced by a stub that prints the config luna.fit gets.
+    if script.name == "crossval.sbatch":  # the fold task runs luna.crossval: record what it is given
+        stub(bin_dir, "srun", f'while [[ "$1" == --* ]]; do shift; done\necho "$@" > {tmp_path / "srun.args"}\n')
+    else:
+        stub(bin_dir, "srun", 'while [[ "$1" == --* ]]; do shift; done\nexec "$@" --print_config\n')
+    printed = subprocess.run(["bash", str(script)], env=slurm_env(tmp_path, bin_dir, directives), cwd=ROOT,
+                             capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr[-3000:]
+    if script.name == "crossval.sbatch":
+        args = (tmp_path / "srun.args").read_text().split()
+        assert args[:3] == ["python", "-m", "luna.crossval"]
+        own = ["--no_merge", "--folds", "3", "--output", str(tmp_path / "runs" / "crossval")]
+        assert [a for a in args[3:] if a in own] == own
+        fit_args = [a for a in args[3:] if a not in own]  # what luna.crossval passes on to luna.fit
+        printed = subprocess.run([sys.executable, "-m", "luna.fit", *fit_args, "--print_config"], cwd=ROOT,
+                                 capture_output=True, text=True)
+        assert printed.returncode == 0, printed.stderr[-3000:]
+        assert yaml.safe_load(printed.stdout)["data"]["shared_cache"] is True  # one cache for all folds
     config = yaml.safe_load(printed.stdout)
     assert int(config["trainer"]["devices"]) == int(directives["ntasks-per-node"])
     assert config["trainer"]["num_nodes"] == int(directives["nodes"])
     assert config["trainer"]["strategy"] == "ddp"
     assert config["trainer"]["default_root_dir"].startswith(str(tmp_path / "runs"))
     assert config["trainer"]["logger"] is None  # the run's loggers follow default_root_dir
-    if "array" in directives:
-        assert config["data"]["split_by"] == "subset" and config["data"]["val_subset"] == 3
+
+
+def test_crossval_submission_makes_the_merge_wait_for_every_fold(tmp_path):
+    bin_dir = tmp_path / "bin"
+    calls = tmp_path / "sbatch.calls"
+    stub(bin_dir, "sbatch", f'echo "$@" >> {calls}\nif [[ "$*" == *crossval.sbatch* ]]; then echo 1234; else echo 1235; fi\n')
+    if shutil.which("shellcheck"):
+        subprocess.run(["shellcheck", "-x", "scripts/slurm/crossval.sh"], check=True, cwd=ROOT)
+    done = subprocess.run(["bash", "scripts/slurm/crossval.sh", "--config", "x.yaml"], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    first, second = calls.read_text().splitlines()
+    assert first.endswith("crossval.sbatch --config x.yaml")
+    assert "--dependency=afterok:1234" in second and second.endswith("crossval_merge.sbatch --config x.yaml")
 
 
 def test_sigusr1_saves_a_checkpoint_requeues_and_the_restart_resumes(phantom_dir, cache_root, tmp_path):

@@ -41,7 +41,7 @@ import SimpleITK as sitk
 
 from luna.data.ct import irc_to_xyz
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("luna.data.phantom")  # not __name__: this module also runs as __main__
 
 MARKER = "phantom.json"
 UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.6279.6001."

@@ -1,4 +1,6 @@
-# Sourced by fit.sbatch and fit_multinode.sbatch: the one launch line of luna under SLURM.
+# shellcheck shell=bash
+# Sourced by the .sbatch scripts: the one launch line of luna under SLURM. The first argument is the
+# module to run (luna.fit, or luna.crossval for a fold), the rest are its arguments.
 #
 # srun starts one task per GPU; Lightning's SLURMEnvironment reads ranks and world size from it.
 # The Trainer's devices and num_nodes come from the allocation (SLURM_NTASKS_PER_NODE,
@@ -13,7 +15,9 @@
 : "${LUNA_ACCELERATOR:=gpu}"
 
 luna_srun() {
-  srun --kill-on-bad-exit=1 python -m luna.fit \
+  local module="$1"
+  shift
+  srun --kill-on-bad-exit=1 python -m "$module" \
     --trainer.accelerator="$LUNA_ACCELERATOR" \
     --trainer.strategy=ddp \
     --trainer.devices="$SLURM_NTASKS_PER_NODE" \
