@@ -7,7 +7,7 @@ sample). Here the whole batch is transformed in one call after it reaches the de
 axes, a rotation about the I axis, then Gaussian noise in HU.
 
 Presizing: training batches may hold a larger *context* crop than the model sees, with
-``window_irc`` saying where the model's crop (cut by the reference rule, ``luna.data.ct.crop_starts``)
+``window_irc`` saying where the model's crop (cut by the reference rule, ``luna.data.volume.crop_starts``)
 lies inside it. The augmentation samples from the whole context, so offsets and rotations see real
 voxels instead of inventing border voxels.
 

@@ -31,9 +31,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-from luna.csvfile import CsvFormatError
 from luna.evaluate import summary, table, write_report
 from luna.evaluation.files import evaluate_submission
 
@@ -95,11 +92,13 @@ def run_fold(fold: int, output: Path, fit_args: list[str]) -> Path:
     return predictions
 
 
-def resolved_data_dir(fit_args: list[str]) -> Path:
-    """``data.data_dir`` of the configuration that ``luna.fit`` would resolve from ``fit_args``."""
-    printed = subprocess.run([sys.executable, "-m", "luna.fit", "fit", *fit_args, "--print_config"],
-                             check=True, capture_output=True, text=True).stdout
-    return Path(yaml.safe_load(printed)["data"]["data_dir"])
+def predicted_data_dir(fold_predictions: Path) -> Path:
+    """The data folder a fold's predictions are about (recorded beside them by ``luna.fit predict``)."""
+    about = fold_predictions.with_suffix(".json")
+    data_dir = json.loads(about.read_text()).get("data_dir") if about.is_file() else None
+    if not data_dir:
+        raise FileNotFoundError(f"{about} does not say which data folder {fold_predictions} predicts; predict the fold again")
+    return Path(data_dir)
 
 
 def merge(fold_predictions: dict[int, Path], merged: Path) -> None:
@@ -116,12 +115,16 @@ def merge(fold_predictions: dict[int, Path], merged: Path) -> None:
     temporary.replace(merged)
 
 
-def score(output: Path, data_dir: Path, bootstrap: int, seed: int) -> dict:
+def score(output: Path, bootstrap: int, seed: int) -> dict:
     """Merge the finished folds' predictions, score them once and each fold alone; write the reports."""
     done = {fold: output / f"fold{fold}" / PREDICTIONS for fold in FOLDS
             if (output / f"fold{fold}" / PREDICTIONS).is_file()}
     if not done:
         raise FileNotFoundError(f"no fold of {output} has predictions yet (fold*/{PREDICTIONS})")
+    data_dirs = {predicted_data_dir(path) for path in done.values()}
+    if len(data_dirs) > 1:
+        raise ValueError(f"the folds of {output} predict different data folders: {sorted(map(str, data_dirs))}")
+    data_dir = data_dirs.pop()
     merged = output / PREDICTIONS
     merge(done, merged)
     subsets = None if len(done) == len(FOLDS) else sorted(done)
@@ -174,12 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             for fold in args.folds:
                 run_fold(fold, args.output, fit_args)
         if not args.no_merge:
-            score(args.output, resolved_data_dir(fit_args), args.bootstrap, args.bootstrap_seed)
+            score(args.output, args.bootstrap, args.bootstrap_seed)
     except subprocess.CalledProcessError as error:
         print(f"error: {' '.join(error.cmd[1:4])} failed with exit status {error.returncode}; rerun the same "
               "command to resume", file=sys.stderr)
         return 1
-    except (FileNotFoundError, CsvFormatError) as error:
+    except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

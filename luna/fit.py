@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from luna.checkpointing import RunCheckpoint
-from luna.data.datamodule import LunaDataModule
+from luna.data.datamodule import CropDataModule
 from luna.module import LunaClassifier
 from luna.predictions import PredictionCsvWriter
 from luna.run_folder import LoggerName, run_loggers
@@ -54,7 +54,7 @@ class LunaCLI(LightningCLI):
                             help="loggers of the run, all in <trainer.default_root_dir>/version_N/ "
                                  "(csv is required; wandb is offline unless WANDB_MODE=online). An explicit "
                                  "--trainer.logger replaces them.")
-        parser.link_arguments("data.width_irc", "model.width_irc")
+        parser.link_arguments("data.init_args.width_irc", "model.width_irc")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
@@ -83,7 +83,8 @@ def main(args: list[str] | None = None) -> LunaCLI:
         argv.insert(1, "fit")
     return LunaCLI(
         LunaClassifier,
-        LunaDataModule,
+        CropDataModule,
+        subclass_mode_data=True,
         seed_everything_default=1234,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={subcommand: {"default_config_files": [str(DEFAULT_CONFIG)]} for subcommand in SUBCOMMANDS},

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from luna.data.ct import DEFAULT_WIDTH_IRC
+from luna.data.volume import DEFAULT_WIDTH_IRC
 
 BLOCK_COUNT = 4
 

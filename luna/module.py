@@ -19,7 +19,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from luna.augment import Augmentation, augment, flip, mixup, window_crop
-from luna.data.ct import DEFAULT_WIDTH_IRC
+from luna.data.volume import DEFAULT_WIDTH_IRC
 from luna.data.dataset import CropBatch
 from luna.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
 from luna.metrics import EvaluationOutcome, StageMetrics

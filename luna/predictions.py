@@ -9,6 +9,7 @@ scan cap drops every mark tied at the 101st probability, and rounding makes ties
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -32,7 +33,9 @@ class PredictionCsvWriter(BasePredictionWriter):
 
     Each process appends its share to a part file as its batches end (nothing is kept in memory);
     after the last batch, global rank 0 concatenates the parts in rank order (each rank holds one
-    contiguous block of the evaluation set, so the rows come out in candidate order) into ``path``.
+    contiguous block of the evaluation set, so the rows come out in candidate order) into ``path``,
+    and writes beside it (``.json``) the row count, the class names, the checkpoint and the data
+    folder the predictions are about.
 
     Args:
         path: the CSV to write; relative paths are under the run's log folder.
@@ -87,5 +90,9 @@ class PredictionCsvWriter(BasePredictionWriter):
                 part.unlink()
             with path.open() as handle:
                 rows = sum(1 for _ in handle) - 1
+            data_dir = getattr(trainer.datamodule, "data_dir", None)
+            about = {"rows": rows, "class_names": names, "checkpoint": trainer.ckpt_path,
+                     "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None}
+            path.with_suffix(".json").write_text(json.dumps(about, indent=1) + "\n")
             log.info("predictions: %d rows written to %s", rows, path)
         trainer.strategy.barrier("predictions merged")

@@ -2,12 +2,13 @@
 
     python scripts/bench_data.py [--scans 8] [--shape 150 512 512] [--processes 2] [--reads 3000]
 
-1. Candidate list at LUNA16 V2 scale (754,975 rows): load_candidates time.
+1. Candidate list at LUNA16 V2 scale (754,975 rows): load_candidate_arrays time.
 2. Cache build vs SimpleITK alone reading the same real-size phantom scans with the same number
    of processes; peak memory of a build worker vs the size of one scan.
 3. Cache size in bytes per voxel.
-4. Warm random reads through CropDataset vs a bare np.memmap slice of the same bytes, and vs
-   MONAI's PersistentDataset serving the same crops (its cache filled first).
+4. Random reads through CropDataset vs a bare np.memmap slice of the same bytes: the first read of
+   each crop in a process (its checksum is checked then) and warm reads, and CropDataset vs MONAI's
+   PersistentDataset serving the same crops (its cache filled first).
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from luna.data.cache import CacheInputs, CropCache, build_cache
-from luna.data.candidates import load_candidates
+from luna.data.cache import CropCache
+from luna.data.cache_build import CacheSettings, build_cache
+from luna.data.candidates import load_candidate_arrays
+from luna.data.luna16 import Luna16Candidates
+from luna.data.volume import DEFAULT_WIDTH_IRC, HU_WINDOW
+
+SETTINGS = CacheSettings(DEFAULT_WIDTH_IRC, HU_WINDOW)
 
 
 def write_v2_scale_csvs(folder: Path, rows: int = 754_975, positives: int = 1_557, series: int = 888) -> tuple[Path, Path]:
@@ -52,19 +58,34 @@ def read_scan(path: Path) -> int:
 
 
 MEASURE_BUILD = """
-import resource, sys
-from luna.data.cache import CacheInputs, build_cache
-build_cache(CacheInputs.from_folder(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+import os, resource, sys
+from luna.data import cache_build
+from luna.data.luna16 import Luna16Candidates
+
+def resident():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+cut, added = cache_build._cut_image, sys.argv[4]
+def measured(*job):  # in the forked worker: its peak memory beyond what it shares with the builder
+    start = resident()
+    cut(*job)
+    with open(added, "a") as out:
+        out.write(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start}\\n")
+cache_build._cut_image = measured
+cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2],
+                        cache_build.CacheSettings((32, 48, 48), (-1000.0, 1000.0)), int(sys.argv[3]))
 """
 
 
 def build_worker_peak(data: Path, cache_dir: Path, processes: int) -> int:
-    """Largest resident set (bytes) of a build worker, from a fresh process that only builds."""
+    """The most memory (bytes) a build worker adds beyond the pages it shares with the builder it forked from."""
     shutil.rmtree(cache_dir, ignore_errors=True)
-    result = subprocess.run([sys.executable, "-c", MEASURE_BUILD, str(data), str(cache_dir), str(processes)],
-                            check=True, capture_output=True, text=True)
-    return int(result.stdout.split()[-1])
+    added = cache_dir.with_suffix(".added")
+    added.unlink(missing_ok=True)
+    subprocess.run([sys.executable, "-c", MEASURE_BUILD, str(data), str(cache_dir), str(processes), str(added)],
+                   check=True, capture_output=True, text=True)
+    return max(int(line) for line in added.read_text().split())
 
 
 def timed(fn, *args):
@@ -97,7 +118,7 @@ def main() -> None:
     print(f"work folder: {work}")
 
     annotations, candidates = write_v2_scale_csvs(work)
-    seconds, loaded = timed(load_candidates, annotations, candidates)
+    seconds, loaded = timed(load_candidate_arrays, annotations, candidates)
     print(f"[candidates] {len(loaded):,} rows loaded, joined and sorted in {seconds:.2f} s")
 
     data = work / "luna16"
@@ -105,8 +126,8 @@ def main() -> None:
         shape = " ".join(map(str, args.shape))
         subprocess.run([sys.executable, "-m", "luna.data.phantom", str(data), "--series", str(args.scans), "--seed", "1",
                         "--subsets", "2", "--shape_irc", *shape.split()], check=True, stderr=subprocess.DEVNULL)
-    inputs = CacheInputs.from_folder(data)
-    scans = sorted(inputs.scans.values())
+    source = Luna16Candidates(data)
+    scans = source.image_files()
     read_seconds, build_seconds = [], []
     for attempt in range(args.repeats):  # alternate, best of each: both see the same page cache
         with ProcessPoolExecutor(args.processes) as pool:
@@ -114,43 +135,48 @@ def main() -> None:
             scan_bytes = list(pool.map(read_scan, scans))
             read_seconds.append(time.perf_counter() - start)
         shutil.rmtree(work / f"cache{attempt}", ignore_errors=True)  # a fresh build every time
-        seconds, path = timed(build_cache, inputs, work / f"cache{attempt}", args.processes)
+        seconds, path = timed(build_cache, Luna16Candidates(data), work / f"cache{attempt}", SETTINGS, args.processes)
         build_seconds.append(seconds)
     read_seconds, build_seconds = min(read_seconds), min(build_seconds)
     worker_peak = build_worker_peak(data, work / "cache-memory", args.processes)
     print(f"[build] {len(scans)} scans of {args.shape}: SimpleITK read alone {read_seconds:.2f} s, "
           f"cache build {build_seconds:.2f} s with {args.processes} processes (best of {args.repeats}): ratio {build_seconds / read_seconds:.2f}x")
-    print(f"[build] peak RSS of a worker process {worker_peak / 2**20:.0f} MiB; one scan = {max(scan_bytes) / 2**20:.0f} MiB "
-          f"(int16); dataset = {sum(scan_bytes) / 2**20:.0f} MiB")
+    print(f"[build] peak memory a build worker adds to what it shares with the builder: {worker_peak / 2**20:.0f} MiB; "
+          f"one scan = {max(scan_bytes) / 2**20:.0f} MiB (int16); dataset = {sum(scan_bytes) / 2**20:.0f} MiB")
 
     cache = CropCache(path)
-    crop_bytes = sum(p.stat().st_size for p in (path / "scans").glob("*.npy"))
-    index_bytes = (path / "index.npy").stat().st_size
+    crop_bytes = sum(p.stat().st_size for p in (path / "images").glob("*.npy"))
+    column_bytes = sum(p.stat().st_size for p in (path / "columns").glob("*.npy"))
     voxels = len(cache) * int(np.prod(cache.width_irc))
-    print(f"[size] {len(cache)} crops: {crop_bytes / voxels:.4f} bytes/voxel (book: 4, float32) + index {index_bytes / 1024:.1f} KiB")
+    print(f"[size] {len(cache)} crops: {crop_bytes / voxels:.4f} bytes/voxel (book: 4, float32) + columns "
+          f"{column_bytes / 1024:.1f} KiB")
 
     from luna.data.dataset import CropDataset  # imports torch: only after the build, so workers stay small
 
-    dataset = CropDataset(cache, np.arange(len(cache)))
     rng = np.random.default_rng(0)
-    keys = rng.integers(0, len(cache), args.reads).tolist()
-    maps = {s: np.load(path / "scans" / f"{uid}.npy", mmap_mode="r") for s, uid in enumerate(cache.series_uids)}
-    where = list(zip(cache.index["series"].tolist(), cache.index["row"].tolist()))
-    for k in keys:  # warm: pages in memory, maps open, on both sides
-        np.array(dataset[k]["crop"])
+    keys = rng.permutation(len(cache))[: args.reads].tolist()  # distinct crops: every first read is a first read
+    maps = {s: np.load(path / "images" / f"{name}.npy", mmap_mode="r") for s, name in enumerate(cache.image_files)
+            if cache.manifest["images"][s]["crops"]}
+    where = list(zip(cache.image_of.tolist(), cache.column("image_row").tolist()))
+    for k in keys:  # pages in memory on both sides
+        np.array(cache.crop(k))
         np.array(maps[where[k][0]][where[k][1]])
-    bare_rates, our_rates = [], []
+    dataset = CropDataset(cache, np.arange(len(cache)))
+    bare_rates, first_rates, warm_rates = [], [], []
     for _ in range(args.repeats):  # interleaved, best of each: neither side gets a quieter moment
         bare_rates.append(read_rate(lambda k: np.array(maps[where[k][0]][where[k][1]]), keys, repeats=1))
-        our_rates.append(read_rate(lambda k: np.array(dataset[k]["crop"]), keys, repeats=1))
-    bare, ours = max(bare_rates), max(our_rates)
-    print(f"[reads] bare np.memmap slice {bare:,.0f} crops/s, CropDataset {ours:,.0f} crops/s: ratio {ours / bare:.2f}x")
+        cache._verified[:] = False  # as in a new process: no crop checked yet (the maps stay warm on both sides)
+        first_rates.append(read_rate(lambda k: np.array(dataset[k]["crop"]), keys, repeats=1))
+        warm_rates.append(read_rate(lambda k: np.array(dataset[k]["crop"]), keys, repeats=1))
+    bare, first, ours = max(bare_rates), max(first_rates), max(warm_rates)
+    print(f"[reads] bare np.memmap slice {bare:,.0f} crops/s; CropDataset first read of each crop (checksum "
+          f"checked) {first:,.0f} crops/s: ratio {first / bare:.2f}x; warm {ours:,.0f} crops/s: ratio {ours / bare:.2f}x")
 
     from monai.data import PersistentDataset
 
     persistent = PersistentDataset(
         data=[{"k": k} for k in range(len(cache))],
-        transform=lambda item: {"crop": np.array(cache.crop(item["k"])), "label": bool(cache.index["is_nodule"][item["k"]])},
+        transform=lambda item: {"crop": np.array(cache.crop(item["k"])), "label": int(cache.labels[item["k"]])},
         cache_dir=work / "monai",
     )
     for k in range(len(cache)):  # fill MONAI's cache

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from luna.augment import Augmentation, _affine, augment
-from luna.data.datamodule import LunaDataModule
+from luna.data.luna16 import LunaDataModule
 from luna.data.phantom import PhantomSpec
 from luna.module import LunaClassifier
 
@@ -61,7 +61,7 @@ def run_recipes(args: argparse.Namespace) -> None:
     for recipe in RECIPES:
         pl.seed_everything(0, verbose=False)
         datamodule = LunaDataModule(
-            work / "phantom", cache_dir=work / "cache", val_stride=5, batch_size=args.batch_size, num_workers=2,
+            None, cache_dir=work / "cache", val_stride=5, batch_size=args.batch_size, num_workers=2,
             negatives_per_positive=recipe.negatives_per_positive, samples_per_epoch=args.steps * args.batch_size,
             phantom=PhantomSpec(series=args.series, seed=3),
         )
@@ -77,14 +77,14 @@ def run_recipes(args: argparse.Namespace) -> None:
             trainer.save_checkpoint(checkpoints[recipe.name])
         seconds = time.perf_counter() - start
         metrics = pl.Trainer(**quiet).validate(module, datamodule=datamodule, verbose=False)[0]
-        rows.append((recipe.name, metrics["val/f1"], metrics["val/auroc"], metrics["val/calibration_error"],
-                     metrics["val/samples"], seconds))
+        rows.append((recipe.name, metrics["val/f1"], metrics["val/auroc"], metrics["val/cpm"],
+                     metrics["val/calibration_error"], metrics["val/samples"], seconds))
         logging.getLogger("bench").info("%s: F1 %.3f", recipe.name, metrics["val/f1"])
     print(f"\nValidation on held-out series, {args.steps} steps of {args.batch_size} per training run:\n")
-    print("| recipe | val F1 | val AUROC | calibration error (ECE) | validation samples | training s |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, f1, auroc, ece, samples, seconds in rows:
-        print(f"| {name} | {f1:.3f} | {auroc:.3f} | {ece:.3f} | {int(samples)} | {seconds:.0f} |")
+    print("| recipe | val F1 (at 0.5) | val AUROC | val CPM | calibration error (ECE) | validation samples | training s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, f1, auroc, cpm, ece, samples, seconds in rows:
+        print(f"| {name} | {f1:.3f} | {auroc:.3f} | {cpm:.3f} | {ece:.3f} | {int(samples)} | {seconds:.0f} |")
 
 
 def book_per_sample(crops: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
@@ -99,7 +99,7 @@ def book_per_sample(crops: torch.Tensor, transforms: torch.Tensor) -> torch.Tens
 
 def time_augmentation(batch_size: int, repeats: int) -> None:
     crops = torch.randn(batch_size, 1, 32, 48, 48) * 300
-    offsets = torch.tensor([[16, 24, 24]] * batch_size)
+    windows = torch.zeros(batch_size, 3, dtype=torch.long)  # the crops are the model's crops
 
     def best(fn) -> float:
         fn()
@@ -114,13 +114,13 @@ def time_augmentation(batch_size: int, repeats: int) -> None:
 
     transforms = _affine(BOOK, torch.rand(batch_size, 3) < 0.5)
     per_sample = best(lambda: book_per_sample(crops, transforms))
-    batched_cpu = best(lambda: augment(crops, offsets, (32, 48, 48), BOOK))
+    batched_cpu = best(lambda: augment(crops, windows, (32, 48, 48), BOOK))
     print(f"\nAugmentation, book settings, batches of {batch_size} crops of 32x48x48:")
     print(f"- per-sample CPU path (book): {per_sample:,.0f} crops/s")
     print(f"- batched on the CPU (luna): {batched_cpu:,.0f} crops/s ({batched_cpu / per_sample:.1f}x)")
     if torch.cuda.is_available():
-        on_device, device_offsets = crops.cuda(), offsets.cuda()
-        batched_gpu = best(lambda: augment(on_device, device_offsets, (32, 48, 48), BOOK))
+        on_device, device_windows = crops.cuda(), windows.cuda()
+        batched_gpu = best(lambda: augment(on_device, device_windows, (32, 48, 48), BOOK))
         print(f"- batched on {torch.cuda.get_device_name()} (luna): {batched_gpu:,.0f} crops/s "
               f"({batched_gpu / per_sample:.1f}x the per-sample CPU path)")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from luna.data.datamodule import LunaDataModule
+from luna.data.luna16 import LunaDataModule
 from luna.data.phantom import PhantomSpec
 from luna.module import LunaClassifier
 
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     datamodule = LunaDataModule(
-        args.workdir / "phantom", cache_dir=args.workdir / "cache", batch_size=args.batch_size,
+        None, cache_dir=args.workdir / "cache", batch_size=args.batch_size,
         num_workers=args.num_workers, negatives_per_positive=1, samples_per_epoch=args.batch_size * (args.steps + 3),
         phantom=PhantomSpec(series=20, seed=0),
     )
@@ -59,7 +59,7 @@ def main() -> None:
     datamodule.setup("fit")
     module = LunaClassifier().to(device)
     module.log = lambda *a, **k: None  # no Trainer here: logging is not what is measured
-    module.trainer = type("Stub", (), {"training": True, "estimated_stepping_batches": args.steps})()
+    module.trainer = type("Stub", (), {"training": True, "estimated_stepping_batches": args.steps, "global_step": 0})()
     fixed = next(iter(datamodule.train_dataloader()))
     settings = [False] + ([True] if device.type == "cuda" else [])
     for autocast in settings:

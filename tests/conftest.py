@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from luna.data.cache import CacheInputs, build_cache
+from luna.data.cache_build import CacheSettings, build_cache
+from luna.data.luna16 import Luna16Candidates
 from luna.data.phantom import PhantomSpec, generate_phantom
+from luna.data.volume import DEFAULT_WIDTH_IRC, HU_WINDOW
 
 SMALL_SPEC = PhantomSpec(series=12, seed=7, subsets=4, missing_series=2)
+SETTINGS = CacheSettings(DEFAULT_WIDTH_IRC, HU_WINDOW)
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +31,7 @@ def phantom_copy(phantom_dir, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def phantom_cache(phantom_dir, tmp_path_factory) -> Path:
     """The crop cache of ``phantom_dir`` at the default width."""
-    return build_cache(CacheInputs.from_folder(phantom_dir), tmp_path_factory.mktemp("cache"))
+    return build_cache(Luna16Candidates(phantom_dir), tmp_path_factory.mktemp("cache"), SETTINGS)
 
 
 @pytest.fixture(scope="session")

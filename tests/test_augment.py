@@ -6,7 +6,7 @@ import torch
 import numpy as np
 
 from luna.augment import Augmentation, _affine, augment, flip, mixup, window_crop
-from luna.data.ct import crop_start, crop_starts
+from luna.data.volume import crop_start, crop_starts
 from luna.module import LunaClassifier
 
 WIDTH = (32, 48, 48)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from luna.data.datamodule import LunaDataModule
 from luna.data.dataset import EvaluationSampler, TrainingSampler
+from luna.data.luna16 import LunaDataModule
 from luna.data.phantom import PhantomSpec
 from luna.data.splits import epoch_order, stride_split
 
@@ -16,13 +16,12 @@ def make(phantom_dir, cache_root, **kwargs):
 
 
 def series_of(dm, positions):
-    return {dm.cache.series_uids[s] for s in dm.cache.index["series"][positions]}
+    return {dm.cache.image_ids[s] for s in dm.cache.image_of[positions]}
 
 
 def test_series_split_strides_over_sorted_series_without_sharing_a_ct(phantom_dir, cache_root):
     dm = make(phantom_dir, cache_root, val_stride=4)
-    uids = dm.cache.series_uids
-    assert uids == sorted(uids)
+    uids = sorted(series_of(dm, np.arange(len(dm.cache))))  # the series with candidates on disk
     assert series_of(dm, dm.val_positions) == set(uids[::4])
     assert series_of(dm, dm.train_positions) == set(uids) - set(uids[::4])
     assert len(dm.train_positions) + len(dm.val_positions) == len(dm.cache)
@@ -40,10 +39,10 @@ def test_candidate_split_takes_every_nth_candidate(phantom_dir, cache_root):
 
 def test_subset_split_is_a_luna16_fold(phantom_dir, cache_root):
     dm = make(phantom_dir, cache_root, split_by="subset", val_subset=2)
-    subsets = np.asarray(dm.cache.subsets)[dm.cache.index["series"]]
-    assert set(subsets[dm.val_positions]) == {"subset2"}
-    assert "subset2" not in set(subsets[dm.train_positions])
-    with pytest.raises(ValueError, match="val_subset='subset9'"):
+    subsets = dm.cache.folds[dm.cache.image_of]
+    assert set(subsets[dm.val_positions]) == {2}
+    assert 2 not in set(subsets[dm.train_positions])
+    with pytest.raises(ValueError, match=r"val_subset=9: .* the folds are \[0, 1, 2, 3\]"):
         make(phantom_dir, cache_root, split_by="subset", val_subset=9)
 
 
@@ -118,25 +117,42 @@ def test_evaluation_sampler_covers_every_sample_once_without_padding(phantom_dir
 
 def test_eval_series_selects_test_and_predict_data(phantom_dir, cache_root):
     dm = make(phantom_dir, cache_root)
-    uid = dm.cache.series_uids[1]
+    uid = dm.cache.image_ids[int(dm.cache.image_of[0])]
     dm_eval = make(phantom_dir, cache_root, eval_series=[uid])
     assert set(dm_eval.test_dataloader().dataset.positions) == set(
-        np.flatnonzero(dm.cache.index["series"] == 1)
+        np.flatnonzero(dm.cache.image_of == dm.cache.image_of[0])
     )
     assert list(dm.test_dataloader().dataset.positions) == list(dm.val_positions)
     with pytest.raises(ValueError, match="9.9.9"):
         make(phantom_dir, cache_root, eval_series=["9.9.9"]).predict_dataloader()
 
 
-def test_phantom_is_generated_on_first_use(tmp_path):
+def test_phantom_is_generated_on_first_use_only_when_no_data_dir_is_given(tmp_path):
     spec = PhantomSpec(series=4, seed=1, subsets=2)
-    dm = make(tmp_path / "generated", tmp_path / "cache", phantom=spec, val_stride=2)
-    assert (tmp_path / "generated" / "subset1").is_dir() and len(dm.cache.series_uids) == 4
+    dm = make(None, tmp_path / "cache", phantom=spec, val_stride=2)
+    assert dm.data_dir.parent == tmp_path / "cache" and dm.data_dir.name.startswith("phantom-")
+    assert (dm.data_dir / "subset1").is_dir() and len(np.unique(dm.cache.image_of)) == 4
+    with pytest.raises(FileNotFoundError, match=f"data_dir={tmp_path / 'typo'}: the LUNA16 folder does not exist"):
+        LunaDataModule(tmp_path / "typo", phantom=spec, cache_dir=tmp_path / "cache")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing written for the typo
+    with pytest.raises(ValueError, match="data_dir is required"):
+        LunaDataModule(None, cache_dir=tmp_path)
+
+
+def test_the_cache_defaults_to_a_folder_beside_the_data(phantom_dir):
+    assert LunaDataModule(phantom_dir).cache_dir == phantom_dir.parent / f"{phantom_dir.name}-luna-cache"
 
 
 def test_setup_without_prepare_data_explains(phantom_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="run prepare_data"):
+    with pytest.raises(FileNotFoundError, match="call prepare_data"):
         LunaDataModule(phantom_dir, cache_dir=tmp_path).setup("fit")
+
+
+@pytest.mark.parametrize("argument, value", [("batch_size", -1), ("batch_size", 0), ("num_workers", -2),
+                                             ("val_stride", 1), ("samples_per_epoch", 0)])
+def test_bad_values_are_named(phantom_dir, tmp_path, argument, value):
+    with pytest.raises(ValueError, match=f"{argument}={value}"):
+        LunaDataModule(phantom_dir, cache_dir=tmp_path, **{argument: value})
 
 
 def test_pure_split_and_order_helpers():

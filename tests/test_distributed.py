@@ -61,7 +61,7 @@ def test_ddp_evaluation_equals_one_process(trained, tmp_path, stage):
 
 
 def split_size(config: Path) -> int:
-    from luna.data.datamodule import LunaDataModule
+    from luna.data.luna16 import LunaDataModule
 
     data = yaml.safe_load(config.read_text())["data"]
     dm = LunaDataModule(data["data_dir"], cache_dir=data["cache_dir"], val_stride=data["val_stride"])
@@ -77,7 +77,7 @@ def test_two_processes_on_an_empty_cache_build_once_and_both_train(phantom_dir, 
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, tmp_path / "cache", tmp_path / "runs")
     result = luna("--config", str(config), *DDP)
     log = result.stdout + result.stderr
-    assert len(re.findall(r"crop cache .*: cutting 12 of 12 scans", log)) == 1, log[-3000:]
+    assert len(re.findall(r"crop cache .*: cutting 12 of 12 images", log)) == 1, log[-3000:]
     assert tree_bytes(tmp_path / "cache" / phantom_cache.name) == tree_bytes(phantom_cache)
     hparams = yaml.safe_load((tmp_path / "runs" / "version_0" / "hparams.yaml").read_text())
     assert hparams["world_size"] == 2 and hparams["global_batch_size"] == 16
@@ -168,7 +168,7 @@ def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
         printed = subprocess.run([sys.executable, "-m", "luna.fit", *fit_args, "--print_config"], cwd=ROOT,
                                  capture_output=True, text=True)
         assert printed.returncode == 0, printed.stderr[-3000:]
-        assert yaml.safe_load(printed.stdout)["data"]["shared_cache"] is True  # one cache for all folds
+        assert yaml.safe_load(printed.stdout)["data"]["init_args"]["shared_cache"] is True  # one cache for all folds
     config = yaml.safe_load(printed.stdout)
     assert int(config["trainer"]["devices"]) == int(directives["ntasks-per-node"])
     assert config["trainer"]["num_nodes"] == int(directives["nodes"])

@@ -31,8 +31,8 @@ def test_python_m_luna_fit_trains_end_to_end(config, tmp_path):
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert list((out / "checkpoints").glob("best-epoch000-step*.ckpt"))
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["data"]["batch_size"] == 4  # the override, in the resolved config
-    assert saved["data"]["width_irc"] == [32, 48, 48]  # model.width_irc is linked to it
+    assert saved["data"]["init_args"]["batch_size"] == 4  # the override, in the resolved config
+    assert saved["data"]["init_args"]["width_irc"] == [32, 48, 48]  # model.width_irc is linked to it
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert any(row.get("val/f1") for row in rows) and any(row.get("train/f1") for row in rows)
     assert sorted((out / "figures").glob("val_*-epoch000.png"))

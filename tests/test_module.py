@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from luna.data.datamodule import LunaDataModule
+from luna.data.luna16 import LunaDataModule
 from luna.module import LunaClassifier
 
 

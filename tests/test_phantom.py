@@ -4,9 +4,13 @@ import sys
 
 import numpy as np
 
-from luna.data.cache import CacheInputs, CropCache, build_cache
-from luna.data.ct import CtScan, find_scans
+from luna.data.cache import CropCache
+from luna.data.cache_build import build_cache
+from luna.data.luna16 import Luna16Candidates
 from luna.data.phantom import PhantomSpec, generate_phantom
+from luna.data.release import find_scans
+from luna.data.volume import Geometry
+from tests.conftest import SETTINGS
 
 
 def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path):
@@ -23,6 +27,14 @@ def test_layout_and_columns_are_luna16s(phantom_dir):
     assert sorted(p.name for p in phantom_dir.iterdir() if p.is_dir()) == [
         "seg-lungs-LUNA16", "subset0", "subset1", "subset2", "subset3"
     ]
+    assert {p.name for p in phantom_dir.iterdir() if p.is_file()} == {
+        "annotations.csv", "annotations_excluded.csv", "annotations_with_malignancy.csv", "candidates.csv",
+        "seriesuids.csv", "phantom.json"}
+    listed = (phantom_dir / "seriesuids.csv").read_text().split()  # the scans on disk, no header
+    assert len(listed) == len(set(listed)) and set(listed) == set(find_scans(phantom_dir))
+    excluded = list(csv.DictReader(open(phantom_dir / "annotations_excluded.csv")))
+    assert excluded and any(float(r["diameter_mm"]) == -1 for r in excluded)  # unsized findings, as in the release
+    assert all(float(r["diameter_mm"]) < 3 for r in excluded if float(r["diameter_mm"]) > 0)
     with open(phantom_dir / "annotations.csv") as f:
         assert next(csv.reader(f)) == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
     with open(phantom_dir / "candidates.csv") as f:
@@ -48,11 +60,11 @@ def test_scans_are_int16_with_varied_geometry_and_out_of_field_padding(phantom_d
 
 def test_candidates_lie_near_every_border(phantom_dir, phantom_cache):
     cache = CropCache(phantom_cache)
-    scans = {uid: CtScan.read(path).hu.shape for uid, path in find_scans(phantom_dir).items()}
+    scans = {uid: Geometry.read(path).shape_irc for uid, path in find_scans(phantom_dir).items()}
     faces = set()
-    for record in cache.index:
-        shape = scans[cache.series_uids[record["series"]]]
-        for axis, (center, size) in enumerate(zip(record["center_irc"], shape)):
+    for image, center_irc in zip(cache.image_of.tolist(), cache.column("center_irc").tolist()):
+        shape = scans[cache.image_ids[image]]
+        for axis, (center, size) in enumerate(zip(center_irc, shape)):
             if center <= 3:
                 faces.add((axis, 0))
             if center >= size - 4:
@@ -63,7 +75,7 @@ def test_candidates_lie_near_every_border(phantom_dir, phantom_cache):
 def test_nodules_are_brighter_than_their_surroundings_on_average(phantom_cache):
     cache = CropCache(phantom_cache)
     core = [cache.crop(k)[14:18, 22:26, 22:26].mean() for k in range(len(cache))]
-    labels = cache.index["is_nodule"]
+    labels = cache.labels.astype(bool)
     assert np.mean(np.array(core)[labels]) > np.mean(np.array(core)[~labels]) + 200
 
 
@@ -74,4 +86,4 @@ def test_command_line(tmp_path):
         check=True,
     )
     assert len(find_scans(out)) == 2
-    build_cache(CacheInputs.from_folder(out), tmp_path / "cache")
+    build_cache(Luna16Candidates(out), tmp_path / "cache", SETTINGS)

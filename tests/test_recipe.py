@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from luna.data.datamodule import LunaDataModule
+from luna.data.luna16 import LunaDataModule
 from luna.finetuning import ProgressiveUnfreezing
 from luna.fit import main
 from luna.module import LunaClassifier

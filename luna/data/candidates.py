@@ -69,12 +69,40 @@ def matching_diameters(centers_xyz: np.ndarray, annotation_xyz: np.ndarray, anno
     return np.where(inside.any(axis=1), annotation_diameters[inside.argmax(axis=1)], 0.0)
 
 
+@dataclass(frozen=True)
+class CandidateArrays:
+    """The joined candidate list as columns, in the reference order (what the crop cache reads).
+
+    Attributes:
+        series_uids: the series of the list, sorted by uid.
+        series: ``[n]`` int64, each candidate's series (an index into ``series_uids``).
+        center_xyz: ``[n, 3]`` float64 millimetres.
+        is_nodule: ``[n]`` bool, the ``class`` column.
+        diameter_mm: ``[n]`` float64, the joined diameter (0 when no annotation matches).
+    """
+
+    series_uids: list[str]
+    series: np.ndarray
+    center_xyz: np.ndarray
+    is_nodule: np.ndarray
+    diameter_mm: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def candidates(self) -> list[Candidate]:
+        """The same rows as ``Candidate`` records."""
+        uids = [self.series_uids[s] for s in self.series.tolist()]
+        return [Candidate(uid, tuple(xyz), nodule, diameter) for uid, xyz, nodule, diameter in
+                zip(uids, self.center_xyz.tolist(), self.is_nodule.tolist(), self.diameter_mm.tolist())]
+
+
 def load_candidates(
     annotations_csv: str | Path,
     candidates_csv: str | Path,
     series_uids: set[str] | None = None,
 ) -> list[Candidate]:
-    """Read, join and order the LUNA16 candidate list.
+    """Read, join and order the LUNA16 candidate list (``load_candidate_arrays`` as records).
 
     Args:
         annotations_csv: ``annotations.csv`` (``seriesuid,coordX,coordY,coordZ,diameter_mm``).
@@ -87,13 +115,22 @@ def load_candidates(
 
     Raises:
         FileNotFoundError: a CSV is missing.
-        CsvFormatError: a header lacks a column, or a value is not a number / class is not 0 or 1.
+        CsvFormatError: a header lacks a column, a value is not a finite number, or a class is not 0 or 1.
     """
+    return load_candidate_arrays(annotations_csv, candidates_csv, series_uids).candidates()
+
+
+def load_candidate_arrays(
+    annotations_csv: str | Path,
+    candidates_csv: str | Path,
+    series_uids: set[str] | None = None,
+) -> CandidateArrays:
+    """``load_candidates`` as columns: no Python object per candidate (755k of them in V2)."""
     with _collector_paused():  # millions of new rows and tuples: the cyclic GC would rescan them over and over
         return _load_candidates(Path(annotations_csv), Path(candidates_csv), series_uids)
 
 
-def _load_candidates(annotations_csv: Path, candidates_csv: Path, series_uids: set[str] | None) -> list[Candidate]:
+def _load_candidates(annotations_csv: Path, candidates_csv: Path, series_uids: set[str] | None) -> CandidateArrays:
     annotations = read_annotations(annotations_csv)
     table = read_columns(candidates_csv, CANDIDATE_COLUMNS, "LUNA16 CSV file")
     labels = [label.strip() for label in table.columns["class"]]
@@ -109,13 +146,15 @@ def _load_candidates(annotations_csv: Path, candidates_csv: Path, series_uids: s
     for uid, rows in rows_by_series.items():
         if uid in annotations:
             diameters[rows] = matching_diameters(centers[rows], *annotations[uid])
-    series_rank = {uid: rank for rank, uid in enumerate(sorted(rows_by_series))}
+    sorted_uids = sorted(rows_by_series)
+    series_rank = {uid: rank for rank, uid in enumerate(sorted_uids)}
     kept = np.array(sorted(row for rows in rows_by_series.values() for row in rows), dtype=np.int64)
-    is_nodule = np.array([label == "1" for label in labels])
+    is_nodule = np.array([label == "1" for label in labels], dtype=bool)
     ranks = np.fromiter((series_rank[uids[k]] for k in kept.tolist()), dtype=np.int64, count=len(kept))
-    ordered = kept[reference_order(is_nodule[kept], diameters[kept], ranks, centers[kept])].tolist()
-    center_list, diameter_list, nodule_list = centers.tolist(), diameters.tolist(), is_nodule.tolist()
-    return [Candidate(uids[k], tuple(center_list[k]), nodule_list[k], diameter_list[k]) for k in ordered]
+    order = reference_order(is_nodule[kept], diameters[kept], ranks, centers[kept])
+    ordered = kept[order]
+    return CandidateArrays(sorted_uids, ranks[order], centers[ordered].reshape(-1, 3), is_nodule[ordered],
+                           diameters[ordered])
 
 
 def reference_order(is_nodule: np.ndarray, diameter_mm: np.ndarray, series_rank: np.ndarray,

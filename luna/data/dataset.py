@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from luna.data.cache import CropCache
-from luna.data.ct import crop_starts
+from luna.data.volume import crop_starts
 from luna.data.splits import epoch_order
 
 
@@ -53,50 +53,71 @@ class CropBatch(TypedDict):
 
 
 class CropDataset(Dataset):
-    """The candidates at ``positions`` (cache index order) of a crop cache.
+    """The crops at ``positions`` (cache order) of a crop cache.
 
     Args:
         cache: an open crop cache.
-        positions: the candidates served, as cache rows.
+        positions: the crops served, as cache rows.
         width_irc: the crop the model sees; None is the cache's width.
         serve_context: serve the cache's whole (context) crop with ``window_irc`` saying where the
             model's crop lies inside it (for augmentation that needs the voxels around it);
             otherwise serve exactly the model's crop, cut by the reference rule.
+
+    Only ``positions`` and the model windows (int16) are held here; everything else is read per
+    sample from the cache's memory-mapped columns, so a dataset pickles small for spawned workers.
     """
 
     def __init__(self, cache: CropCache, positions: Sequence[int], width_irc: Sequence[int] | None = None,
                  serve_context: bool = False) -> None:
         self.cache = cache
-        self.positions = np.asarray(positions, dtype=np.int64)
-        self.labels = cache.index["is_nodule"][self.positions]
-        self.series = cache.series_of[self.positions]
-        self.center_xyz = cache.center_xyz[self.positions]
+        positions = np.asarray(positions, dtype=np.int64)
+        self.positions = positions.astype(np.int32) if len(cache) < 2**31 else positions
         self.width_irc = tuple(width_irc or cache.width_irc)
-        offset = cache.offset_irc[self.positions].astype(np.int64)
-        window = crop_starts(offset, self.width_irc, cache.width_irc) if len(offset) else offset
-        if serve_context or self.width_irc == cache.width_irc:
-            self.offset_irc, self.window_irc, self._cut = offset, window, None
-        else:
-            self.offset_irc, self.window_irc, self._cut = offset - window, np.zeros_like(window), window
+        offset = np.asarray(cache.offset_irc[positions], dtype=np.int64).reshape(-1, 3)
+        window = crop_starts(offset, self.width_irc, cache.width_irc).astype(np.int16)
+        self.serve_context = serve_context or self.width_irc == cache.width_irc
+        self.window_irc = window
+        self._labels: np.ndarray | None = None
+        self._columns: tuple[np.ndarray, ...] | None = None
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The class of every sample (computed in the process that asks: samplers, not workers)."""
+        if self._labels is None:
+            self._labels = np.asarray(self.cache.labels[self.positions], dtype=np.int64)
+        return self._labels
+
+    @property
+    def series(self) -> np.ndarray:
+        """The image (LUNA16: series) number of every sample."""
+        return np.asarray(self.cache.image_of[self.positions], dtype=np.int64)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_labels": None, "_columns": None}
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, item: int) -> CropSample:
+        if self._columns is None:  # per process: views of the cache's shared columns
+            cache = self.cache
+            self._columns = (cache.labels, cache.image_of, cache.center_xyz, cache.offset_irc)
+        labels, image_of, center_xyz, offset_irc = self._columns
         k = int(self.positions[item])
         crop = self.cache.crop(k)
-        if self._cut is not None:
-            i, r, c = self._cut[item]
-            wi, wr, wc = self.width_irc
+        offset, window = offset_irc[k].astype(np.int64), self.window_irc[item].astype(np.int64)
+        if not self.serve_context:
+            (i, r, c), (wi, wr, wc) = window.tolist(), self.width_irc
             crop = crop[i : i + wi, r : r + wr, c : c + wc]
+            offset, window = offset - window, np.zeros(3, dtype=np.int64)
         return {
             "crop": crop,
-            "label": int(self.labels[item]),
+            "label": int(labels[k]),
             "index": k,
-            "series": int(self.series[item]),
-            "center_xyz": self.center_xyz[item],
-            "offset_irc": self.offset_irc[item],
-            "window_irc": self.window_irc[item],
+            "series": int(image_of[k]),
+            "center_xyz": center_xyz[k],
+            "offset_irc": offset,
+            "window_irc": window,
         }
 
 

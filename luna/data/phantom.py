@@ -28,18 +28,20 @@ Command line: ``python -m luna.data.phantom OUT_DIR [--series N] [--seed S] [--s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from luna.data.ct import irc_to_xyz
+from luna.data.volume import irc_to_xyz
 
 log = logging.getLogger("luna.data.phantom")  # not __name__: this module also runs as __main__
 
@@ -291,12 +293,11 @@ def _csv_row(uid: str, xyz: tuple[float, float, float], last: str) -> str:
     return f"{uid},{xyz[0]:.9f},{xyz[1]:.9f},{xyz[2]:.9f},{last}\n"
 
 
-def generate_phantom(out_dir: str | Path, spec: PhantomSpec = PhantomSpec()) -> Path:
-    """Write a LUNA16-format phantom folder to ``out_dir`` (atomically) and return its path.
+def _write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write`` on a staging folder beside ``out_dir`` and rename it when complete.
 
-    The folder is written beside ``out_dir`` under a temporary name and renamed when complete, so
-    an interrupted run leaves no half-written dataset. An existing ``out_dir`` is never touched:
-    it must not exist yet.
+    An interrupted run leaves no half-written dataset, and an existing ``out_dir`` is never
+    touched: it must not exist yet.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -305,13 +306,24 @@ def generate_phantom(out_dir: str | Path, spec: PhantomSpec = PhantomSpec()) -> 
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     staging.chmod(0o755)
     try:
-        _write_phantom(staging, spec)
+        write(staging)
         os.replace(staging, out_dir)
-        log.info("phantom LUNA16 data written to %s (%d scans)", out_dir, spec.series)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def spec_digest(spec: object) -> str:
+    """A short digest of a phantom spec: its folder name, so another spec never reuses old data."""
+    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def generate_phantom(out_dir: str | Path, spec: PhantomSpec = PhantomSpec()) -> Path:
+    """Write a LUNA16-format phantom folder to ``out_dir`` (atomically, a new folder) and return its path."""
+    _write_atomically(out_dir, lambda folder: _write_phantom(folder, spec))
+    log.info("phantom LUNA16 data written to %s (%d scans)", out_dir, spec.series)
+    return Path(out_dir)
 
 
 def _write_phantom(folder: Path, spec: PhantomSpec) -> None:
@@ -370,6 +382,76 @@ def _radiologist_ratings(rng: np.random.Generator, malignant: bool) -> str:
     return str([int(r) for r in rng.integers(low, high, size=readers)])
 
 
+@dataclass(frozen=True)
+class PointsPhantomSpec:
+    """A phantom for the points-CSV route: CT-like NIfTI volumes with three kinds of finding.
+
+    ``solid`` are soft-tissue balls, ``cavity`` balls with an air-filled centre, ``calcified``
+    small very dense balls; sizes overlap, so the kind is told by the inside, as a radiologist
+    does. Two volumes per patient (the ``group`` column), several findings per volume.
+
+    Args:
+        patients: patients written; each has two volumes.
+        findings_per_image: the most findings in a volume (at least 2).
+        seed: everything follows from it.
+        shape_irc: volume shape (slices, rows, columns).
+    """
+
+    patients: int = 30
+    findings_per_image: int = 6
+    seed: int = 0
+    shape_irc: tuple[int, int, int] = (48, 96, 96)
+    class_names: tuple[str, ...] = ("calcified", "cavity", "solid")
+
+
+def generate_points_phantom(out_dir: str | Path, spec: PointsPhantomSpec = PointsPhantomSpec()) -> Path:
+    """Write ``out_dir/images/*.nii.gz`` and ``out_dir/points.csv`` (atomically, a new folder)."""
+    _write_atomically(out_dir, lambda folder: _write_points_phantom(folder, spec))
+    log.info("phantom points dataset written to %s (%d volumes)", out_dir, 2 * spec.patients)
+    return Path(out_dir)
+
+
+def _write_points_phantom(folder: Path, spec: PointsPhantomSpec) -> None:
+    (folder / "images").mkdir()
+    lines = ["image,coordX,coordY,coordZ,label,group\n"]
+    seeds = np.random.SeedSequence(spec.seed).spawn(2 * spec.patients)
+    shape = np.array(spec.shape_irc)
+    for index in range(2 * spec.patients):
+        rng = np.random.default_rng(seeds[index])
+        spacing_xyz = np.array([rng.uniform(0.7, 1.0), 0.0, rng.uniform(0.9, 1.5)])
+        spacing_xyz[1] = spacing_xyz[0]
+        spacing_irc = spacing_xyz[::-1].astype(np.float32)
+        origin_xyz = np.array([rng.uniform(-200, -100), rng.uniform(-200, -100), rng.uniform(-300, -100)])
+        edge_mm = float(spacing_irc.min())
+        volume = np.full(tuple(shape), -850.0, dtype=np.float32)  # lung-like background
+        placed: list[tuple[np.ndarray, float]] = []
+        for _ in range(rng.integers(2, spec.findings_per_image + 1)):
+            kind = int(rng.integers(0, 3))
+            diameter = float(rng.uniform(5.0, 9.0) if kind == 0 else rng.uniform(7.0, 16.0))
+            margin = diameter / 2 / spacing_irc + 3
+            center_irc = rng.uniform(margin, shape - 1 - margin)
+            if any(np.linalg.norm((center_irc - c) * spacing_irc) <= (diameter + d) / 2 + 2 for c, d in placed):
+                continue  # would overlap another finding
+            placed.append((center_irc, diameter))
+            if kind == 0:  # calcified
+                _ball(volume, center_irc, diameter / 2, rng.uniform(350.0, 700.0), spacing_irc, edge_mm)
+            else:
+                _ball(volume, center_irc, diameter / 2, rng.uniform(0.0, 80.0), spacing_irc, edge_mm)
+                if kind == 1:  # cavity: air inside
+                    _ball(volume, center_irc, diameter * rng.uniform(0.25, 0.35), -950.0, spacing_irc, edge_mm)
+            marked = center_irc + rng.uniform(-1.0, 1.0, size=3) * diameter / 10 / spacing_irc
+            x, y, z = irc_to_xyz(marked, origin_xyz, spacing_xyz, np.eye(3))
+            lines.append(f"images/case{index:03d}.nii.gz,{x:.4f},{y:.4f},{z:.4f},{spec.class_names[kind]},"
+                         f"patient{index // 2:03d}\n")
+        volume += rng.normal(0.0, 25.0, size=volume.shape).astype(np.float32)
+        image = sitk.GetImageFromArray(np.clip(np.rint(volume), -1024, 3071).astype(np.int16))
+        image.SetSpacing(tuple(float(v) for v in spacing_xyz))
+        image.SetOrigin(tuple(float(v) for v in origin_xyz))
+        sitk.WriteImage(image, str(folder / "images" / f"case{index:03d}.nii.gz"), useCompression=True)
+    (folder / "points.csv").write_text("".join(lines))
+    (folder / "phantom.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+
+
 def main() -> None:
     """``python -m luna.data.phantom OUT_DIR [--series N] [--seed S] [--shape_irc I R C] ...``."""
     import argparse
@@ -385,10 +467,14 @@ def main() -> None:
     parser.add_argument("--missing_series", type=int, default=defaults.missing_series,
                         help="series listed in the CSVs but not written")
     parser.add_argument("--noise_hu", type=float, default=defaults.noise_hu)
+    parser.add_argument("--points", action="store_true", help="write the points-CSV phantom (NIfTI, three classes) instead")
     args = vars(parser.parse_args())
     out_dir = args.pop("out_dir")
-    args["shape_irc"] = tuple(args["shape_irc"])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.pop("points"):
+        generate_points_phantom(out_dir, PointsPhantomSpec(seed=args["seed"]))
+        return
+    args["shape_irc"] = tuple(args["shape_irc"])
     generate_phantom(out_dir, PhantomSpec(**args))
 
 

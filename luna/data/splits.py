@@ -1,8 +1,9 @@
 """Train/validation splits and epoch orders: pure functions of indices, labels and a seed.
 
 Splits follow LUNA16.md: every ``val_stride``-th item goes to validation, starting with the first.
-Striding over series sorted by uid (chapter 14) keeps every CT in one set; striding over the
-candidate list in reference order (chapter 11) does not. LUNA16's own ten folds are its subsets.
+Striding over split groups sorted by id (LUNA16: series by uid, chapter 14) keeps every scan in
+one set; striding over the rows in table order (chapter 11) does not. LUNA16's own ten folds are
+its subsets.
 """
 
 from __future__ import annotations
@@ -24,34 +25,36 @@ def stride_split(count: int, val_stride: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_items(
-    series_of_item: np.ndarray,
-    subsets_of_series: list[str],
+    group_of_item: np.ndarray,
+    fold_of_item: np.ndarray,
     split_by: SplitBy,
     val_stride: int = 10,
-    val_subset: str = "subset0",
+    val_subset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split items (candidates in reference order) into ``(train, val)`` item positions.
+    """Split items (crops in table order) into ``(train, val)`` item positions.
 
     Args:
-        series_of_item: for each item, the number of its series in the uid-sorted series list.
-        subsets_of_series: for each series, the folder it lives in (``subset0`` ... ``subset9``).
-        split_by: ``"series"`` strides over series sorted by uid; ``"candidate"`` over the items;
-            ``"subset"`` puts the series of ``val_subset`` in validation (LUNA16's folds).
-        val_stride: every ``val_stride``-th series or candidate goes to validation.
+        group_of_item: for each item, its split group (LUNA16: its series uid).
+        fold_of_item: for each item, its fold (LUNA16: its subset number; -1 for none).
+        split_by: ``"series"`` strides over the groups sorted by id; ``"candidate"`` over the
+            items; ``"subset"`` puts the items of fold ``val_subset`` in validation (LUNA16's folds).
+        val_stride: every ``val_stride``-th group or item goes to validation.
         val_subset: the validation fold when ``split_by="subset"``.
     """
     if split_by == "candidate":
-        return stride_split(len(series_of_item), val_stride)
+        return stride_split(len(group_of_item), val_stride)
     if split_by == "series":
-        _, val_series = stride_split(len(subsets_of_series), val_stride)
+        groups = np.unique(group_of_item)  # sorted
+        _, val_groups = stride_split(len(groups), val_stride)
+        is_val = np.isin(group_of_item, groups[val_groups])
     elif split_by == "subset":
-        if val_subset not in subsets_of_series:
-            raise ValueError(f"val_subset={val_subset!r} holds no scan with candidates; found {sorted(set(subsets_of_series))}")
-        val_series = np.flatnonzero(np.asarray(subsets_of_series) == val_subset)
+        folds = sorted(set(np.asarray(fold_of_item).tolist()) - {-1})
+        if val_subset not in folds:
+            raise ValueError(f"val_subset={val_subset}: no image with rows lies in that fold; the folds are {folds}")
+        is_val = np.asarray(fold_of_item) == val_subset
     else:
         raise ValueError(f"split_by={split_by!r}: expected 'series', 'candidate' or 'subset'")
-    is_val = np.isin(series_of_item, val_series)
-    positions = np.arange(len(series_of_item))
+    positions = np.arange(len(group_of_item))
     return positions[~is_val], positions[is_val]
 
 
@@ -64,10 +67,12 @@ def epoch_order(
 ) -> np.ndarray:
     """Positions into ``labels`` for one training epoch, reshuffled per (seed, epoch).
 
-    With ``negatives_per_positive = N > 0`` the order cycles through freshly shuffled positives and
-    negatives as the book's ``ratio_int`` does: position ``k`` is a positive when ``k % (N + 1) == 0``,
-    so every epoch has one positive per N negatives whatever the natural ratio. With ``N = 0`` it
-    is a shuffle of all items (repeated when ``length`` exceeds them), keeping the natural ratio.
+    Two classes with ``negatives_per_positive = N > 0``: the order cycles through freshly shuffled
+    positives and negatives as the book's ``ratio_int`` does: position ``k`` is a positive when
+    ``k % (N + 1) == 0``, so every epoch has one positive per N negatives whatever the natural ratio.
+    More classes with ``N = 1``: position ``k`` draws from class ``k % C``, each class shuffled and
+    cycled, so every class is seen equally often. ``N = 0``: a shuffle of all items (repeated when
+    ``length`` exceeds them), keeping the natural ratio.
     """
     if negatives_per_positive < 0:
         raise ValueError(f"negatives_per_positive={negatives_per_positive}: must be >= 0")
@@ -75,6 +80,21 @@ def epoch_order(
     if negatives_per_positive == 0:
         rounds = -(-length // len(labels))
         return np.concatenate([rng.permutation(len(labels)) for _ in range(rounds)])[:length]
+    classes = int(labels.max()) + 1 if len(labels) else 0
+    if classes > 2:
+        if negatives_per_positive != 1:
+            raise ValueError(f"negatives_per_positive={negatives_per_positive}: with {classes} classes use 1 "
+                             "(every class equally often) or 0 (the natural ratio)")
+        members = [rng.permutation(np.flatnonzero(labels == c)) for c in range(classes)]
+        empty = [c for c, m in enumerate(members) if len(m) == 0]
+        if empty:
+            raise ValueError(f"balanced epochs need every class in the training split; classes {empty} have no item")
+        k = np.arange(length)
+        picked = np.empty(length, dtype=np.int64)
+        for c, m in enumerate(members):
+            at = k % classes == c
+            picked[at] = m[(k[at] // classes) % len(m)]
+        return picked
     positives = np.flatnonzero(labels)
     negatives = np.flatnonzero(~labels.astype(bool))
     if len(positives) == 0 or len(negatives) == 0:

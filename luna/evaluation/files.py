@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from luna.csvfile import CsvFormatError, read_columns
-from luna.data.ct import find_scans
+from luna.data.release import find_scans
 from luna.evaluation.froc import Findings, FrocResult, Marks, Reference, froc
 
 log = logging.getLogger(__name__)

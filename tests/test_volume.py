@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from luna.data.ct import CenterOutsideScanError, CtScan, ScanReadError, crop_start, find_scans, irc_to_xyz, xyz_to_irc
+from luna.data.release import find_scans
+from luna.data.volume import (CenterOutsideScanError, Geometry, ScanReadError, Volume, crop_start, irc_to_xyz,
+                               xyz_to_irc)
 from luna.data.phantom import ROTATED_DIRECTION
 
 ORIGIN = np.array([-120.0, 35.0, -300.0])
@@ -61,21 +63,23 @@ def test_crop_start_rejects_centres_outside_and_volumes_smaller_than_the_crop():
 def test_read_clips_hu_and_keeps_geometry(phantom_dir):
     scans = find_scans(phantom_dir)
     uid, path = sorted(scans.items())[0]
-    scan = CtScan.read(path)
+    scan = Volume.read(path)
     raw = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    assert scan.series_uid == uid and scan.hu.dtype == np.int16 and scan.hu.shape == raw.shape
-    assert raw.min() < -1000 and scan.hu.min() == -1000 and scan.hu.max() <= 1000
-    assert np.array_equal(scan.hu, np.clip(raw, -1000, 1000))
+    assert scan.name == uid and scan.voxels.dtype == np.int16 and scan.voxels.shape == raw.shape
+    assert raw.min() < -1000 and scan.voxels.min() == -1000 and scan.voxels.max() <= 1000
+    assert np.array_equal(scan.voxels, np.clip(raw, -1000, 1000))
+    geometry = Geometry.read(path)  # the header alone gives the same geometry
+    assert geometry.shape_irc == raw.shape and np.array_equal(geometry.origin_xyz, scan.origin_xyz)
 
 
 def test_crop_of_rotated_scan_is_centred_on_the_candidate(phantom_dir):
     rotated = [path for path in find_scans(phantom_dir).values() if "TransformMatrix = 0 1 0 -1" in path.read_text()]
     assert rotated, "the phantom must contain a scan with a non-identity, non-symmetric direction"
-    scan = CtScan.read(rotated[0])
+    scan = Volume.read(rotated[0])
     center_irc = (20, 70, 50)
     crop, found_irc = scan.crop(scan.irc_to_xyz(center_irc))
     assert found_irc == center_irc and crop.shape == (32, 48, 48)
-    assert np.array_equal(crop, scan.hu[4:36, 46:94, 26:74])
+    assert np.array_equal(crop, scan.voxels[4:36, 46:94, 26:74])
 
 
 def test_find_scans_ignores_lung_masks_and_other_folders(phantom_copy):
@@ -95,9 +99,9 @@ def test_find_scans_missing_folder_says_what_was_expected(tmp_path):
 def test_missing_and_truncated_raw_name_the_scan(phantom_copy):
     paths = sorted(find_scans(phantom_copy).values())
     paths[0].with_suffix(".raw").unlink()
-    with pytest.raises(ScanReadError, match=paths[0].stem):
-        CtScan.read(paths[0])
+    with pytest.raises(ScanReadError, match=rf"{paths[0].stem}.*voxel file .*\.raw does not exist"):
+        Volume.read(paths[0])
     raw = paths[1].with_suffix(".raw")
     raw.write_bytes(raw.read_bytes()[:1000])
-    with pytest.raises(ScanReadError, match=paths[1].stem):
-        CtScan.read(paths[1])
+    with pytest.raises(ScanReadError, match=rf"{paths[1].stem}.*holds 1,000 bytes but the header .* needs "):
+        Volume.read(paths[1])
