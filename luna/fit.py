@@ -12,24 +12,33 @@ Without a subcommand, ``fit`` is meant. ``configs/default.yaml`` is always read 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import warnings
-from pathlib import Path
+from importlib import resources
 
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from luna.checkpointing import RunCheckpoint
+from luna.data.cache import CacheBuildError
 from luna.data.datamodule import CropDataModule
-from luna.module import LunaClassifier
+from luna.data.volume import ScanReadError
+from luna.finetuning import UntrustedCheckpointError
+from luna.module import DivergenceError, LunaClassifier
 from luna.predictions import PredictionCsvWriter
 from luna.run_folder import LoggerName, run_loggers
 from luna.run_log import RunLog
 from luna.validation_figures import ValidationFigures
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+DEFAULT_CONFIG = resources.files("luna.configs") / "default.yaml"  # configs/, installed as package data
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# what a user can cause and fix: shown as one line by `cli`
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CacheBuildError, ScanReadError,
+               UntrustedCheckpointError, DivergenceError)
 
 
 class LunaCLI(LightningCLI):
@@ -92,5 +101,28 @@ def main(args: list[str] | None = None) -> LunaCLI:
     )
 
 
+def cli() -> None:
+    """The command line: ``main`` with a user's mistakes (a missing folder, a bad value, a diverged
+    run) reported in one line instead of a traceback (``LUNA_TRACEBACK=1`` shows it), and exit
+    statuses a scheduler understands: 2 for such errors, 143 when stopped by SIGTERM."""
+    try:
+        main()
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)
+    except USER_ERRORS as error:
+        if os.environ.get("LUNA_TRACEBACK"):
+            raise
+        print(f"error: {_reason(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _reason(error: BaseException) -> str:
+    """The line of an error that says what is wrong: jsonargparse wraps a constructor's own message
+    ("batch_size=-1: must be ...") in a list of the union's subtypes it tried."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
+    return reasons[0] if reasons else (lines[0] if lines else type(error).__name__)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -313,13 +313,14 @@ class StageMetrics(nn.Module):
         self.nonfinite.update((~finite).sum().double())
         probabilities, label, loss = probabilities[finite].detach().float(), label[finite], loss[finite].detach().double()
         scores = probabilities[:, 1] if self.binary else probabilities
-        self.scores.update(scores, label)
+        if len(label):  # a batch of only non-finite outputs has nothing to score
+            self.scores.update(scores, label)
         self.loss.update(loss)
         for class_index, class_loss in enumerate(self.class_losses):
             # updated even when empty: every process must run the same collectives at compute time
             class_loss.update(loss[label == class_index])
         self.samples.update(torch.tensor(float(label.numel()), device=label.device))
-        if not self.curves:
+        if not self.curves or not len(label):
             return
         predicted = self.predicted_class(probabilities)
         if self.binary:
@@ -340,22 +341,28 @@ class StageMetrics(nn.Module):
 
     def compute_scalars(self) -> dict[str, float]:
         """All scalars, keyed ``<stage>/<name>``; collective: call on every process."""
-        values = {}
-        for name, value in self.scores.compute().items():
-            if name == "recall_per_class":
-                values.update({f"recall/{cls}": float(v) for cls, v in zip(self.class_names, value.tolist())})
-            else:
-                values[name] = float(value)
+        values = {"samples": float(self.samples.compute()), "nonfinite": float(self.nonfinite.compute())}
+        if values["samples"] == 0:  # nothing finite to score (every process sees the same total)
+            values.update({name: float("nan") for name in self.scores.keys() if name != "recall_per_class"})
+        else:
+            for name, value in self.scores.compute().items():
+                if name == "recall_per_class":
+                    values.update({f"recall/{cls}": float(v) for cls, v in zip(self.class_names, value.tolist())})
+                else:
+                    values[name] = float(value)
         values["loss"] = float(self.loss.compute())  # NaN when a stage saw no sample
         for name, class_loss in zip(self.loss_names, self.class_losses):
             values[name] = float(class_loss.compute())
-        values["samples"] = float(self.samples.compute())
-        values["nonfinite"] = float(self.nonfinite.compute())
         return {f"{self.stage}/{name}": value for name, value in values.items()}
 
     def compute(self, epoch: int) -> EvaluationOutcome:
         """Scalars and curves; collective: call on every process."""
         scalars = self.compute_scalars()
+        if scalars[f"{self.stage}/samples"] == 0:
+            return EvaluationOutcome(stage=self.stage, epoch=epoch, scalars=scalars, class_names=self.class_names,
+                                     threshold=self.threshold if self.binary else None,
+                                     confusion=np.zeros((self.num_classes, self.num_classes)),
+                                     reliability={"count": np.zeros(RELIABILITY_BINS)}, mistakes=[])
         outcome = EvaluationOutcome(
             stage=self.stage, epoch=epoch, scalars=scalars, class_names=self.class_names,
             threshold=self.threshold if self.binary else None,

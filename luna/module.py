@@ -8,6 +8,7 @@ functions of ``luna.augment``; fine-tuning helpers live in ``luna.finetuning``.
 from __future__ import annotations
 
 import logging
+import random
 from typing import Literal
 
 import numpy as np
@@ -258,8 +259,23 @@ class LunaClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._end_evaluation(self.test_metrics)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the random streams too: a run resumed from this step then repeats an uninterrupted one."""
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        checkpoint["luna_rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                  "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+                                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._checkpoint_epoch = int(checkpoint.get("epoch", 0))
+        states = checkpoint.get("luna_rng")
+        if states is not None and self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
+            torch.set_rng_state(states["torch"])
+            kind, keys, position, has_gauss, cached = states["numpy"]
+            np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+            random.setstate(states["python"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
 
     def _end_evaluation(self, metrics: StageMetrics) -> None:
         if self.trainer.sanity_checking:

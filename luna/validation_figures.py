@@ -77,7 +77,7 @@ class ValidationFigures(pl.Callback):
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         outcome: EvaluationOutcome | None = getattr(pl_module, "evaluations", {}).get(stage)
-        if outcome is None or not trainer.is_global_zero or not trainer.loggers:
+        if outcome is None or not trainer.is_global_zero or not trainer.loggers or not outcome.scalars.get(f"{stage}/samples"):
             return
         series_uids = getattr(trainer.datamodule, "series_uids", None) if trainer.datamodule is not None else None
         series_name = (lambda series: f"…{series_uids[series][-12:]}") if series_uids else None

@@ -3,6 +3,7 @@
 import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +131,18 @@ def test_every_output_of_a_run_lands_in_one_folder_under_default_root_dir(config
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0", "version_1"]
     with pytest.raises(ValueError, match="'csv' is required"):
         main(["--config", str(config), "--loggers=[tensorboard]"])
+
+
+def test_a_plain_install_ships_the_configs(tmp_path):
+    import zipfile
+
+    from luna.fit import DEFAULT_CONFIG
+
+    assert DEFAULT_CONFIG.is_file()
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(root)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("luna-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {p.relative_to(root / "luna").as_posix() for p in (root / "luna" / "configs").rglob("*.yaml")}
+    assert shipped and {f"luna/{name}" for name in shipped} <= names

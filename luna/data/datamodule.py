@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -238,12 +239,25 @@ class CropDataModule(pl.LightningDataModule):
             collate_fn=collate_crops,
             pin_memory=self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator),
             persistent_workers=self.num_workers > 0,
+            # workers' seeds from their own generator, not torch's global one (which augmentation
+            # draws from): creating the iterator after a resume then leaves that stream as it was
+            generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def _samples_done(self) -> int:
+        """Samples of the current epoch this rank already trained on: non-zero only for a run
+        resumed from a checkpoint written part-way through an epoch (SIGTERM, Ctrl-C)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return done * self.batch_size if 0 < done < trainer.num_training_batches else 0
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
         dataset = self.train_dataset
-        sampler = TrainingSampler(dataset, self.negatives_per_positive, self.samples_per_epoch, self.seed, world, rank)
+        sampler = TrainingSampler(dataset, self.negatives_per_positive, self.samples_per_epoch, self.seed, world, rank,
+                                  samples_done=self._samples_done)
         if self.trainer is not None:
             sampler.set_epoch(self.trainer.current_epoch)  # a resumed run goes on with its own epoch's order
         return self._loader(dataset, sampler)

@@ -16,7 +16,7 @@ which quietly skews DDP metrics. Here each rank takes a disjoint share and nothi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypedDict
 
 import numpy as np
@@ -143,6 +143,10 @@ class TrainingSampler(DistributedSampler):
     All ranks compute the same global order from ``(seed, epoch)`` and rank ``r`` takes every
     ``world_size``-th sample from ``r``; the order is cut to a multiple of the world size so every
     rank runs the same number of steps. ``set_epoch`` (called by Lightning) reshuffles.
+
+    ``samples_done``, when given, is asked at the start of each pass for the samples of this epoch
+    this rank has already trained on (a run resumed from a mid-epoch checkpoint): the pass then
+    goes on from there, so a stopped and resumed run sees exactly the order of an uninterrupted one.
     """
 
     def __init__(
@@ -153,8 +157,10 @@ class TrainingSampler(DistributedSampler):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        samples_done: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.samples_done = samples_done
         self.labels = dataset.labels
         self.negatives_per_positive = negatives_per_positive
         global_length = samples_per_epoch or len(dataset)
@@ -168,10 +174,11 @@ class TrainingSampler(DistributedSampler):
         return epoch_order(self.labels, self.negatives_per_positive, self.total_size, self.seed, self.epoch)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.global_order()[self.rank :: self.num_replicas].tolist())
+        skip = self.samples_done() if self.samples_done is not None else 0
+        return iter(self.global_order()[self.rank :: self.num_replicas][skip:].tolist())
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples  # the whole epoch, also when a resumed pass starts part-way
 
 
 class EvaluationSampler(DistributedSampler):

@@ -1,0 +1,75 @@
+"""Checkpoints of a run: the best epoch by a monitored metric, and ``last.ckpt`` after every epoch.
+
+Lightning's ``ModelCheckpoint(save_last=True)`` with a monitor rewrites ``last.ckpt`` only when
+a top-k checkpoint is written in the same step (Lightning 2.6): a run whose monitored metric stops
+improving keeps an old ``last.ckpt``, and resuming from it silently loses every epoch after the
+best one. ``RunCheckpoint`` writes ``last.ckpt`` at the end of every epoch, whatever the monitor
+does, so ``--ckpt_path=.../last.ckpt`` resumes from the true last epoch. A run stopped by SIGTERM
+(a scheduler, ``kill``) or Ctrl-C writes ``last.ckpt`` at the step it reached, and resumes from
+there exactly (see ``LunaClassifier`` and ``TrainingSampler`` for what makes it exact).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` always holds the latest finished epoch.
+
+    Takes the arguments of ``ModelCheckpoint``, and ``fallback_monitor``: the metric to rank
+    checkpoints by when ``monitor`` is never logged (``val/cpm`` needs evaluated scans: a
+    ``split_by=candidate`` run or another dataset has none), with a warning.
+    """
+
+    def __init__(self, *args, fallback_monitor: str | None = "val/f1", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fallback_monitor = fallback_monitor
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = self._monitor_candidates(trainer)
+        if (self.monitor and self.monitor not in metrics and self.fallback_monitor in metrics
+                and not trainer.sanity_checking):
+            log.warning("checkpoint monitor %s is not logged by this run; ranking checkpoints by %s instead",
+                        self.monitor, self.fallback_monitor)
+            self.monitor = self.fallback_monitor
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """SIGTERM (every process gets it from Lightning) or Ctrl-C (one process): save the true last step."""
+        super().on_exception(trainer, pl_module, exception)
+        stopped = isinstance(exception, SIGTERMException) or (
+            isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1)  # a lone rank cannot save a DDP run
+        if (not stopped or not self.save_last or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
+                or self._last_global_step_saved == trainer.global_step):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        log.warning("stopped by %s at epoch %d, step %d: saved %s; resume with --ckpt_path=%s",
+                    "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C", trainer.current_epoch,
+                    trainer.global_step, self.last_model_path, self.last_model_path)
+
+    def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
+        """Write ``last.ckpt`` unless this step was already saved (a top-k save writes it too)."""
+        if (
+            not self.save_last
+            or trainer.fast_dev_run
+            or trainer.sanity_checking
+            or trainer.state.fn != TrainerFn.FITTING
+            or self._last_global_step_saved == trainer.global_step
+        ):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -1,0 +1,276 @@
+"""CropDataModule: any ``CropSource`` as batches of cached 3D crops (cache, splits, sampling, loaders).
+
+A dataset is a subclass that says where its rows come from (``source``); everything else is here
+and the same for every dataset: the int16 crop cache built once per node, the splits, balanced
+epochs, DDP-exact samplers and the loaders. ``luna.data.luna16.LunaDataModule`` (LUNA16
+candidates, the default), ``luna.data.luna16.MalignancyDataModule`` (the book's chapter 14) and
+``luna.data.points.PointsDataModule`` (a CSV of points in any volumes) are the three that ship.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.accelerators import CUDAAccelerator
+from torch.utils.data import DataLoader, DistributedSampler
+
+from luna.data.cache import CropCache, open_built_cache
+from luna.data.cache_build import CacheSettings, build_cache, cache_path
+from luna.data.dataset import CropDataset, EvaluationSampler, TrainingSampler, collate_crops
+from luna.data.splits import SplitBy, split_items
+from luna.data.table import CropSource
+from luna.data.volume import DEFAULT_WIDTH_IRC, HU_WINDOW
+from luna.evaluation.froc import Reference
+
+log = logging.getLogger(__name__)
+
+
+def _positive(name: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
+        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
+
+
+class CropDataModule(pl.LightningDataModule):
+    """Rows of a ``CropSource`` as batches of cached crops; subclasses implement ``source``.
+
+    ``prepare_data`` builds the crop cache once per node (or once in all when ``shared_cache``);
+    ``setup`` opens it and splits it. Batches are ``CropBatch`` dicts (int16 crops; the module
+    makes them float32 on the device).
+
+    Args:
+        cache_dir: where crop caches live: node-local scratch or shared storage, with room for
+            2 bytes a voxel (LUNA16 V2: about 110 GB). None: beside the dataset (the subclass
+            says where), which keeps real data's cache out of the code checkout.
+        width_irc: the crop the model sees (slices, rows, columns).
+        context_irc: a larger crop to cache and serve for training (on-device augmentation then
+            sees real voxels around the model's crop); None caches exactly ``width_irc``.
+        intensity_window: values are clipped to this window (CT: [-1000, 1000] HU)...
+        intensity_scale: ...then multiplied by this and rounded to int16 (1 for CT's integer HU).
+        split_by: ``"series"`` strides over the split groups sorted by id (LUNA16: scans; no scan
+            in both sets, the book's chapter 14), ``"candidate"`` over the rows (chapter 11: scans
+            in both sets) or ``"subset"`` (validation = the images of fold ``val_subset``: LUNA16's
+            ten subsets).
+        val_stride: every ``val_stride``-th group (or row) goes to validation (90/10 at 10).
+        val_subset: the validation fold for ``split_by="subset"``, e.g. 0 for LUNA16's ``subset0``.
+        batch_size: samples per batch on each device (the global batch is devices x this).
+        num_workers: DataLoader worker processes per device.
+        negatives_per_positive: N > 0 draws N negatives per positive in each training epoch
+            (the book's ``ratio_int``); with more than two classes, 1 draws every class equally
+            often. 0 keeps the natural class ratio.
+        samples_per_epoch: training samples per epoch over all devices; None = the training split.
+        seed: seeds the epoch orders (the splits themselves are deterministic).
+        eval_series: image ids (LUNA16: series uids) served by test and predict; None serves validation.
+        build_processes: volumes read in parallel while building the cache.
+        skip_bad_scans: warn about unreadable volumes and build without them instead of failing.
+        shared_cache: ``cache_dir`` is on storage shared by all nodes: build it on global rank 0
+            only (otherwise local rank 0 of each node builds its own copy).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path | None = None,
+        width_irc: tuple[int, int, int] = DEFAULT_WIDTH_IRC,
+        context_irc: tuple[int, int, int] | None = None,
+        intensity_window: tuple[float, float] = HU_WINDOW,
+        intensity_scale: float = 1.0,
+        split_by: SplitBy = "series",
+        val_stride: int = 10,
+        val_subset: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        negatives_per_positive: int = 0,
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+        eval_series: list[str] | None = None,
+        build_processes: int = 2,
+        skip_bad_scans: bool = False,
+        shared_cache: bool = False,
+    ) -> None:
+        super().__init__()
+        _positive("batch_size", batch_size)
+        _positive("num_workers", num_workers, 0)
+        _positive("val_stride", val_stride, 2)
+        _positive("samples_per_epoch", samples_per_epoch)
+        _positive("negatives_per_positive", negatives_per_positive, 0)
+        _positive("build_processes", build_processes)
+        if context_irc is not None and any(c < w for c, w in zip(context_irc, width_irc)):
+            raise ValueError(f"context_irc={tuple(context_irc)} must be at least width_irc={tuple(width_irc)} on every axis")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.width_irc = tuple(int(w) for w in width_irc)
+        self.settings = CacheSettings(tuple(int(w) for w in (context_irc or width_irc)), tuple(intensity_window),
+                                      float(intensity_scale))
+        self.split_by, self.val_stride, self.val_subset = split_by, val_stride, val_subset
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.negatives_per_positive, self.samples_per_epoch, self.seed = negatives_per_positive, samples_per_epoch, seed
+        self.eval_series, self.build_processes = eval_series, build_processes
+        self.skip_bad_scans = skip_bad_scans
+        self.prepare_data_per_node = not shared_cache
+        self.cache: CropCache | None = None
+        self.train_positions = self.val_positions = np.empty(0, dtype=np.int64)
+        self._datasets: dict[str, CropDataset] = {}
+        self._source: CropSource | None = None
+
+    # ------------------------------------------------------------------ what a dataset provides
+    def make_source(self) -> CropSource:
+        """The dataset's rows (built once per DataModule): what a dataset's subclass implements."""
+        raise NotImplementedError(f"{type(self).__name__} must implement make_source()")
+
+    def source(self) -> CropSource:
+        if self._source is None:
+            self._source = self.make_source()
+        return self._source
+
+    @property
+    def class_names(self) -> list[str]:
+        """One name per class, label order (linked to the model by the CLI)."""
+        return self.source().class_names()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def froc_reference(self, stage: str) -> Reference | None:
+        """What a LUNA16 FROC scores a stage against; None (the default): no FROC for this data."""
+        return None
+
+    def prepare_inputs(self) -> None:
+        """Hook run by ``prepare_data`` before the cache is built (the phantom generators use it)."""
+
+    # ------------------------------------------------------------------ build and open
+    def prepare_data(self) -> None:
+        """Make the inputs if asked, then build the crop cache (no state is assigned)."""
+        self.prepare_inputs()
+        build_cache(self.source(), self.cache_dir, self.settings, self.build_processes, self.skip_bad_scans)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the cache built by ``prepare_data`` and split it (train/val, or eval series)."""
+        if self.cache is not None:
+            return
+        path = cache_path(self.cache_dir, self.source(), self.settings)
+        try:
+            self.cache = open_built_cache(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"the crop cache {path} is not built; the Trainer builds it in prepare_data() "
+                                    "(call prepare_data() first when not using a Trainer)") from None
+        groups = np.asarray(self.cache.groups)[self.cache.image_of]
+        folds = self.cache.folds[self.cache.image_of]
+        self.train_positions, self.val_positions = split_items(groups, folds, self.split_by, self.val_stride,
+                                                               self.val_subset)
+        labels = self.cache.labels
+        if len(self.train_positions) == 0 or len(self.val_positions) == 0:
+            raise ValueError(
+                f"split_by={self.split_by!r} with val_stride={self.val_stride} leaves {len(self.train_positions)} "
+                f"training and {len(self.val_positions)} validation crops from {len(set(groups.tolist()))} groups: "
+                "both must be non-empty"
+            )
+        describe = lambda positions: ", ".join(  # noqa: E731
+            f"{n} {name}" for name, n in zip(self.cache.class_names, np.bincount(labels[positions],
+                                                                              minlength=len(self.cache.class_names))))
+        log.info("split by %s: %d training crops (%s), %d validation (%s); crop cache %s", self.split_by,
+                 len(self.train_positions), describe(self.train_positions), len(self.val_positions),
+                 describe(self.val_positions), self.cache.path)
+
+    # ------------------------------------------------------------------ datasets
+    def _dataset(self, name: str, positions: np.ndarray, serve_context: bool = False) -> CropDataset:
+        """The dataset of a split, built once."""
+        if self.cache is None:
+            raise RuntimeError("call setup() before asking for data")
+        if name not in self._datasets:
+            self._datasets[name] = CropDataset(self.cache, positions, self.width_irc, serve_context)
+        return self._datasets[name]
+
+    @property
+    def train_dataset(self) -> CropDataset:
+        """The training split, with the cached context around each crop for augmentation."""
+        return self._dataset("train", self.train_positions, serve_context=True)
+
+    @property
+    def val_dataset(self) -> CropDataset:
+        return self._dataset("val", self.val_positions)
+
+    @property
+    def eval_dataset(self) -> CropDataset:
+        """The test/predict set: ``eval_series`` if given, else the validation split."""
+        if self.eval_series is None:
+            return self.val_dataset
+        known = {image_id: k for k, image_id in enumerate(self.cache.image_ids)}
+        unknown = sorted(set(self.eval_series) - set(known))
+        if unknown:
+            raise ValueError(f"eval_series not in the crop cache (no volume or no row): {unknown}")
+        wanted = np.isin(self.cache.image_of, [known[image_id] for image_id in self.eval_series])
+        return self._dataset("eval", np.flatnonzero(wanted))
+
+    @property
+    def series_uids(self) -> list[str]:
+        """The id of each image number in batches (``batch["series"]``; LUNA16: series uids)."""
+        return self.cache.image_ids
+
+    def identify(self, indices: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Image ids and centres (mm ``[n, 3]``) of the crops at cache ``indices``."""
+        ids = self.cache.image_ids
+        return [ids[k] for k in self.cache.image_of[indices].tolist()], np.asarray(self.cache.center_xyz[indices])
+
+    def class_frequencies(self) -> tuple[np.ndarray, np.ndarray]:
+        """Class frequencies of the training split as it is (natural) and as epochs sample it."""
+        labels = self.train_dataset.labels
+        natural = np.bincount(labels, minlength=self.num_classes) / len(labels)
+        ratio = self.negatives_per_positive
+        if ratio == 0:
+            return natural, natural
+        if self.num_classes == 2:
+            return natural, np.array([ratio, 1.0]) / (ratio + 1)
+        return natural, np.full(self.num_classes, 1.0 / self.num_classes)
+
+    # ------------------------------------------------------------------ loaders
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, dataset: CropDataset, sampler: DistributedSampler) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_crops,
+            pin_memory=self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator),
+            persistent_workers=self.num_workers > 0,
+            # workers' seeds from their own generator, not torch's global one (which augmentation
+            # draws from): creating the iterator after a resume then leaves that stream as it was
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _samples_done(self) -> int:
+        """Samples of the current epoch this rank already trained on: non-zero only for a run
+        resumed from a checkpoint written part-way through an epoch (SIGTERM, Ctrl-C)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return done * self.batch_size if 0 < done < trainer.num_training_batches else 0
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self._world()
+        dataset = self.train_dataset
+        sampler = TrainingSampler(dataset, self.negatives_per_positive, self.samples_per_epoch, self.seed, world, rank,
+                                  samples_done=self._samples_done)
+        if self.trainer is not None:
+            sampler.set_epoch(self.trainer.current_epoch)  # a resumed run goes on with its own epoch's order
+        return self._loader(dataset, sampler)
+
+    def _evaluation_loader(self, dataset: CropDataset) -> DataLoader:
+        world, rank = self._world()
+        return self._loader(dataset, EvaluationSampler(dataset, world, rank))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader(self.eval_dataset)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._evaluation_loader(self.eval_dataset)

@@ -1,0 +1,482 @@
+"""LUNA16-format phantom data: the default dataset of the main job and the data of the tests.
+
+The real release (~120 GB) cannot ship with a template, but every code path must run on data laid
+out exactly like it. ``generate_phantom`` writes such a folder::
+
+    OUT_DIR/subset0/<seriesuid>.mhd + .raw   int16 HU, varied spacing and origin
+    OUT_DIR/subset1/...                     one scan with a non-identity direction matrix
+    OUT_DIR/seg-lungs-LUNA16/<uid>.mhd      a lung mask, as in the release (not a scan)
+    OUT_DIR/annotations.csv                 seriesuid,coordX,coordY,coordZ,diameter_mm
+    OUT_DIR/annotations_excluded.csv        irrelevant findings (same columns; -1 = unknown size)
+    OUT_DIR/annotations_with_malignancy.csv the nodules with mal_bool (the book's chapter 14)
+    OUT_DIR/candidates.csv                  seriesuid,coordX,coordY,coordZ,class
+    OUT_DIR/seriesuids.csv                  the scans on disk, one uid per line, no header
+    OUT_DIR/phantom.json                    the parameters (written last: the folder is complete)
+
+Each scan holds a body, two lungs, vessels (tubes: the hard negatives, round in a single slice
+like a nodule), 1-5 nodules of 3-30 mm, noise and out-of-field padding (-3024 or -2000 HU).
+Nodules are benign or malignant as a radiologist would judge them: malignancy grows with size,
+malignant nodules are lobulated and spiculated, and some benign ones are calcified (dense).
+Irrelevant findings, as in ``annotations_excluded.csv``, are nodules under 3 mm and unsized
+non-nodule findings on vessels. Candidates are the nodules (class 1, jittered) and negatives on
+vessels, on the irrelevant findings, in the lungs, in the body and within a few voxels of each of
+the six faces; some candidate rows belong to series that are not on disk, as when a user has
+only some subsets. The same arguments give the same bytes.
+
+Command line: ``python -m luna.data.phantom OUT_DIR [--series N] [--seed S] [--shape_irc I R C]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from luna.data.volume import irc_to_xyz
+
+log = logging.getLogger("luna.data.phantom")  # not __name__: this module also runs as __main__
+
+MARKER = "phantom.json"
+UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
+# A non-symmetric rotation (90 degrees about z): catches code that assumes an identity direction.
+ROTATED_DIRECTION = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+FLIPPED_DIRECTION = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """What to generate.
+
+    Args:
+        series: number of scans written to disk.
+        seed: everything (uids, anatomy, noise, candidates) follows from it.
+        shape_irc: volume shape (slices, rows, columns); (150, 512, 512) is real size.
+        subsets: number of ``subsetK`` folders the scans are spread over.
+        missing_series: extra series that appear in the CSVs but not on disk.
+        noise_hu: standard deviation of the Gaussian noise.
+    """
+
+    series: int = 40
+    seed: int = 0
+    shape_irc: tuple[int, int, int] = (64, 128, 128)
+    subsets: int = 10
+    missing_series: int = 2
+    noise_hu: float = 30.0
+
+    @classmethod
+    def read(cls, marker: Path) -> PhantomSpec:
+        """The spec recorded in a phantom folder's ``phantom.json``."""
+        fields = json.loads(marker.read_text())
+        return cls(**{**fields, "shape_irc": tuple(fields["shape_irc"])})
+
+
+@dataclass
+class _Scan:
+    uid: str
+    hu: np.ndarray
+    spacing_xyz: np.ndarray
+    origin_xyz: np.ndarray
+    direction: np.ndarray
+    lung_mask: np.ndarray
+    nodules: list[tuple[np.ndarray, float, bool]] = field(default_factory=list)  # (center_irc, diameter_mm, malignant)
+    irrelevant: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (center_irc, diameter_mm or -1)
+    negatives_irc: list[np.ndarray] = field(default_factory=list)
+
+
+def _series_uid(rng: np.random.Generator) -> str:
+    digits = "".join(str(d) for d in rng.integers(0, 10, size=30))
+    return UID_ROOT + str(rng.integers(1, 10)) + digits[1:]
+
+
+def _box(center: np.ndarray, radius_vox: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    low = np.maximum(np.floor(center - radius_vox - 1), 0).astype(int)
+    high = np.minimum(np.ceil(center + radius_vox + 2), shape).astype(int)
+    return tuple(slice(lo, hi) for lo, hi in zip(low, high))
+
+
+def _grid_mm(box: tuple[slice, ...], spacing_irc: np.ndarray) -> list[np.ndarray]:
+    return [
+        (np.arange(s.start, s.stop, dtype=np.float32) * spacing_irc[axis]).reshape(
+            [-1 if k == axis else 1 for k in range(3)]
+        )
+        for axis, s in enumerate(box)
+    ]
+
+
+def _paint(volume: np.ndarray, box: tuple[slice, ...], distance_mm: np.ndarray, radius_mm: float,
+           value: float, edge_mm: float) -> np.ndarray:
+    """Blend ``value`` into ``volume[box]`` where ``distance < radius``, with a soft partial-volume edge."""
+    alpha = np.clip((radius_mm - distance_mm) / edge_mm + 0.5, 0.0, 1.0)
+    region = volume[box]
+    region += alpha * (value - region)
+    return alpha
+
+
+def _ball(volume, center_irc, radius_mm, value, spacing_irc, edge_mm):
+    box = _box(center_irc, radius_mm / spacing_irc, volume.shape)
+    z, y, x = _grid_mm(box, spacing_irc)
+    cz, cy, cx = center_irc * spacing_irc
+    distance = np.sqrt((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2)
+    return _paint(volume, box, distance, radius_mm, value, edge_mm)
+
+
+def _tube(volume, start_irc, end_irc, radius_mm, value, spacing_irc, edge_mm):
+    box_center = (start_irc + end_irc) / 2
+    half_extent = np.abs(end_irc - start_irc) / 2 + radius_mm / spacing_irc
+    box = _box(box_center, half_extent, volume.shape)
+    z, y, x = _grid_mm(box, spacing_irc)
+    a = start_irc * spacing_irc
+    ab = end_irc * spacing_irc - a
+    t = ((z - a[0]) * ab[0] + (y - a[1]) * ab[1] + (x - a[2]) * ab[2]) / max(float(ab @ ab), 1e-6)
+    t = np.clip(t, 0.0, 1.0)
+    distance = np.sqrt((z - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (x - a[2] - t * ab[2]) ** 2)
+    _paint(volume, box, distance, radius_mm, value, edge_mm)
+
+
+def _inside_ellipsoid(point: np.ndarray, center: np.ndarray, semi_axes: np.ndarray) -> bool:
+    return float((((point - center) / semi_axes) ** 2).sum()) < 1.0
+
+
+def _make_scan(spec: PhantomSpec, index: int, rng: np.random.Generator) -> _Scan:
+    shape = np.array(spec.shape_irc)
+    spacing_xyz = np.array([rng.uniform(0.9, 1.3), 0.0, rng.uniform(1.0, 2.5)])
+    spacing_xyz[1] = spacing_xyz[0]
+    spacing_irc = spacing_xyz[::-1].astype(np.float32)
+    extent_mm = shape * spacing_irc
+    edge_mm = float(spacing_irc.min())
+    direction = {1: ROTATED_DIRECTION, 2: FLIPPED_DIRECTION}.get(index, np.eye(3))
+    origin_xyz = np.array([rng.uniform(-250, -100), rng.uniform(-250, -100), rng.uniform(-400, -50)])
+
+    # Body and field of view: 2D masks broadcast along the slices.
+    r = (np.arange(shape[1], dtype=np.float32) * spacing_irc[1])[:, None]
+    c = (np.arange(shape[2], dtype=np.float32) * spacing_irc[2])[None, :]
+    center_rc = extent_mm[1:] / 2
+    body = ((r - center_rc[0]) / (0.38 * extent_mm[1])) ** 2 + ((c - center_rc[1]) / (0.47 * extent_mm[2])) ** 2 < 1
+    fov = (r - center_rc[0]) ** 2 + (c - center_rc[1]) ** 2 < (0.5 * extent_mm[1:].min()) ** 2
+    volume = np.where(body, np.float32(40.0), np.float32(-1000.0))
+    volume = np.broadcast_to(volume, tuple(shape)).astype(np.float32)
+
+    lung_semi = np.array([0.44, 0.28, 0.18]) * extent_mm
+    lung_centers = [extent_mm * np.array([0.5, 0.48, 0.5 + side * 0.21]) for side in (-1, 1)]
+    for center_mm in lung_centers:
+        _ellipsoid_paint(volume, center_mm / spacing_irc, lung_semi, -860.0, spacing_irc, edge_mm)
+    lung_mask = volume < -500
+
+    scan = _Scan(_series_uid(rng), volume, spacing_xyz, origin_xyz, direction, lung_mask)
+    vessel_points = _draw_vessels(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
+    _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
+    _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing_irc, body)
+    _draw_irrelevant(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
+
+    volume += rng.normal(0.0, spec.noise_hu, size=volume.shape).astype(np.float32)
+    padding = -3024.0 if index % 2 == 0 else -2000.0
+    volume[:, ~fov] = padding
+    scan.hu = np.clip(np.rint(volume), -32768, 32767).astype(np.int16)
+    return scan
+
+
+def _ellipsoid_paint(volume, center_irc, semi_mm, value, spacing_irc, edge_mm):
+    box = _box(center_irc, semi_mm / spacing_irc, volume.shape)
+    z, y, x = _grid_mm(box, spacing_irc)
+    cz, cy, cx = center_irc * spacing_irc
+    scaled = np.sqrt(((z - cz) / semi_mm[0]) ** 2 + ((y - cy) / semi_mm[1]) ** 2 + ((x - cx) / semi_mm[2]) ** 2)
+    _paint(volume, box, scaled * semi_mm.min(), semi_mm.min(), value, edge_mm)
+
+
+def _random_lung_point(rng, lung_centers, lung_semi, shrink=0.85) -> np.ndarray:
+    center = lung_centers[rng.integers(0, 2)]
+    while True:
+        offset = rng.uniform(-1, 1, size=3)
+        if (offset**2).sum() < 1:
+            return center + offset * lung_semi * shrink
+
+
+def _draw_vessels(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> list[np.ndarray]:
+    """Random-walk tubes from each lung's hilum outward, tapering; returns points on them (IRC)."""
+    points = []
+    for center_mm in lung_centers:
+        for _ in range(7):
+            position = center_mm + rng.normal(0, 0.15, size=3) * lung_semi
+            heading = rng.normal(size=3)
+            radius = rng.uniform(0.9, 1.8)
+            for _ in range(6):
+                heading = heading / np.linalg.norm(heading) + rng.normal(0, 0.35, size=3)
+                heading /= np.linalg.norm(heading)
+                step = heading * rng.uniform(6.0, 14.0)
+                end = position + step
+                if not _inside_ellipsoid(end, center_mm, lung_semi * 0.95):
+                    break
+                _tube(scan.hu, position / spacing_irc, end / spacing_irc, radius, 45.0, spacing_irc, edge_mm)
+                points.append(((position + end) / 2) / spacing_irc)
+                position, radius = end, max(radius * 0.85, 0.5)
+    return points
+
+
+def _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> None:
+    for _ in range(rng.integers(1, 6)):
+        diameter = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
+        center_mm = _random_lung_point(rng, lung_centers, lung_semi, shrink=0.75)
+        malignant = bool(rng.random() < 1 / (1 + np.exp(-(diameter - 12.0) / 4.0)))
+        calcified = not malignant and rng.random() < 0.3
+        density = rng.uniform(300.0, 600.0) if calcified else rng.uniform(-80.0, 120.0) + (60.0 if malignant else 0.0)
+        center_irc = center_mm / spacing_irc
+        _ball(scan.hu, center_irc, diameter / 2, density, spacing_irc, edge_mm)
+        # Texture: lobules make larger nodules uneven; malignant ones are lobulated and spiculated.
+        lobules = int(diameter // 8) + (3 if malignant else 0)
+        for _ in range(lobules):
+            lobule = center_mm + rng.normal(0, diameter / (4 if malignant else 6), size=3)
+            _ball(scan.hu, lobule / spacing_irc, diameter / 4, density + rng.uniform(-60, 60), spacing_irc, edge_mm)
+        if malignant:
+            for _ in range(rng.integers(4, 9)):
+                direction = rng.normal(size=3)
+                direction /= np.linalg.norm(direction)
+                start = center_mm + direction * diameter * 0.4
+                end = center_mm + direction * diameter * rng.uniform(0.8, 1.3)
+                _tube(scan.hu, start / spacing_irc, end / spacing_irc, rng.uniform(0.4, 0.8), density, spacing_irc, edge_mm)
+        scan.nodules.append((center_irc, diameter, malignant))
+
+
+def _draw_irrelevant(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> None:
+    """Findings the official scoring ignores: nodules under 3 mm, and unsized findings on vessels."""
+    for _ in range(rng.integers(0, 3)):
+        diameter = float(rng.uniform(1.5, 2.9))
+        center_mm = _random_lung_point(rng, lung_centers, lung_semi, shrink=0.75)
+        _ball(scan.hu, center_mm / spacing_irc, diameter / 2, rng.uniform(-80.0, 120.0), spacing_irc, edge_mm)
+        scan.irrelevant.append((center_mm / spacing_irc, diameter))
+    if scan.negatives_irc and rng.random() < 0.5:
+        scan.irrelevant.append((scan.negatives_irc[0], -1.0))  # the first negative is on a vessel
+
+
+def _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing_irc, body) -> None:
+    shape = np.array(scan.hu.shape)
+    picks = rng.permutation(len(vessel_points))[:12]
+    negatives = [vessel_points[k] for k in picks]
+    negatives += [_random_lung_point(rng, lung_centers, lung_semi) / spacing_irc for _ in range(6)]
+    body_voxels = np.argwhere(body & ~scan.lung_mask[shape[0] // 2])
+    for k in rng.choice(len(body_voxels), size=4, replace=False):
+        negatives.append(np.array([rng.uniform(0, shape[0] - 1), *body_voxels[k]], dtype=np.float64))
+    for axis in range(3):  # within 3 voxels of both faces of each axis
+        for face in (0, 1):
+            point = rng.uniform(0.2, 0.8, size=3) * (shape - 1)
+            depth = rng.uniform(0, 3)
+            point[axis] = depth if face == 0 else shape[axis] - 1 - depth
+            negatives.append(point)
+    # Keep negatives off the nodules: in LUNA16 a candidate that close to a nodule is class 1.
+    scan.negatives_irc = [
+        point for point in negatives
+        if all(np.linalg.norm((point - center) * spacing_irc) > diameter / 2 + 3.0 for center, diameter, _ in scan.nodules)
+    ]
+
+
+def _xyz(scan: _Scan, center_irc: np.ndarray) -> tuple[float, float, float]:
+    return irc_to_xyz(center_irc, scan.origin_xyz, scan.spacing_xyz, scan.direction)
+
+
+def _write_image(array: np.ndarray, scan: _Scan, path: Path) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(v) for v in scan.spacing_xyz))
+    image.SetOrigin(tuple(float(v) for v in scan.origin_xyz))
+    image.SetDirection(tuple(float(v) for v in scan.direction.ravel()))
+    sitk.WriteImage(image, str(path), useCompression=False)
+
+
+def _csv_row(uid: str, xyz: tuple[float, float, float], last: str) -> str:
+    return f"{uid},{xyz[0]:.9f},{xyz[1]:.9f},{xyz[2]:.9f},{last}\n"
+
+
+def _write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write`` on a staging folder beside ``out_dir`` and rename it when complete.
+
+    An interrupted run leaves no half-written dataset, and an existing ``out_dir`` is never
+    touched: it must not exist yet.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists; phantom data is only written to a new folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    staging.chmod(0o755)
+    try:
+        write(staging)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def spec_digest(spec: object) -> str:
+    """A short digest of a phantom spec: its folder name, so another spec never reuses old data."""
+    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def generate_phantom(out_dir: str | Path, spec: PhantomSpec = PhantomSpec()) -> Path:
+    """Write a LUNA16-format phantom folder to ``out_dir`` (atomically, a new folder) and return its path."""
+    _write_atomically(out_dir, lambda folder: _write_phantom(folder, spec))
+    log.info("phantom LUNA16 data written to %s (%d scans)", out_dir, spec.series)
+    return Path(out_dir)
+
+
+def _write_phantom(folder: Path, spec: PhantomSpec) -> None:
+    seeds = np.random.SeedSequence(spec.seed).spawn(spec.series + 1)
+    annotation_rows, excluded_rows, malignancy_rows, candidate_rows, uids = [], [], [], [], []
+    for index in range(spec.series):
+        rng = np.random.default_rng(seeds[index])
+        scan = _make_scan(spec, index, rng)
+        uids.append(scan.uid)
+        subset = folder / f"subset{index % spec.subsets}"
+        subset.mkdir(exist_ok=True)
+        _write_image(scan.hu, scan, subset / f"{scan.uid}.mhd")
+        if index == 0:
+            masks = folder / "seg-lungs-LUNA16"
+            masks.mkdir()
+            _write_image(scan.lung_mask.astype(np.int16), scan, masks / f"{scan.uid}.mhd")
+        for center_irc, diameter, malignant in scan.nodules:
+            xyz = _xyz(scan, center_irc)
+            annotation_rows.append(_csv_row(scan.uid, xyz, f"{diameter:.8f}"))
+            ratings = _radiologist_ratings(rng, malignant)
+            malignancy_rows.append(_csv_row(scan.uid, xyz, f'{diameter:.8f},{malignant},"{ratings}"'))
+            jitter_count = 2 if diameter >= 10 else 1
+            for _ in range(jitter_count):
+                jitter_mm = rng.uniform(-1, 1, size=3) * diameter / 10
+                jittered = center_irc + jitter_mm / scan.spacing_xyz[::-1]
+                candidate_rows.append(_csv_row(scan.uid, _xyz(scan, jittered), "1"))
+        for center_irc, diameter in scan.irrelevant:
+            excluded_rows.append(_csv_row(scan.uid, _xyz(scan, center_irc), f"{diameter:.8f}"))
+            if diameter > 0:  # a candidate on a small nodule: class 0, as in the release
+                jittered = center_irc + rng.uniform(-0.5, 0.5, size=3) / scan.spacing_xyz[::-1]
+                candidate_rows.append(_csv_row(scan.uid, _xyz(scan, jittered), "0"))
+        candidate_rows += [_csv_row(scan.uid, _xyz(scan, point), "0") for point in scan.negatives_irc]
+        log.debug("phantom scan %d/%d written: %s", index + 1, spec.series, scan.uid)
+    rng = np.random.default_rng(seeds[-1])
+    for _ in range(spec.missing_series):
+        uid = _series_uid(rng)
+        xyz = tuple(rng.uniform(-150, 150, size=3))
+        annotation_rows.append(_csv_row(uid, xyz, "6.50000000"))
+        candidate_rows += [_csv_row(uid, xyz, "1"), _csv_row(uid, tuple(np.add(xyz, 40.0)), "0")]
+    order = np.random.default_rng(seeds[-1]).permutation(len(candidate_rows))
+    header = "seriesuid,coordX,coordY,coordZ,"
+    (folder / "annotations.csv").write_text(header + "diameter_mm\n" + "".join(annotation_rows))
+    (folder / "annotations_excluded.csv").write_text(header + "diameter_mm\n" + "".join(excluded_rows))
+    (folder / "annotations_with_malignancy.csv").write_text(
+        header + "diameter_mm,mal_bool,mal_details\n" + "".join(malignancy_rows)
+    )
+    (folder / "candidates.csv").write_text(header + "class\n" + "".join(candidate_rows[k] for k in order))
+    (folder / "seriesuids.csv").write_text("".join(f"{uid}\n" for uid in uids))
+    (folder / MARKER).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+
+
+def _radiologist_ratings(rng: np.random.Generator, malignant: bool) -> str:
+    """LIDC-style malignancy ratings (1-5) of up to four readers, consistent with ``malignant``."""
+    readers = int(rng.integers(1, 5))
+    low, high = (4, 6) if malignant else (1, 3)
+    return str([int(r) for r in rng.integers(low, high, size=readers)])
+
+
+@dataclass(frozen=True)
+class PointsPhantomSpec:
+    """A phantom for the points-CSV route: CT-like NIfTI volumes with three kinds of finding.
+
+    ``solid`` are soft-tissue balls, ``cavity`` balls with an air-filled centre, ``calcified``
+    small very dense balls; sizes overlap, so the kind is told by the inside, as a radiologist
+    does. Two volumes per patient (the ``group`` column), several findings per volume.
+
+    Args:
+        patients: patients written; each has two volumes.
+        findings_per_image: the most findings in a volume (at least 2).
+        seed: everything follows from it.
+        shape_irc: volume shape (slices, rows, columns).
+    """
+
+    patients: int = 30
+    findings_per_image: int = 6
+    seed: int = 0
+    shape_irc: tuple[int, int, int] = (48, 96, 96)
+    class_names: tuple[str, ...] = ("calcified", "cavity", "solid")
+
+
+def generate_points_phantom(out_dir: str | Path, spec: PointsPhantomSpec = PointsPhantomSpec()) -> Path:
+    """Write ``out_dir/images/*.nii.gz`` and ``out_dir/points.csv`` (atomically, a new folder)."""
+    _write_atomically(out_dir, lambda folder: _write_points_phantom(folder, spec))
+    log.info("phantom points dataset written to %s (%d volumes)", out_dir, 2 * spec.patients)
+    return Path(out_dir)
+
+
+def _write_points_phantom(folder: Path, spec: PointsPhantomSpec) -> None:
+    (folder / "images").mkdir()
+    lines = ["image,coordX,coordY,coordZ,label,group\n"]
+    seeds = np.random.SeedSequence(spec.seed).spawn(2 * spec.patients)
+    shape = np.array(spec.shape_irc)
+    for index in range(2 * spec.patients):
+        rng = np.random.default_rng(seeds[index])
+        spacing_xyz = np.array([rng.uniform(0.7, 1.0), 0.0, rng.uniform(0.9, 1.5)])
+        spacing_xyz[1] = spacing_xyz[0]
+        spacing_irc = spacing_xyz[::-1].astype(np.float32)
+        origin_xyz = np.array([rng.uniform(-200, -100), rng.uniform(-200, -100), rng.uniform(-300, -100)])
+        edge_mm = float(spacing_irc.min())
+        volume = np.full(tuple(shape), -850.0, dtype=np.float32)  # lung-like background
+        placed: list[tuple[np.ndarray, float]] = []
+        for _ in range(rng.integers(2, spec.findings_per_image + 1)):
+            kind = int(rng.integers(0, 3))
+            diameter = float(rng.uniform(5.0, 9.0) if kind == 0 else rng.uniform(7.0, 16.0))
+            margin = diameter / 2 / spacing_irc + 3
+            center_irc = rng.uniform(margin, shape - 1 - margin)
+            if any(np.linalg.norm((center_irc - c) * spacing_irc) <= (diameter + d) / 2 + 2 for c, d in placed):
+                continue  # would overlap another finding
+            placed.append((center_irc, diameter))
+            if kind == 0:  # calcified
+                _ball(volume, center_irc, diameter / 2, rng.uniform(350.0, 700.0), spacing_irc, edge_mm)
+            else:
+                _ball(volume, center_irc, diameter / 2, rng.uniform(0.0, 80.0), spacing_irc, edge_mm)
+                if kind == 1:  # cavity: air inside
+                    _ball(volume, center_irc, diameter * rng.uniform(0.25, 0.35), -950.0, spacing_irc, edge_mm)
+            marked = center_irc + rng.uniform(-1.0, 1.0, size=3) * diameter / 10 / spacing_irc
+            x, y, z = irc_to_xyz(marked, origin_xyz, spacing_xyz, np.eye(3))
+            lines.append(f"images/case{index:03d}.nii.gz,{x:.4f},{y:.4f},{z:.4f},{spec.class_names[kind]},"
+                         f"patient{index // 2:03d}\n")
+        volume += rng.normal(0.0, 25.0, size=volume.shape).astype(np.float32)
+        image = sitk.GetImageFromArray(np.clip(np.rint(volume), -1024, 3071).astype(np.int16))
+        image.SetSpacing(tuple(float(v) for v in spacing_xyz))
+        image.SetOrigin(tuple(float(v) for v in origin_xyz))
+        sitk.WriteImage(image, str(folder / "images" / f"case{index:03d}.nii.gz"), useCompression=True)
+    (folder / "points.csv").write_text("".join(lines))
+    (folder / "phantom.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+
+
+def main() -> None:
+    """``python -m luna.data.phantom OUT_DIR [--series N] [--seed S] [--shape_irc I R C] ...``."""
+    import argparse
+
+    defaults = PhantomSpec()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path, help="folder to create (must not exist)")
+    parser.add_argument("--series", type=int, default=defaults.series, help="scans written to disk")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--shape_irc", type=int, nargs=3, default=defaults.shape_irc, metavar=("I", "R", "C"),
+                        help="volume shape; 150 512 512 is real size")
+    parser.add_argument("--subsets", type=int, default=defaults.subsets)
+    parser.add_argument("--missing_series", type=int, default=defaults.missing_series,
+                        help="series listed in the CSVs but not written")
+    parser.add_argument("--noise_hu", type=float, default=defaults.noise_hu)
+    parser.add_argument("--points", action="store_true", help="write the points-CSV phantom (NIfTI, three classes) instead")
+    args = vars(parser.parse_args())
+    out_dir = args.pop("out_dir")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.pop("points"):
+        generate_points_phantom(out_dir, PointsPhantomSpec(seed=args["seed"]))
+        return
+    args["shape_irc"] = tuple(args["shape_irc"])
+    generate_phantom(out_dir, PhantomSpec(**args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""One 3D volume: reading it (any file SimpleITK reads, or a DICOM series folder), coordinate
+conversion and the reference crop.
+
+Coordinates follow LUNA16.md. CSV centres are XYZ millimetres in the patient frame; arrays are
+indexed (I, R, C) = (slice, row, column). The conversions are exactly SimpleITK's physical-point
+mapping ``xyz = origin + direction @ (cri * spacing)`` and its inverse, so a non-identity direction
+matrix is honoured. (The book multiplies by the inverse direction from the right, which agrees with
+this only for symmetric direction matrices such as the identity or axis flips.)
+
+Voxels are kept as int16: ``round(clip(value, window) * scale)``. For CT the window is
+[-1000, 1000] HU and the scale 1, which is lossless for LUNA16's integer voxels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+HU_MIN = -1000
+HU_MAX = 1000
+HU_WINDOW = (float(HU_MIN), float(HU_MAX))
+DEFAULT_WIDTH_IRC = (32, 48, 48)  # the book's crop (slices, rows, columns): named once, used everywhere
+
+
+class ScanReadError(RuntimeError):
+    """A volume that cannot be used (missing, truncated, NaN voxels...); the message names the file."""
+
+
+class CenterOutsideScanError(ValueError):
+    """A centre that maps to a voxel outside its volume."""
+
+
+def xyz_to_irc(
+    center_xyz: Sequence[float],
+    origin_xyz: np.ndarray,
+    spacing_xyz: np.ndarray,
+    direction: np.ndarray,
+) -> tuple[int, int, int]:
+    """Millimetres (x, y, z) to the nearest voxel index (i, r, c), rounding like ``numpy.round``."""
+    offset = np.asarray(center_xyz, dtype=np.float64) - origin_xyz
+    cri = np.linalg.solve(direction, offset) / spacing_xyz
+    c, r, i = np.round(cri).astype(np.int64)
+    return int(i), int(r), int(c)
+
+
+def xyz_to_irc_many(centers_xyz: np.ndarray, origin_xyz: np.ndarray, spacing_xyz: np.ndarray,
+                    direction: np.ndarray) -> np.ndarray:
+    """``xyz_to_irc`` of many centres ``[n, 3]`` at once: ``[n, 3]`` int64 (I, R, C)."""
+    offset = np.asarray(centers_xyz, dtype=np.float64).reshape(-1, 3) - origin_xyz
+    cri = np.linalg.solve(direction, offset.T).T / spacing_xyz
+    return np.round(cri).astype(np.int64)[:, ::-1]
+
+
+def irc_to_xyz(
+    center_irc: Sequence[float],
+    origin_xyz: np.ndarray,
+    spacing_xyz: np.ndarray,
+    direction: np.ndarray,
+) -> tuple[float, float, float]:
+    """Voxel index (i, r, c) to millimetres (x, y, z): ``direction @ (cri * spacing) + origin``."""
+    cri = np.asarray(center_irc, dtype=np.float64)[::-1]
+    x, y, z = direction @ (cri * spacing_xyz) + origin_xyz
+    return float(x), float(y), float(z)
+
+
+def crop_starts(center_irc: np.ndarray, width_irc: Sequence[int], shape_irc: Sequence[int]) -> np.ndarray:
+    """Start index of the reference crop of each centre ``[n, 3]`` (IRC) in a volume of ``shape_irc``.
+
+    The one crop rule of luna: ``start = center - width // 2`` (the centre voxel sits at index
+    ``width // 2`` of the crop, for odd and even widths alike), shifted back inside the volume when
+    the crop would leave it (start 0, or end at the last voxel); never padded. For the even widths
+    of the book (32, 48, 48) this is its ``round(center - width / 2)``.
+
+    Raises:
+        CenterOutsideScanError: a centre is not inside the volume.
+        ValueError: the volume is smaller than the crop on some axis.
+    """
+    center = np.asarray(center_irc, dtype=np.int64).reshape(-1, 3)
+    width, shape = np.asarray(width_irc, dtype=np.int64), np.asarray(shape_irc, dtype=np.int64)
+    outside = ((center < 0) | (center >= shape)).any(axis=1)
+    if outside.any():
+        raise CenterOutsideScanError(
+            f"centre {tuple(center[outside.argmax()].tolist())} (IRC) lies outside a volume of shape {tuple(shape.tolist())}"
+        )
+    if (width > shape).any():
+        axis = int((width > shape).argmax())
+        raise ValueError(f"crop width {tuple(width.tolist())} exceeds the volume shape {tuple(shape.tolist())} on axis {axis}")
+    return np.clip(center - width // 2, 0, shape - width)
+
+
+def crop_start(center_irc: Sequence[int], width_irc: Sequence[int], shape_irc: Sequence[int]) -> tuple[int, ...]:
+    """``crop_starts`` of one centre, as a tuple."""
+    return tuple(int(start) for start in crop_starts(np.asarray(center_irc), width_irc, shape_irc)[0])
+
+
+def check_intensity(window: Sequence[float], scale: float) -> tuple[float, float]:
+    """Validate an intensity window and scale: the stored values must fit int16."""
+    low, high = (float(v) for v in window)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"intensity_window={list(window)}: expected two finite numbers, low < high")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"intensity_scale={scale}: must be a positive number")
+    if max(abs(low), abs(high)) * scale > np.iinfo(np.int16).max:
+        raise ValueError(f"intensity_window={list(window)} x intensity_scale={scale} does not fit int16 (|value| <= 32767)")
+    return low, high
+
+
+def read_mhd_header(mhd_path: Path) -> dict[str, str]:
+    """The ``key = value`` fields of a MetaImage header."""
+    fields = {}
+    for line in mhd_path.read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def mhd_data_file(mhd_path: Path) -> Path | None:
+    """The uncompressed voxel file of a MetaImage header, or None (compressed, inline or multi-file data)."""
+    fields = read_mhd_header(mhd_path)
+    data_file = fields.get("ElementDataFile", "")
+    if fields.get("CompressedData", "False").lower() == "true" or data_file in ("", "LOCAL", "LIST") or "%" in data_file:
+        return None
+    return mhd_path.parent / data_file
+
+
+def _raw_size_problem(mhd_path: Path) -> str | None:
+    """For a MetaImage header: why its voxel file does not hold exactly the voxels the header says."""
+    raw = mhd_data_file(mhd_path)
+    if raw is None:
+        return None  # SimpleITK checks compressed and inline data itself
+    if not raw.is_file():
+        return f"its voxel file {raw} does not exist"
+    fields = read_mhd_header(mhd_path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(mhd_path))
+    reader.ReadImageInformation()
+    one_voxel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())  # its numpy dtype gives the value size
+    bytes_per_value = sitk.GetArrayViewFromImage(one_voxel).dtype.itemsize
+    header_size = int(fields.get("HeaderSize", "0") or 0)
+    expected = math.prod(reader.GetSize()) * reader.GetNumberOfComponents() * bytes_per_value + max(header_size, 0)
+    actual = raw.stat().st_size
+    if header_size >= 0 and actual != expected:
+        return (f"its voxel file {raw.name} holds {actual:,} bytes but the header (DimSize "
+                f"{' '.join(map(str, reader.GetSize()))}, {fields.get('ElementType', '?')}) needs {expected:,}")
+    return None
+
+
+def _read_image(path: Path) -> sitk.Image:
+    """A file SimpleITK reads, or the DICOM series in a folder."""
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise ScanReadError(f"{path} is a folder without a DICOM series")
+        if len(series) > 1:
+            raise ScanReadError(f"{path} holds {len(series)} DICOM series; point at a folder with one")
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+        return reader.Execute()
+    return sitk.ReadImage(str(path))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a volume's voxels lie: shape (I, R, C), origin, spacing and direction (SimpleITK's)."""
+
+    shape_irc: tuple[int, int, int]
+    origin_xyz: np.ndarray
+    spacing_xyz: np.ndarray
+    direction: np.ndarray
+
+    @classmethod
+    def read(cls, path: str | Path) -> Geometry:
+        """The geometry of a volume file (its header only) or of a DICOM series folder (read whole).
+
+        Raises:
+            RuntimeError: SimpleITK cannot read it.
+        """
+        path = Path(path)
+        if path.is_dir():
+            image = _read_image(path)
+            size, origin, spacing, direction = image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection()
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            size, origin, spacing, direction = reader.GetSize(), reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection()
+        if len(size) != 3:
+            raise RuntimeError(f"a 3D volume is needed, this one is {len(size)}D")
+        return cls(tuple(size[::-1]), np.array(origin), np.array(spacing), np.array(direction).reshape(3, 3))
+
+    def inside(self, centers_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest voxel of each centre ``[n, 3]`` (IRC) and whether it lies in the volume."""
+        irc = xyz_to_irc_many(centers_xyz, self.origin_xyz, self.spacing_xyz, self.direction)
+        return irc, ((irc >= 0) & (irc < np.array(self.shape_irc))).all(axis=1)
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D volume as int16 (CT: Hounsfield units clipped to [-1000, 1000]) with its geometry.
+
+    Attributes:
+        name: the file's stem (LUNA16: the series uid).
+        voxels: int16 array of shape (I, R, C).
+        origin_xyz: position of voxel (0, 0, 0) in millimetres.
+        spacing_xyz: voxel size in millimetres along x, y, z.
+        direction: 3x3 direction cosines (columns are the x, y, z index axes in patient space).
+    """
+
+    name: str
+    voxels: np.ndarray
+    origin_xyz: np.ndarray
+    spacing_xyz: np.ndarray
+    direction: np.ndarray
+
+    @classmethod
+    def read(cls, path: str | Path, window: Sequence[float] = HU_WINDOW, scale: float = 1.0) -> Volume:
+        """Read a volume: ``.mhd/.raw``, ``.nii(.gz)``, ``.nrrd``, ``.mha`` or a DICOM series folder.
+
+        Voxels become ``round(clip(value, window) * scale)`` as int16.
+
+        Raises:
+            ScanReadError: naming the file, when it is missing, truncated, not 3D, has a header
+                that disagrees with its voxel file, or holds NaN or infinite voxels.
+        """
+        path = Path(path)
+        name = path.name.removesuffix(".gz").removesuffix(".nii") if path.name.endswith(".nii.gz") else path.stem
+        try:
+            if path.suffix.lower() == ".mhd" and path.is_file():
+                problem = _raw_size_problem(path)
+                if problem:
+                    raise ScanReadError(f"cannot read scan {name} ({path}): {problem}")
+            image = _read_image(path)
+        except RuntimeError as error:
+            if isinstance(error, ScanReadError):
+                raise
+            reason = str(error).strip().splitlines()
+            detail = next((line for line in reversed(reason) if line.strip()), "unreadable")
+            if not path.exists():
+                detail = "the file does not exist"
+            raise ScanReadError(f"cannot read scan {name} ({path}): {detail}") from None
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise ScanReadError(f"scan {name} ({path}) is not a single-channel 3D image "
+                                f"({image.GetDimension()}D, {image.GetNumberOfComponentsPerPixel()} components)")
+        values = sitk.GetArrayViewFromImage(image)  # no copy: clipping below makes the one copy we keep
+        low, high = check_intensity(window, scale)
+        if np.issubdtype(values.dtype, np.integer) and scale == 1.0:
+            stored = np.clip(values, math.ceil(low), math.floor(high)).astype(np.int16, copy=False)
+        else:
+            finite = np.isfinite(values)
+            if not finite.all():
+                bad = int((~finite).sum())
+                raise ScanReadError(f"scan {name} ({path}) has {bad:,} voxels that are NaN or infinite")
+            stored = np.rint(np.clip(values, low, high) * scale).astype(np.int16)
+        return cls(
+            name=name,
+            voxels=stored,
+            origin_xyz=np.array(image.GetOrigin(), dtype=np.float64),
+            spacing_xyz=np.array(image.GetSpacing(), dtype=np.float64),
+            direction=np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3),
+        )
+
+    def xyz_to_irc(self, center_xyz: Sequence[float]) -> tuple[int, int, int]:
+        """Millimetres to the nearest voxel index of this volume."""
+        return xyz_to_irc(center_xyz, self.origin_xyz, self.spacing_xyz, self.direction)
+
+    def irc_to_xyz(self, center_irc: Sequence[float]) -> tuple[float, float, float]:
+        """Voxel index of this volume to millimetres."""
+        return irc_to_xyz(center_irc, self.origin_xyz, self.spacing_xyz, self.direction)
+
+    def crop(
+        self, center_xyz: Sequence[float], width_irc: Sequence[int] = DEFAULT_WIDTH_IRC
+    ) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """The reference crop around a point: ``(int16 view of shape width_irc, center_irc)``.
+
+        Raises:
+            CenterOutsideScanError: the centre lies outside the volume.
+        """
+        center_irc = self.xyz_to_irc(center_xyz)
+        starts = crop_start(center_irc, width_irc, self.voxels.shape)
+        window = tuple(slice(start, start + width) for start, width in zip(starts, width_irc))
+        return self.voxels[window], center_irc

@@ -1,0 +1,200 @@
+"""The files of a LUNA16 evaluation: a submission of predictions, the findings and the scan list.
+
+``evaluate_submission`` is what ``python -m luna.evaluate`` and the cross-validation run: it reads
+the files as the official script does (columns found by header name, in any order), checks them
+(errors name the file, the line and the column), keeps the rows of the evaluated scans and scores
+them with ``luna.evaluation.froc``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from luna.csvfile import CsvFormatError, read_columns
+from luna.data.release import find_scans
+from luna.evaluation.froc import Findings, FrocResult, Marks, Reference, froc
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
+FINDING_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+ANNOTATIONS = "annotations.csv"
+IRRELEVANT_FINDINGS = "annotations_excluded.csv"
+SERIES_LIST = "seriesuids.csv"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Rows of a predictions CSV (``seriesuid,coordX,coordY,coordZ,probability``), in file order."""
+
+    path: Path
+    series_uid: list[str]
+    center_xyz: np.ndarray
+    probability: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.series_uid)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A scored submission: the FROC result and what was read to get it.
+
+    Attributes:
+        result: the FROC analysis.
+        scans: the evaluated series uids, in list order.
+        scans_from: where that list came from (``seriesuids.csv`` or the ``subset*`` folders).
+        unevaluated_rows: prediction rows of series outside the list (ignored).
+        irrelevant_findings: whether ``annotations_excluded.csv`` was used.
+    """
+
+    result: FrocResult
+    scans: list[str]
+    scans_from: str
+    unevaluated_rows: int
+    irrelevant_findings: bool
+
+
+def read_predictions(path: str | Path) -> Submission:
+    """A predictions CSV; every coordinate and probability must be a finite number.
+
+    Raises:
+        FileNotFoundError, CsvFormatError: naming the file, and the line and column when a value
+            is wrong.
+    """
+    table = read_columns(path, PREDICTION_COLUMNS, "predictions CSV")
+    return Submission(
+        path=Path(path),
+        series_uid=table.text("seriesuid"),
+        center_xyz=table.xyz(),
+        probability=table.numbers("probability"),
+    )
+
+
+def read_series_list(path: str | Path) -> list[str]:
+    """``seriesuids.csv``: one series uid per line, no header (as the release ships it).
+
+    A first line ``seriesuid`` is taken for a header and skipped with a warning: the official
+    script would count it as one more scan.
+
+    Raises:
+        CsvFormatError: the list is empty or names a series twice.
+    """
+    path = Path(path)
+    with path.open(newline="") as handle:
+        lines = [(number, row[0].strip()) for number, row in enumerate(csv.reader(handle), start=1) if row and row[0].strip()]
+    if lines and lines[0][1] == "seriesuid":
+        log.warning("%s starts with a header line 'seriesuid'; the release's file has none: skipped it", path)
+        lines = lines[1:]
+    if not lines:
+        raise CsvFormatError(f"{path}: no series uid in the file; expected one uid per line")
+    first_line: dict[str, int] = {}
+    for number, uid in lines:
+        if uid in first_line:
+            raise CsvFormatError(f"{path}, line {number}: series {uid} is listed twice (first on line {first_line[uid]})")
+        first_line[uid] = number
+    return [uid for _, uid in lines]
+
+
+def read_findings(path: str | Path, scan_index: dict[str, int]) -> Findings:
+    """Findings of an annotations CSV that lie in the evaluated scans, in file order.
+
+    ``diameter_mm`` may be negative (unknown: 10 mm), as for most irrelevant findings of the
+    release, but must be a finite number, like the coordinates.
+    """
+    table = read_columns(path, FINDING_COLUMNS, "LUNA16 annotations CSV")
+    uids = table.text("seriesuid")
+    centers, diameters = table.xyz(), table.numbers("diameter_mm")
+    rows = np.array([k for k, uid in enumerate(uids) if uid in scan_index], dtype=np.int64)
+    return Findings(
+        scan=np.array([scan_index[uids[k]] for k in rows], dtype=np.int64),
+        center_xyz=centers[rows].reshape(-1, 3),
+        diameter_mm=diameters[rows],
+    )
+
+
+def read_reference(data_dir: str | Path, scans: list[str], annotations_file: str = ANNOTATIONS,
+                   irrelevant_file: str = IRRELEVANT_FINDINGS) -> Reference:
+    """The findings of ``scans`` in a LUNA16 folder: ``annotations.csv`` and, when present,
+    ``annotations_excluded.csv`` (without it, a warning: marks on irrelevant findings then count
+    as false positives and CPM is lower than the official one)."""
+    data_dir = Path(data_dir)
+    scan_index = {uid: k for k, uid in enumerate(scans)}
+    nodules = read_findings(data_dir / annotations_file, scan_index)
+    excluded_path = data_dir / irrelevant_file
+    if excluded_path.is_file():
+        irrelevant = read_findings(excluded_path, scan_index)
+    else:
+        log.warning("%s not found: marks on irrelevant findings count as false positives, so this CPM is lower "
+                    "than the official one", excluded_path)
+        irrelevant = Findings.empty()
+    return Reference(list(scans), nodules, irrelevant)
+
+
+def evaluated_scans(data_dir: str | Path, subsets: list[int] | None = None) -> tuple[list[str], str]:
+    """The evaluated scans of a LUNA16 folder, and where the list came from.
+
+    ``seriesuids.csv`` when present, else the scans under ``subset*/``. ``subsets`` keeps only the
+    scans found in those ``subsetK`` folders (e.g. one cross-validation fold).
+    """
+    data_dir = Path(data_dir)
+    listed = data_dir / SERIES_LIST
+    if listed.is_file():
+        scans, source = read_series_list(listed), str(listed)
+    else:
+        scans, source = sorted(find_scans(data_dir)), f"the scans under {data_dir}/subset*/"
+        if not scans:
+            raise FileNotFoundError(f"no {SERIES_LIST} and no scans under {data_dir}/subset*/: nothing to evaluate")
+    if subsets is not None:
+        folders = {f"subset{k}" for k in subsets}
+        in_folders = {uid for uid, path in find_scans(data_dir).items() if path.parent.name in folders}
+        scans = [uid for uid in scans if uid in in_folders]
+        source += f", in {', '.join(sorted(folders))}"
+        if not scans:
+            raise FileNotFoundError(f"no evaluated scan lies in {', '.join(sorted(folders))} under {data_dir}")
+    return scans, source
+
+
+def evaluate_submission(
+    predictions: str | Path | Submission,
+    data_dir: str | Path,
+    subsets: list[int] | None = None,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+) -> Evaluation:
+    """Score a predictions CSV against the findings of a LUNA16 folder, as the official script.
+
+    Args:
+        predictions: the CSV (``seriesuid,coordX,coordY,coordZ,probability``), or its rows.
+        data_dir: holds ``annotations.csv``, ``annotations_excluded.csv`` (optional, with a
+            warning) and ``seriesuids.csv`` or the ``subset*`` folders.
+        subsets: evaluate only the scans of these subsets (a cross-validation fold).
+        bootstrap_samples: resamples for the 95 % interval (0: none).
+        seed: seeds the bootstrap.
+    """
+    data_dir = Path(data_dir)
+    submission = predictions if isinstance(predictions, Submission) else read_predictions(predictions)
+    scans, scans_from = evaluated_scans(data_dir, subsets)
+    reference = read_reference(data_dir, scans)
+    scan_index = reference.scan_index()
+    scan = np.fromiter((scan_index.get(uid, -1) for uid in submission.series_uid), dtype=np.int64, count=len(submission))
+    evaluated = scan >= 0
+    unevaluated = int((~evaluated).sum())
+    if unevaluated:
+        outside = {uid for uid in submission.series_uid if uid not in scan_index}
+        log.warning("%d rows of %s belong to %d series outside the evaluated scans: ignored", unevaluated,
+                    submission.path, len(outside))
+    if not evaluated.any():
+        log.warning("%s has no row for the %d evaluated scans: every nodule is missed", submission.path, len(scans))
+    marks = Marks(
+        scan=scan[evaluated],
+        center_xyz=submission.center_xyz[evaluated].reshape(-1, 3),
+        probability=submission.probability[evaluated],
+    )
+    result = froc(marks, reference, bootstrap_samples, seed)
+    return Evaluation(result, scans, scans_from, unevaluated, (data_dir / IRRELEVANT_FINDINGS).is_file())

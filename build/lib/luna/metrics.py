@@ -1,0 +1,387 @@
+"""Per-stage metrics: torchmetrics objects whose states synchronise exactly across processes.
+
+Every number here is a sum, a count or a list of predictions that torchmetrics gathers at epoch
+end, so with the DataModule's unpadded evaluation samplers, DDP gives the same values as one
+process: no sample counted twice, none dropped, the loss averaged over samples, not over ranks.
+
+Binary runs (LUNA16 candidates) log ``accuracy``, ``precision``, ``recall``, ``f1`` at the
+decision ``threshold`` on P(class 1), ``auroc``, ``calibration_error`` (ECE), the losses over all
+samples, positives and negatives, and, for validation and test, ``f1_best`` with its threshold
+(optimistic: the threshold is chosen on the same data) and ``cpm`` (LUNA16's FROC score over the
+evaluated scans, when the data defines them). Runs with more classes log the macro averages, the
+recall of every class and the loss of every class.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryCalibrationError,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryPrecisionRecallCurve,
+    BinaryRecall,
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassCalibrationError,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from luna.evaluation.froc import FrocResult, Marks, Reference, froc
+
+log = logging.getLogger(__name__)
+
+RELIABILITY_BINS = 10
+
+
+def _cat(state: torch.Tensor | list[torch.Tensor], dtype: torch.dtype, width: int | None = None) -> torch.Tensor:
+    """A list state (or its gathered tensor) as one tensor; torchmetrics squeezes some 1-element results."""
+    if isinstance(state, list):
+        state = torch.cat(state) if state else torch.zeros(0, dtype=dtype)
+    return state.reshape(-1) if width is None else state.reshape(-1, width)
+
+
+class ConfidentMistakes(Metric):
+    """The ``k`` most confident mistakes of each true class, with the slice through each candidate.
+
+    A mistake's confidence is the probability of the class it was wrongly given. Each process
+    keeps only its own top ``k`` per class; the lists are gathered at the end, so the montage shows
+    the worst mistakes of the whole split, not of one rank's share.
+    """
+
+    full_state_update = False
+    PARTS = ("score", "predicted", "index", "series", "center", "marker", "slice")
+
+    def __init__(self, num_classes: int = 2, slice_shape: tuple[int, int] = (48, 48), k: int = 8) -> None:
+        super().__init__()
+        self.num_classes, self.slice_shape, self.k = num_classes, tuple(slice_shape), k
+        for true_class in range(num_classes):
+            for part in self.PARTS:
+                self.add_state(f"c{true_class}_{part}", default=[], dist_reduce_fx="cat")
+
+    def _gathered(self, true_class: int) -> dict[str, torch.Tensor]:
+        widths = {"center": 3, "marker": 2, "slice": self.slice_shape[0] * self.slice_shape[1]}
+        return {part: _cat(getattr(self, f"c{true_class}_{part}"), torch.float64, widths.get(part))
+                for part in self.PARTS}
+
+    def update(self, predicted: torch.Tensor, score: torch.Tensor, label: torch.Tensor, index: torch.Tensor,
+               series: torch.Tensor, center_xyz: torch.Tensor, marker_rc: torch.Tensor, slices: torch.Tensor) -> None:
+        """Per sample: ``predicted`` class and its probability ``score``, true ``label``, and what
+        identifies and shows it (cache ``index``, ``series``, ``center_xyz``, the candidate's
+        ``marker_rc`` in its ``slices`` [B, R, C])."""
+        wrong = predicted != label
+        new = {"score": score, "predicted": predicted, "index": index, "series": series, "center": center_xyz,
+               "marker": marker_rc, "slice": slices.flatten(1)}
+        for true_class in range(self.num_classes):
+            picked = wrong & (label == true_class)
+            old = self._gathered(true_class)
+            merged = {part: torch.cat([old[part].to(new[part].device), new[part][picked].double()]) for part in self.PARTS}
+            order = merged["score"].argsort(descending=True)[: self.k]
+            for part in self.PARTS:
+                setattr(self, f"c{true_class}_{part}", [merged[part][order]])
+
+    def compute(self) -> list[dict[str, np.ndarray]]:
+        """For each true class, its mistakes, most confident first (numpy arrays)."""
+        result = []
+        for true_class in range(self.num_classes):
+            parts = self._gathered(true_class)
+            order = parts["score"].argsort(descending=True)[: self.k]
+            picked = {part: value[order].cpu().numpy() for part, value in parts.items()}
+            picked["slice"] = picked["slice"].reshape(-1, *self.slice_shape)
+            for part in ("predicted", "index", "series", "marker"):
+                picked[part] = picked[part].astype(np.int64)
+            result.append(picked)
+        return result
+
+
+class ReliabilityBins(Metric):
+    """Counts for a reliability diagram: per bin of confidence, its mean and the observed rate."""
+
+    full_state_update = False
+
+    def __init__(self, bins: int = RELIABILITY_BINS) -> None:
+        super().__init__()
+        self.bins = bins
+        for name in ("count", "confidence_sum", "outcome_sum"):
+            self.add_state(name, default=torch.zeros(bins, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, confidence: torch.Tensor, outcome: torch.Tensor) -> None:
+        """``confidence`` in [0, 1] and whether it came true (0/1), per sample."""
+        bin_of = torch.clamp((confidence * self.bins).long(), 0, self.bins - 1)
+        self.count += torch.bincount(bin_of, minlength=self.bins).double()
+        self.confidence_sum += torch.bincount(bin_of, weights=confidence.double(), minlength=self.bins)
+        self.outcome_sum += torch.bincount(bin_of, weights=outcome.double(), minlength=self.bins)
+
+    def compute(self) -> dict[str, np.ndarray]:
+        """``count``, mean ``confidence`` and observed ``rate`` per bin (NaN when empty), numpy."""
+        count = self.count.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {"count": count, "confidence": self.confidence_sum.cpu().numpy() / count,
+                    "rate": self.outcome_sum.cpu().numpy() / count}
+
+
+class FrocMetric(Metric):
+    """LUNA16's FROC analysis (CPM) over the marks of one evaluation, exact under DDP.
+
+    Each sample is a mark: its series number, centre and P(nodule). The lists are gathered from
+    every process (the evaluation samplers never repeat a sample), and every process scores the
+    same marks against the same ``reference``, so all get the same CPM.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("series", default=[], dist_reduce_fx="cat")
+        self.add_state("center_xyz", default=[], dist_reduce_fx="cat")
+        self.add_state("probability", default=[], dist_reduce_fx="cat")
+        self.reference: Reference | None = None
+        self._scan_of_series = np.empty(0, dtype=np.int64)
+
+    def set_reference(self, reference: Reference | None, series_uids: list[str]) -> None:
+        """Score against ``reference``; ``series_uids[n]`` is the uid of series number ``n`` in batches."""
+        self.reference = reference
+        if reference is not None:
+            index = reference.scan_index()
+            self._scan_of_series = np.array([index.get(uid, -1) for uid in series_uids], dtype=np.int64)
+
+    def update(self, series: torch.Tensor, center_xyz: torch.Tensor, probability: torch.Tensor) -> None:
+        self.series.append(series)
+        self.center_xyz.append(center_xyz.double())
+        self.probability.append(probability.double())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """The marks of every process: ``series``, ``center_xyz``, ``probability``."""
+        return {"series": _cat(self.series, torch.int64), "center_xyz": _cat(self.center_xyz, torch.float64, 3),
+                "probability": _cat(self.probability, torch.float64)}
+
+    def result(self) -> FrocResult | None:
+        """The FROC analysis of the gathered marks (None without a reference); collective."""
+        if self.reference is None:
+            return None
+        gathered = {name: value.cpu().numpy() for name, value in self.compute().items()}
+        series = gathered["series"].astype(np.int64)
+        scan = self._scan_of_series[series] if len(series) else series
+        keep = scan >= 0
+        marks = Marks(scan[keep], gathered["center_xyz"].reshape(-1, 3)[keep], gathered["probability"].reshape(-1)[keep])
+        return froc(marks, self.reference)
+
+
+@dataclass
+class EvaluationOutcome:
+    """What one validation or test produced, for logging and figures (numpy, equal on every rank).
+
+    Attributes:
+        stage: ``val`` or ``test``; epoch: the epoch of the weights evaluated.
+        scalars: the logged values, keyed ``<stage>/<name>``.
+        class_names: names of the classes, index = label.
+        threshold: the binary decision threshold on P(class 1) (None for more classes).
+        pr_curve: binary only: ``precision``, ``recall``, ``thresholds``.
+        confusion: ``[C, C]`` counts, rows = true class.
+        reliability: ``count``, ``confidence``, ``rate`` per bin (binary: P(class 1) vs the rate of
+            class 1; more classes: top-class confidence vs accuracy).
+        mistakes: per true class, its most confident mistakes.
+        froc: the FROC analysis, when the data defines evaluated scans.
+    """
+
+    stage: str
+    epoch: int
+    scalars: dict[str, float]
+    class_names: list[str]
+    threshold: float | None
+    confusion: np.ndarray
+    reliability: dict[str, np.ndarray]
+    mistakes: list[dict[str, np.ndarray]]
+    pr_curve: dict[str, np.ndarray] | None = None
+    froc: FrocResult | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.class_names) == 2
+
+
+def _best_f1(precision: np.ndarray, recall: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
+    """The highest F1 over the PR curve's thresholds, and that threshold."""
+    precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    if len(f1) == 0:
+        return float("nan"), float("nan")
+    best = int(np.nanargmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+class StageMetrics(nn.Module):
+    """Scalars (and, with ``curves``, the data of the figures) of one stage: ``train``, ``val``, ``test``.
+
+    Args:
+        stage: the prefix of every logged name.
+        num_classes: 2 keeps the binary names of LUNA16; more use the multiclass forms.
+        class_names: one name per class (figures, per-class names); default ``class0``, ...
+        threshold: binary decision threshold on P(class 1) for accuracy, precision, recall, F1.
+        curves: also keep PR curve, confusion matrix, reliability bins, mistakes and the FROC marks.
+        slice_shape: the (rows, columns) of the slices kept for the mistakes montage.
+        mistakes: mistakes kept per true class.
+    """
+
+    def __init__(self, stage: str, num_classes: int = 2, class_names: list[str] | None = None,
+                 threshold: float = 0.5, curves: bool = False, slice_shape: tuple[int, int] = (48, 48),
+                 mistakes: int = 8) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold={threshold}: must lie strictly between 0 and 1")
+        self.stage, self.num_classes, self.threshold = stage, num_classes, threshold
+        self.class_names = list(class_names) if class_names else [f"class{k}" for k in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names for {num_classes} classes")
+        self.binary = num_classes == 2
+        if self.binary:
+            scores = {"accuracy": BinaryAccuracy(threshold), "precision": BinaryPrecision(threshold),
+                      "recall": BinaryRecall(threshold), "f1": BinaryF1Score(threshold), "auroc": BinaryAUROC(),
+                      "calibration_error": BinaryCalibrationError(n_bins=RELIABILITY_BINS)}
+            loss_names = ["loss_negative", "loss_positive"]
+        else:
+            n = num_classes
+            scores = {"accuracy": MulticlassAccuracy(n, average="micro"),
+                      "precision": MulticlassPrecision(n, average="macro"),
+                      "recall": MulticlassRecall(n, average="macro"), "f1": MulticlassF1Score(n, average="macro"),
+                      "auroc": MulticlassAUROC(n, average="macro"),
+                      "calibration_error": MulticlassCalibrationError(n, n_bins=RELIABILITY_BINS),
+                      "recall_per_class": MulticlassRecall(n, average="none")}
+            loss_names = [f"loss/{name}" for name in self.class_names]
+        self.scores = MetricCollection(scores)
+        # float64 sums: the mean over all samples is then independent of how they were split up
+        self.loss = MeanMetric().set_dtype(torch.float64)
+        self.loss_names = loss_names
+        self.class_losses = nn.ModuleList(MeanMetric().set_dtype(torch.float64) for _ in range(num_classes))
+        self.samples = SumMetric()
+        self.nonfinite = SumMetric()
+        self.curves = curves
+        if curves:
+            self.pr_curve = BinaryPrecisionRecallCurve() if self.binary else None
+            self.confusion = BinaryConfusionMatrix(threshold) if self.binary else MulticlassConfusionMatrix(num_classes)
+            self.reliability = ReliabilityBins()
+            self.mistakes = ConfidentMistakes(num_classes, slice_shape, mistakes)
+            self.froc = FrocMetric() if self.binary else None
+
+    def set_froc_reference(self, reference: Reference | None, series_uids: list[str]) -> None:
+        """Score the FROC against ``reference`` (None: no CPM for this stage)."""
+        if self.curves and self.froc is not None:
+            self.froc.set_reference(reference, series_uids)
+
+    @property
+    def scores_froc(self) -> bool:
+        return self.curves and self.froc is not None and self.froc.reference is not None
+
+    def predicted_class(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The decision: P(class 1) >= threshold for two classes, the most probable class otherwise."""
+        if self.binary:
+            return (probabilities[:, 1] >= self.threshold).long()
+        return probabilities.argmax(dim=1)
+
+    def update(self, probabilities: torch.Tensor, label: torch.Tensor, loss: torch.Tensor,
+               identity: dict[str, torch.Tensor] | None = None, slices: torch.Tensor | None = None,
+               marker_rc: torch.Tensor | None = None) -> None:
+        """Add a batch.
+
+        Args:
+            probabilities: ``[B, C]`` class probabilities.
+            label: ``[B]`` true classes.
+            loss: ``[B]`` per-sample loss.
+            identity: ``index``, ``series`` ``[B]`` and ``center_xyz`` ``[B, 3]`` of each sample
+                (for the mistakes and the FROC).
+            slices, marker_rc: the slice through each candidate ``[B, R, C]`` and its (row, column).
+
+        Samples whose probabilities are not finite are left out and counted (``nonfinite``).
+        """
+        finite = torch.isfinite(probabilities).all(dim=1)
+        self.nonfinite.update((~finite).sum().double())
+        probabilities, label, loss = probabilities[finite].detach().float(), label[finite], loss[finite].detach().double()
+        scores = probabilities[:, 1] if self.binary else probabilities
+        if len(label):  # a batch of only non-finite outputs has nothing to score
+            self.scores.update(scores, label)
+        self.loss.update(loss)
+        for class_index, class_loss in enumerate(self.class_losses):
+            # updated even when empty: every process must run the same collectives at compute time
+            class_loss.update(loss[label == class_index])
+        self.samples.update(torch.tensor(float(label.numel()), device=label.device))
+        if not self.curves or not len(label):
+            return
+        predicted = self.predicted_class(probabilities)
+        if self.binary:
+            self.pr_curve.update(scores, label)
+            self.confusion.update(scores, label)
+            self.reliability.update(scores, label)
+        else:
+            self.confusion.update(probabilities, label)
+            self.reliability.update(probabilities.max(dim=1).values, (predicted == label).long())
+        if identity is not None:
+            identity = {name: value[finite] for name, value in identity.items()}
+            if self.scores_froc:
+                self.froc.update(identity["series"], identity["center_xyz"], scores)
+            if slices is not None and marker_rc is not None:
+                chosen = probabilities.gather(1, predicted[:, None])[:, 0]
+                self.mistakes.update(predicted, chosen, label, identity["index"], identity["series"],
+                                     identity["center_xyz"], marker_rc[finite], slices[finite].float())
+
+    def compute_scalars(self) -> dict[str, float]:
+        """All scalars, keyed ``<stage>/<name>``; collective: call on every process."""
+        values = {"samples": float(self.samples.compute()), "nonfinite": float(self.nonfinite.compute())}
+        if values["samples"] == 0:  # nothing finite to score (every process sees the same total)
+            values.update({name: float("nan") for name in self.scores.keys() if name != "recall_per_class"})
+        else:
+            for name, value in self.scores.compute().items():
+                if name == "recall_per_class":
+                    values.update({f"recall/{cls}": float(v) for cls, v in zip(self.class_names, value.tolist())})
+                else:
+                    values[name] = float(value)
+        values["loss"] = float(self.loss.compute())  # NaN when a stage saw no sample
+        for name, class_loss in zip(self.loss_names, self.class_losses):
+            values[name] = float(class_loss.compute())
+        return {f"{self.stage}/{name}": value for name, value in values.items()}
+
+    def compute(self, epoch: int) -> EvaluationOutcome:
+        """Scalars and curves; collective: call on every process."""
+        scalars = self.compute_scalars()
+        if scalars[f"{self.stage}/samples"] == 0:
+            return EvaluationOutcome(stage=self.stage, epoch=epoch, scalars=scalars, class_names=self.class_names,
+                                     threshold=self.threshold if self.binary else None,
+                                     confusion=np.zeros((self.num_classes, self.num_classes)),
+                                     reliability={"count": np.zeros(RELIABILITY_BINS)}, mistakes=[])
+        outcome = EvaluationOutcome(
+            stage=self.stage, epoch=epoch, scalars=scalars, class_names=self.class_names,
+            threshold=self.threshold if self.binary else None,
+            confusion=self.confusion.compute().cpu().numpy(),
+            reliability=self.reliability.compute(),
+            mistakes=self.mistakes.compute(),
+        )
+        if self.binary:
+            precision, recall, thresholds = (t.cpu().numpy().reshape(-1) for t in self.pr_curve.compute())
+            outcome.pr_curve = {"precision": precision, "recall": recall, "thresholds": thresholds}
+            f1_best, threshold = _best_f1(precision, recall, thresholds)
+            scalars[f"{self.stage}/f1_best"], scalars[f"{self.stage}/f1_best_threshold"] = f1_best, threshold
+        if self.scores_froc:
+            outcome.froc = self.froc.result()
+            if outcome.froc is not None:
+                scalars[f"{self.stage}/cpm"] = outcome.froc.cpm
+        return outcome
+
+    def reset(self) -> None:
+        for module in self.modules():
+            if isinstance(module, (Metric, MetricCollection)):
+                module.reset()

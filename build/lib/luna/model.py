@@ -1,0 +1,108 @@
+"""LunaModel: the book's chapter 11 nodule classifier, with its state-dict keys kept.
+
+BatchNorm3d on the single input channel, four blocks of (Conv3d 3x3x3 + ReLU) x 2 + MaxPool3d(2)
+with channels 8 -> 16 -> 32 -> 64, then a linear layer to two classes and a softmax beside the
+logits. At the default 32x48x48 input the head sees 64 x 2 x 3 x 3 = 1152 features and the model
+has 222,220 parameters. Keeping the key names (``tail_batchnorm``, ``block{1..4}.conv{1,2}``,
+``head_linear``) lets ``load_book_checkpoint`` read the book's ``{'model_state': ...}`` files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from luna.data.volume import DEFAULT_WIDTH_IRC
+
+BLOCK_COUNT = 4
+
+
+class LunaBlock(nn.Module):
+    """Two 3x3x3 convolutions with ReLU, then a 2x max-pool that halves each axis."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=True)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1, bias=True)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
+
+
+class LunaModel(nn.Module):
+    """The book's LUNA16 candidate classifier.
+
+    Args:
+        in_channels: channels of the input crop (1 for CT).
+        conv_channels: channels of the first block; each later block doubles them.
+        width_irc: crop size (I, R, C) the model is built for; the head's input size follows from
+            it, so each axis must be divisible by 16 (four 2x pools).
+        num_classes: outputs of the head (2 for the book's nodule / non-nodule).
+
+    ``forward`` returns ``(logits, probabilities)``, both of shape ``[B, num_classes]``.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, conv_channels: int = 8, width_irc: Sequence[int] = DEFAULT_WIDTH_IRC,
+        num_classes: int = 2,
+    ) -> None:
+        super().__init__()
+        pool = 2**BLOCK_COUNT
+        if any(size % pool or size <= 0 for size in width_irc):
+            raise ValueError(f"width_irc={tuple(width_irc)}: every axis must be a positive multiple of {pool}")
+        self.width_irc = tuple(width_irc)
+        self.tail_batchnorm = nn.BatchNorm3d(in_channels)
+        channels = [in_channels] + [conv_channels * 2**k for k in range(BLOCK_COUNT)]
+        for k in range(BLOCK_COUNT):
+            self.add_module(f"block{k + 1}", LunaBlock(channels[k], channels[k + 1]))
+        head_features = channels[-1] * math.prod(size // pool for size in width_irc)
+        self.head_linear = nn.Linear(head_features, num_classes)
+        self.head_softmax = nn.Softmax(dim=1)
+        self._init_weights()
+
+    @property
+    def blocks(self) -> list[LunaBlock]:
+        """The convolutional blocks, input side first (used by fine-tuning to freeze by depth)."""
+        return [getattr(self, f"block{k + 1}") for k in range(BLOCK_COUNT)]
+
+    def _init_weights(self) -> None:
+        """Kaiming-normal (fan_out, ReLU gain) weights; biases uniform in +-1/sqrt(fan_out) as in the book."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv3d)):
+                nn.init.kaiming_normal_(module.weight.data, a=0, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    _, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight.data)
+                    bound = 1 / math.sqrt(fan_out)
+                    nn.init.uniform_(module.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.tail_batchnorm(x)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head_linear(x.flatten(1))
+        return logits, self.head_softmax(logits)
+
+
+def book_state_dict(checkpoint: object, source: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
+    """The weights inside a book checkpoint dict, with any ``nn.DataParallel`` ``module.`` prefix removed."""
+    if not (isinstance(checkpoint, dict) and "model_state" in checkpoint):
+        raise ValueError(f"{source}: not a book checkpoint (expected a dict with a 'model_state' entry)")
+    return {key.removeprefix("module."): value for key, value in checkpoint["model_state"].items()}
+
+
+def load_book_checkpoint(path: str | Path, **model_kwargs) -> LunaModel:
+    """A LunaModel with the weights of a book checkpoint (``torch.save({'model_state': ...})``).
+
+    The book's files hold only tensors, numbers and strings, so they load with
+    ``weights_only=True``. ``model_kwargs`` go to ``LunaModel`` (e.g. a different ``width_irc``).
+    """
+    model = LunaModel(**model_kwargs)
+    model.load_state_dict(book_state_dict(torch.load(path, map_location="cpu", weights_only=True), path))
+    return model

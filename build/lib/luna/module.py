@@ -1,0 +1,312 @@
+"""LunaClassifier: the LightningModule. It holds the network, the loss and the steps.
+
+Whatever watches a run lives in callbacks (``ValidationFigures``, ``RunLog``, ``RunCheckpoint``,
+``ProgressiveUnfreezing``); metrics are ``luna.metrics.StageMetrics``; augmentations and mixup are
+functions of ``luna.augment``; fine-tuning helpers live in ``luna.finetuning``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import OptimizerCallable
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import nn
+
+from luna.augment import Augmentation, augment, flip, mixup, window_crop
+from luna.data.volume import DEFAULT_WIDTH_IRC
+from luna.data.dataset import CropBatch
+from luna.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
+from luna.metrics import EvaluationOutcome, StageMetrics
+from luna.model import LunaModel
+
+log = logging.getLogger(__name__)
+
+Schedule = Literal["constant", "one_cycle", "cosine"]
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def check_flips(tta_flips: list[list[int]] | None) -> list[tuple[int, ...]]:
+    """Validated test-time flips: each a list of distinct axes among 0 (I), 1 (R), 2 (C)."""
+    if not tta_flips:
+        return [()]
+    flips = []
+    for dims in tta_flips:
+        if any(not isinstance(d, int) or isinstance(d, bool) or d not in (0, 1, 2) for d in dims) or len(set(dims)) != len(dims):
+            raise ValueError(f"tta_flips={tta_flips}: each flip is a list of distinct axes among 0 (I), 1 (R) and 2 (C); "
+                             f"{list(dims)} is not")
+        flips.append(tuple(dims))
+    return flips
+
+
+class LunaClassifier(pl.LightningModule):
+    """Classification of 3D crops with any 3D network (LUNA16 candidates by default).
+
+    Args:
+        network: maps ``[B, 1, I, R, C]`` crops to logits ``[B, num_classes]`` (or ``(logits,
+            probs)`` as LunaModel does). None builds ``LunaModel(width_irc, num_classes)``; any
+            ``nn.Module`` is given by ``class_path`` in the config, e.g.
+            ``monai.networks.nets.DenseNet121`` with ``spatial_dims: 3, in_channels: 1, out_channels: 2``.
+        optimizer: a callable ``params -> Optimizer``; None is the book's SGD (lr 1e-3, momentum 0.99).
+        lr_schedule: ``constant``, ``one_cycle`` (peak = the optimizer's lr) or ``cosine`` (decay to
+            0), stepped every batch over ``trainer.estimated_stepping_batches``.
+        width_irc: the crop the network sees (linked to ``data.width_irc`` by the CLI).
+        num_classes: classes of the data (linked to the data by the CLI); 2 for LUNA16 candidates.
+        class_names: one name per class for logs and figures; default from the data.
+        threshold: binary runs: the decision threshold on P(class 1) at which accuracy, precision,
+            recall, F1 and the confusion matrix are taken (``f1_best`` reports the best one).
+        prior_correction: shift the logits by ``log(natural / sampled)`` class frequencies of the
+            training data, so that a model trained on balanced epochs gives probabilities at the
+            natural class ratio (validation, test, predict; not the training loss).
+        augmentation: random training transforms, applied to the batch on the device.
+        tta_flips: test-time augmentation for validate/test/predict: the probability is the mean
+            over these flips (each a list of axes, 0 = I, 1 = R, 2 = C; ``[]`` is no flip).
+        mixup_alpha: mixup of training crops with Beta(alpha, alpha) weights; 0 disables it.
+        label_smoothing: cross-entropy label smoothing epsilon for training.
+        channels_last: run the network on ``channels_last_3d`` tensors (2.6x faster on CPU here).
+        init_checkpoint: start from the network weights of a luna ``.ckpt`` or a book checkpoint.
+        trust_checkpoint: allow ``init_checkpoint`` to be fully unpickled (only for trusted files).
+        finetune_depth: train only the last K parameterised units of the network (LunaModel:
+            1 = head only, 2 = block4 + head, ... as the book's ``--finetune-depth``); None trains all.
+        lr_decay_per_unit: discriminative learning rates: each unit's rate is this factor times
+            the rate of the unit after it (the head gets the optimizer's rate); 1.0 disables it.
+        mistakes_shown: most confident mistakes per true class in the validation montage.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_schedule: Schedule = "constant",
+        width_irc: tuple[int, int, int] = DEFAULT_WIDTH_IRC,
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        threshold: float = 0.5,
+        prior_correction: bool = False,
+        augmentation: Augmentation = Augmentation(),
+        tta_flips: list[list[int]] | None = None,
+        mixup_alpha: float = 0.0,
+        label_smoothing: float = 0.0,
+        channels_last: bool = True,
+        init_checkpoint: str | None = None,
+        trust_checkpoint: bool = False,
+        finetune_depth: int | None = None,
+        lr_decay_per_unit: float = 1.0,
+        mistakes_shown: int = 8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["network", "optimizer"])
+        self.network = network if network is not None else LunaModel(width_irc=width_irc, num_classes=num_classes)
+        self.optimizer_factory = optimizer
+        self.width_irc = tuple(width_irc)
+        self.augmentation = augmentation
+        self.tta_flips = check_flips(tta_flips)
+        if channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last_3d)
+        if init_checkpoint:
+            load_network_weights(self.network, init_checkpoint, trust=trust_checkpoint)
+        if finetune_depth is not None:
+            freeze_all_but_last(self.network, finetune_depth)
+        names = class_names or (["non-nodule", "nodule"] if num_classes == 2 else None)
+        options = {"num_classes": num_classes, "class_names": names, "threshold": threshold}
+        shown = {"curves": True, "slice_shape": self.width_irc[1:], "mistakes": mistakes_shown}
+        self.train_metrics = StageMetrics("train", **options)
+        self.val_metrics = StageMetrics("val", **options, **shown)
+        self.test_metrics = StageMetrics("test", **options, **shown)
+        self.register_buffer("logit_shift", torch.zeros(num_classes), persistent=False)
+        self.evaluations: dict[str, EvaluationOutcome] = {}
+        self._checkpoint_epoch = 0
+        self._first_nonfinite_step = None
+
+    # ------------------------------------------------------------------ data and priors
+    def setup(self, stage: str) -> None:
+        """Take the prior correction from the training data, when asked for."""
+        if not self.hparams.prior_correction:
+            return
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "class_frequencies"):
+            raise ValueError("prior_correction=true needs a DataModule with class_frequencies() (the training data's)")
+        natural, sampled = datamodule.class_frequencies()
+        shift = np.log(natural) - np.log(sampled)
+        self.logit_shift = torch.as_tensor(shift, dtype=torch.float32, device=self.logit_shift.device)
+        log.info("prior correction: logits shifted by %s (natural class frequencies %s, sampled %s)",
+                 np.round(shift, 3).tolist(), np.round(natural, 4).tolist(), np.round(sampled, 4).tolist())
+
+    def on_after_batch_transfer(self, batch: CropBatch, dataloader_idx: int) -> CropBatch:
+        """int16 -> float32 on the device, then augment (training) or cut the model's crop exactly."""
+        crops = batch["crop"].float()
+        if self._trainer is not None and self._trainer.training:
+            crops = augment(crops, batch["window_irc"], self.width_irc, self.augmentation)
+        else:
+            crops = window_crop(crops, batch["window_irc"], self.width_irc)
+        if self.hparams.channels_last:
+            crops = crops.contiguous(memory_format=torch.channels_last_3d)
+        return {**batch, "crop": crops}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]``."""
+        out = self.network(crops)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def probabilities(self, crops: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[B, num_classes]``: prior-corrected, averaged over the test-time flips."""
+        runs = [F.softmax(self(flip(crops, dims)).float() + self.logit_shift, dim=1) for dims in self.tta_flips]
+        return torch.stack(runs).mean(0)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: CropBatch, batch_idx: int) -> torch.Tensor:
+        crops, labels = batch["crop"], batch["label"]
+        smoothing = self.hparams.label_smoothing
+        if self.hparams.mixup_alpha > 0:
+            crops, partner, weight = mixup(crops, self.hparams.mixup_alpha)
+            logits = self(crops)
+            losses = weight * F.cross_entropy(logits, labels, reduction="none", label_smoothing=smoothing) + (
+                1 - weight
+            ) * F.cross_entropy(logits, labels[partner], reduction="none", label_smoothing=smoothing)
+        else:
+            logits = self(crops)
+            losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=smoothing)
+        loss = losses.mean()
+        self._note_nonfinite(loss)
+        self.train_metrics.update(F.softmax(logits.detach().float(), dim=1), labels, losses)
+        self.log("train/loss_step", loss, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def _evaluate(self, batch: CropBatch, metrics: StageMetrics) -> None:
+        crops, labels = batch["crop"], batch["label"]
+        probabilities = self.probabilities(crops)
+        losses = -torch.log(probabilities.gather(1, labels[:, None])[:, 0].clamp_min(1e-12))
+        # the slice through each candidate, and where it lies in that slice
+        offset = batch["offset_irc"] - batch["window_irc"]
+        rows = torch.arange(len(labels), device=crops.device)
+        slices = crops[rows, 0, offset[:, 0].clamp(0, crops.shape[2] - 1)]
+        identity = {"index": batch["index"], "series": batch["series"], "center_xyz": batch["center_xyz"]}
+        metrics.update(probabilities, labels, losses, identity, slices, offset[:, 1:])
+
+    def validation_step(self, batch: CropBatch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch: CropBatch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def predict_step(self, batch: CropBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, np.ndarray]:
+        """Each sample's cache ``index`` and class ``probabilities``, as numpy copies (no shared memory kept)."""
+        return {"index": batch["index"].cpu().numpy().copy(),
+                "probabilities": self.probabilities(batch["crop"]).cpu().numpy()}
+
+    # ------------------------------------------------------------------ divergence
+    def _note_nonfinite(self, loss: torch.Tensor) -> None:
+        """Remember the first step with a non-finite loss, on the device (no synchronisation here)."""
+        step = torch.tensor(self.global_step, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        if self._first_nonfinite_step is None:
+            self._first_nonfinite_step = torch.full((), -1, device=loss.device, dtype=torch.long)
+        self._first_nonfinite_step = torch.where(bad & (self._first_nonfinite_step < 0), step, self._first_nonfinite_step)
+
+    def _raise_if_diverged(self) -> None:
+        if self._first_nonfinite_step is None:
+            return
+        step = int(self.trainer.strategy.reduce(self._first_nonfinite_step.float(), reduce_op="max"))
+        if step >= 0:
+            raise DivergenceError(
+                f"the training loss became NaN or infinite at step {step} (epoch {self.current_epoch}); training "
+                "stopped. The weights after that step are not usable, so no checkpoint was written for it: the "
+                "last good one is checkpoints/last.ckpt (the end of the previous epoch). Lower the learning rate "
+                "or check the data."
+            )
+
+    def on_train_batch_end(self, outputs, batch: CropBatch, batch_idx: int) -> None:
+        """Look for a diverged loss every ``log_every_n_steps`` (one synchronisation per check)."""
+        if (self.global_step % max(self.trainer.log_every_n_steps, 1)) == 0:
+            self._raise_if_diverged()
+
+    # ------------------------------------------------------------------ epoch ends
+    def on_train_start(self) -> None:
+        """Start validation metrics clean: the sanity check must not leak in."""
+        self.val_metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._raise_if_diverged()
+        self.log_dict(self.train_metrics.compute_scalars(), sync_dist=True)  # already equal on all ranks
+        self.train_metrics.reset()
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self._raise_if_diverged()  # before validation, so that no checkpoint holds diverged weights
+        self._set_froc_reference(self.val_metrics, "val")
+
+    def on_test_start(self) -> None:
+        self._set_froc_reference(self.test_metrics, "test")
+
+    def _set_froc_reference(self, metrics: StageMetrics, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        reference = datamodule.froc_reference(stage) if hasattr(datamodule, "froc_reference") else None
+        metrics.set_froc_reference(reference, datamodule.series_uids if reference is not None else [])
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_evaluation(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_evaluation(self.test_metrics)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the random streams too: a run resumed from this step then repeats an uninterrupted one."""
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        checkpoint["luna_rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                  "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+                                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._checkpoint_epoch = int(checkpoint.get("epoch", 0))
+        states = checkpoint.get("luna_rng")
+        if states is not None and self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
+            torch.set_rng_state(states["torch"])
+            kind, keys, position, has_gauss, cached = states["numpy"]
+            np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+            random.setstate(states["python"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+
+    def _end_evaluation(self, metrics: StageMetrics) -> None:
+        if self.trainer.sanity_checking:
+            metrics.reset()
+            return
+        fitting = self.trainer.state.fn == TrainerFn.FITTING
+        outcome = metrics.compute(epoch=self.current_epoch if fitting else self._checkpoint_epoch)  # collective
+        nonfinite = outcome.scalars[f"{metrics.stage}/nonfinite"]
+        if nonfinite:
+            log.warning("%s: %d samples had non-finite probabilities and were left out of the metrics",
+                        metrics.stage, int(nonfinite))
+        self.log_dict(outcome.scalars, sync_dist=True)  # already equal on all ranks: the mean leaves them as they are
+        self.evaluations[metrics.stage] = outcome
+        metrics.reset()
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        groups = parameter_groups(self.network, self.hparams.lr_decay_per_unit)
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.SGD(groups, lr=1e-3, momentum=0.99)
+        else:
+            optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:
+            group["lr"] *= group["lr_scale"]
+        schedule = self.hparams.lr_schedule
+        if schedule == "constant":
+            return optimizer
+        steps = int(self.trainer.estimated_stepping_batches)
+        if schedule == "one_cycle":
+            peaks = [group["lr"] for group in optimizer.param_groups]
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=steps)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,89 @@
+"""The figures callback: draws every registered figure after each validation and test, and sends
+them to the run's loggers (TensorBoard and W&B get images, a CSV logger gets PNG files in
+``<run>/figures/``).
+
+A new figure is one function in ``luna.figures`` (``EvaluationOutcome -> Figure | None``) and one
+entry in ``FIGURES``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytorch_lightning as pl
+from matplotlib.figure import Figure
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+from luna.figures import (
+    confusion_figure,
+    figure_to_array,
+    froc_evaluation_figure,
+    mistakes_figure,
+    pr_curve_figure,
+    reliability_figure,
+)
+from luna.metrics import EvaluationOutcome
+
+log = logging.getLogger(__name__)
+
+FIGURES: dict[str, Callable[..., Figure | None]] = {
+    "pr_curve": pr_curve_figure,
+    "confusion_matrix": confusion_figure,
+    "reliability": reliability_figure,
+    "confident_mistakes": mistakes_figure,
+    "froc": froc_evaluation_figure,
+}
+
+
+def log_figures(trainer: pl.Trainer, figures: dict[str, Figure], epoch: int) -> list[Path]:
+    """Send ``{tag: figure}`` to every logger of ``trainer``; returns the PNG files written."""
+    written = []
+    for logger in trainer.loggers:
+        for tag, fig in figures.items():
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(tag, figure_to_array(fig), global_step=trainer.global_step, dataformats="HWC")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(key=tag, images=[figure_to_array(fig)], step=trainer.global_step)
+            elif isinstance(logger, CSVLogger):
+                folder = Path(logger.log_dir) / "figures"
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"{tag.replace('/', '_')}-epoch{epoch:03d}.png"
+                fig.savefig(path, dpi=100)
+                written.append(path)
+    return written
+
+
+class ValidationFigures(pl.Callback):
+    """Figures of each validation and test (global rank 0 draws; nothing during the sanity check).
+
+    Args:
+        figures: names from ``FIGURES`` to draw; None draws all.
+    """
+
+    def __init__(self, figures: list[str] | None = None) -> None:
+        unknown = sorted(set(figures or []) - set(FIGURES))
+        if unknown:
+            raise ValueError(f"unknown figure(s) {unknown}; known: {sorted(FIGURES)}")
+        self.figures = list(figures) if figures is not None else list(FIGURES)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._draw(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._draw(trainer, pl_module, "test")
+
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        outcome: EvaluationOutcome | None = getattr(pl_module, "evaluations", {}).get(stage)
+        if outcome is None or not trainer.is_global_zero or not trainer.loggers or not outcome.scalars.get(f"{stage}/samples"):
+            return
+        series_uids = getattr(trainer.datamodule, "series_uids", None) if trainer.datamodule is not None else None
+        series_name = (lambda series: f"…{series_uids[series][-12:]}") if series_uids else None
+        figures = {}
+        for name in self.figures:
+            fig = FIGURES[name](outcome, series_name)
+            if fig is not None:
+                figures[f"{stage}/{name}"] = fig
+        log_figures(trainer, figures, outcome.epoch)
