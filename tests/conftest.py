@@ -38,3 +38,12 @@ def phantom_cache(phantom_dir, tmp_path_factory) -> Path:
 def cache_root(phantom_cache) -> Path:
     """The cache_dir that holds ``phantom_cache`` (for DataModules over ``phantom_dir``)."""
     return phantom_cache.parent
+
+
+@pytest.fixture(scope="session")
+def points_dir(tmp_path_factory) -> Path:
+    """A points-CSV dataset: NIfTI volumes, three classes, two volumes per patient."""
+    from luna.data.phantom import PointsPhantomSpec, generate_points_phantom
+
+    return generate_points_phantom(tmp_path_factory.mktemp("points") / "data",
+                                   PointsPhantomSpec(patients=6, findings_per_image=5, seed=3, shape_irc=(40, 64, 64)))

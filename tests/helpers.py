@@ -29,3 +29,20 @@ def tiny_config(path: Path, data_dir: Path, cache_dir: Path, run_dir: Path, **da
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def points_config(path: Path, points_csv: Path, cache_dir: Path, run_dir: Path, **data) -> Path:
+    """A config for `luna.fit` that trains a few steps on a points CSV (three classes)."""
+    config = {
+        "data": {
+            "class_path": "luna.data.points.PointsDataModule",
+            "init_args": {"points_csv": str(points_csv), "cache_dir": str(cache_dir), "width_irc": [16, 32, 32],
+                          "val_stride": 3, "batch_size": 8, "num_workers": 0, "negatives_per_positive": 1,
+                          "samples_per_epoch": 24, **data},
+        },
+        "checkpoint": {"monitor": "val/f1", "mode": "max"},
+        "trainer": {"max_epochs": 1, "default_root_dir": str(run_dir), "enable_progress_bar": False},
+        "loggers": ["csv"],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
