@@ -11,16 +11,18 @@ Without a subcommand, ``fit`` is meant. ``configs/default.yaml`` is always read 
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import signal
 import sys
 import warnings
 from importlib import resources
+from typing import NoReturn
 
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from luna.checkpointing import RunCheckpoint
@@ -36,9 +38,55 @@ from luna.validation_figures import ValidationFigures
 
 DEFAULT_CONFIG = resources.files("luna.configs") / "default.yaml"  # configs/, installed as package data
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+USAGE = "python -m luna.fit [fit|validate|test|predict] [--config FILE ...] [--section.key=VALUE ...]"
 # what a user can cause and fix: shown as one line by `cli`
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CacheBuildError, ScanReadError,
                UntrustedCheckpointError, DivergenceError)
+
+
+class LunaArgumentParser(LightningArgumentParser):
+    """Errors in one short paragraph instead of a page of usage, with the likely key when a
+    ``--section.key`` is mistyped."""
+
+    argv: list[str] = []  # the command line being parsed (set by ``main``), to name a mistyped key
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        lines = [f"error: {message.strip().splitlines()[0]}"]
+        if "not accepted" in message or "nrecognized arguments" in message:
+            known = self._known_keys()  # this parser's keys: a subclass's parser knows them without its section
+            given = [arg[2:].split("=")[0] for arg in self.argv if arg.startswith("--") and "." in arg]
+            for key in given:
+                section, _, tail = key.partition(".")
+                if key in known or tail in known:
+                    continue
+                if any(k.startswith(f"{section}.") for k in known):
+                    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+                else:
+                    close = [f"{section}.{match}" for match in difflib.get_close_matches(tail, known, n=3, cutoff=0.6)]
+                hint = f": did you mean {' or '.join('--' + k for k in close)}?" if close else ""
+                lines.append(f"  --{key} is not an option{hint}")
+        lines.append("  (python -m luna.fit --help lists every option)")
+        print("\n".join(lines), file=sys.stderr)
+        sys.exit(2)
+
+    def _known_keys(self) -> list[str]:
+        """Every ``section.key`` of this parser; a subclass's arguments as ``section.key`` (no ``init_args``)."""
+
+        def walk(prefix: str, value) -> list[str]:
+            if isinstance(value, dict):
+                value = value.get("init_args", value) if "class_path" in value else value
+                return [key for name, item in value.items() for key in walk(f"{prefix}{name}.", item)]
+            return [prefix[:-1]]
+
+        return sorted(walk("", self.get_defaults().as_dict()))
+
+
+class RunConfig(SaveConfigCallback):
+    """Writes the resolved ``config.yaml`` into the run folder, except for a ``fast_dev_run`` (which writes nothing)."""
+
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        if not trainer.fast_dev_run:
+            super().setup(trainer, pl_module, stage)
 
 
 class LunaCLI(LightningCLI):
@@ -80,23 +128,54 @@ class LunaCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record comes: Rich's progress bar
+    replaces it while it draws, and lines then appear above the bar instead of through it."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _NoAdvertising(logging.Filter):
+    """Drops Lightning's tip to install its cloud logger, printed on every command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
 def main(args: list[str] | None = None) -> LunaCLI:
     """Run the CLI on ``args`` (default: the command line), with ``fit`` meant when no subcommand is given."""
     if not logging.getLogger().handlers:  # show luna's progress (cache builds, splits) like Lightning's own
-        logging.basicConfig(format="%(message)s")
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger().addHandler(handler)
     logging.getLogger("luna").setLevel(logging.INFO)
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdvertising())
     # By design the module, not the DataModule, gives batches their final form on the device.
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+    # Lightning 2.6's own use of torch's pytree API, on every command: nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated", module="pytorch_lightning.utilities._pytree")
     argv = sys.argv if args is None else [sys.argv[0], *args]
     if len(argv) < 2 or argv[1] not in SUBCOMMANDS:
         argv.insert(1, "fit")
+    LunaArgumentParser.argv = argv[2:]
     return LunaCLI(
         LunaClassifier,
         CropDataModule,
         subclass_mode_data=True,
         seed_everything_default=1234,
+        save_config_callback=RunConfig,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={subcommand: {"default_config_files": [str(DEFAULT_CONFIG)]} for subcommand in SUBCOMMANDS},
+        parser_class=LunaArgumentParser,
+        auto_configure_optimizers=False,  # the module's own --model.optimizer, not a second top-level one
+        parser_kwargs={"prog": "python -m luna.fit", "usage": USAGE,
+                       **{subcommand: {"default_config_files": [str(DEFAULT_CONFIG)], "usage": USAGE,
+                                       "prog": f"python -m luna.fit {subcommand}"} for subcommand in SUBCOMMANDS}},
         args=argv[1:] if args is not None else None,
     )
 

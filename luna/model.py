@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -19,6 +20,19 @@ from torch import nn
 from luna.data.volume import DEFAULT_WIDTH_IRC
 
 BLOCK_COUNT = 4
+
+
+@runtime_checkable
+class Network(Protocol):
+    """Any ``torch.nn.Module`` that maps crops ``[B, 1, I, R, C]`` to logits ``[B, classes]`` (or to
+    ``(logits, ...)``), given by ``class_path`` in a config: ``luna.model.LunaModel``,
+    ``monai.networks.nets.DenseNet121``, your own.
+
+    (A protocol rather than ``nn.Module`` itself, so that ``--help`` does not list every module class
+    that happens to be imported.)
+    """
+
+    def train(self, mode: bool = True): ...
 
 
 class LunaBlock(nn.Module):

@@ -45,18 +45,22 @@ class PredictionCsvWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.path = Path(path)
         self.rows_written = 0
+        self._resolved: Path | None = None
 
     def resolved_path(self, trainer: pl.Trainer) -> Path:
-        """``path``, under the run's log folder when relative."""
+        """``path``, under the run's log folder when relative (decided once, by every rank together)."""
         if self.path.is_absolute():
             return self.path
-        return Path(trainer.log_dir or trainer.default_root_dir) / self.path
+        if self._resolved is None:
+            self._resolved = Path(trainer.log_dir or trainer.default_root_dir) / self.path  # log_dir: a collective
+        return self._resolved
 
     def _part(self, trainer: pl.Trainer, rank: int) -> Path:
         path = self.resolved_path(trainer)
         return path.with_name(f".{path.name}.rank{rank}.part")
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._resolved = None
         part = self._part(trainer, trainer.global_rank)
         part.parent.mkdir(parents=True, exist_ok=True)
         part.write_text("")

@@ -1,23 +1,60 @@
-"""What a run records about itself beyond metrics: the global batch (devices x batch size)."""
+"""What a run tells its user: the global batch at the start, one line per validation, a summary at
+the end (best epoch and its metrics, the checkpoint paths, the run folder, how to open
+TensorBoard), and the global batch as a hyperparameter for the loggers."""
 
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
 
 log = logging.getLogger(__name__)
 
+# (metric, label) in the order a line shows them; absent metrics are left out
+SHOWN = (("f1", "F1"), ("auroc", "AUROC"), ("precision", "precision"), ("recall", "recall"), ("cpm", "CPM"),
+         ("f1_best", "best-threshold F1"), ("loss", "loss"))
+
+
+def describe_metrics(metrics: dict[str, float], stage: str, threshold: float | None) -> str:
+    """``F1 0.818 (at P >= 0.5) | AUROC 0.948 | ...`` for one stage's logged values."""
+    parts = []
+    for name, label in SHOWN:
+        value = metrics.get(f"{stage}/{name}")
+        if value is None:
+            continue
+        text = f"{label} {float(value):.3f}"
+        if name == "f1":
+            text += f" (at P >= {threshold:g})" if threshold is not None else " (macro)"
+        if name == "f1_best":
+            text += f" at {float(metrics[f'{stage}/f1_best_threshold']):.2f}, optimistic"
+        parts.append(text)
+    return " | ".join(parts)
+
+
+def _threshold(pl_module: pl.LightningModule) -> float | None:
+    """The binary decision threshold of the module, or None for more classes."""
+    hparams = pl_module.hparams
+    return hparams.get("threshold", 0.5) if hparams.get("num_classes", 2) == 2 else None
+
 
 class RunLog(pl.Callback):
-    """Logs ``world_size`` and ``global_batch_size`` as hyperparameters when training starts.
+    """Console lines of a run (global rank 0), and ``world_size``/``global_batch_size`` as hyperparameters.
 
     Under DDP every process draws ``batch_size`` samples per step, so the optimizer sees
     ``world_size x batch_size``; luna never rescales the learning rate for it, so the number is
     recorded where the run's other settings are.
     """
 
+    def __init__(self) -> None:
+        self.history: dict[int, dict[str, float]] = {}
+        self._started = time.monotonic()
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.monotonic()
         batch_size = getattr(trainer.train_dataloader, "batch_size", None)
         if not batch_size:
             return
@@ -26,3 +63,50 @@ class RunLog(pl.Callback):
             logger.log_hyperparams({"world_size": world, "global_batch_size": world * batch_size})
         log.info("global batch: %d processes x %d = %d samples per step (learning rate not rescaled)",
                  world, batch_size, world * batch_size)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+        threshold = _threshold(pl_module)
+        if trainer.state.fn == "fit":
+            self.history[trainer.current_epoch] = metrics
+            train = f" | train loss {metrics['train/loss']:.3f}" if "train/loss" in metrics else ""
+            log.info("epoch %d/%d: val %s%s", trainer.current_epoch, trainer.max_epochs - 1,
+                     describe_metrics(metrics, "val", threshold), train)
+        else:
+            log.info("validation of %s: %s", trainer.ckpt_path or "the given weights",
+                     describe_metrics(metrics, "val", threshold))
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            threshold = _threshold(pl_module)
+            metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+            log.info("test of %s: %s", trainer.ckpt_path or "the given weights", describe_metrics(metrics, "test", threshold))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        minutes, seconds = divmod(int(time.monotonic() - self._started), 60)
+        lines = [f"training finished: {trainer.current_epoch} epochs, {trainer.global_step} steps in "
+                 f"{minutes} min {seconds} s"]
+        checkpoint = trainer.checkpoint_callback
+        threshold = _threshold(pl_module)
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor and self.history:
+            scored = {epoch: m[checkpoint.monitor] for epoch, m in self.history.items() if checkpoint.monitor in m}
+            if scored:
+                pick = max if checkpoint.mode == "max" else min
+                best = pick(scored, key=scored.get)
+                lines.append(f"best epoch {best} by {checkpoint.monitor} {scored[best]:.3f}: "
+                             f"{describe_metrics(self.history[best], 'val', threshold)}")
+        if isinstance(checkpoint, ModelCheckpoint):
+            if checkpoint.best_model_path:
+                lines.append(f"best checkpoint: {checkpoint.best_model_path}")
+            if checkpoint.last_model_path:
+                lines.append(f"last checkpoint: {checkpoint.last_model_path}")
+        if trainer.loggers:  # the first logger's folder (trainer.log_dir would be a collective: rank 0 is alone here)
+            run = Path(trainer.loggers[0].log_dir or trainer.default_root_dir)
+            lines.append(f"run folder: {run}")
+            if any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+                lines.append(f"TensorBoard: tensorboard --logdir {run.parent}")
+        log.info("\n".join(lines))

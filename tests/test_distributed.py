@@ -60,6 +60,18 @@ def test_ddp_evaluation_equals_one_process(trained, tmp_path, stage):
         assert two[name] == pytest.approx(one[name], abs=1e-6), name
 
 
+def test_ddp_predictions_equal_one_process(trained, tmp_path):
+    config, checkpoint = trained
+    outputs = {}
+    for processes, extra in ((1, []), (2, DDP)):
+        outputs[processes] = tmp_path / f"p{processes}.csv"
+        luna("predict", "--config", str(config), f"--ckpt_path={checkpoint}", f"--predictions.path={outputs[processes]}",
+             f"--trainer.default_root_dir={tmp_path / str(processes)}", *extra)
+    one, two = (list(csv.reader(outputs[k].open())) for k in (1, 2))
+    assert len(one) == split_size(config) + 1 and [r[:4] for r in one] == [r[:4] for r in two]
+    assert all(abs(float(a[4]) - float(b[4])) < 1e-6 for a, b in zip(one[1:], two[1:]))
+
+
 def split_size(config: Path) -> int:
     from luna.data.luna16 import LunaDataModule
 
@@ -191,36 +203,62 @@ def test_crossval_submission_makes_the_merge_wait_for_every_fold(tmp_path):
     assert "--dependency=afterok:1234" in second and second.endswith("crossval_merge.sbatch --config x.yaml")
 
 
+PAUSE = """
+import time
+from pathlib import Path
+import pytorch_lightning as pl
+
+class PauseForSignal(pl.Callback):
+    # At a step, say so (a file) and wait until the SLURM signal handler has saved its checkpoint.
+    def __init__(self, step: int, ready: str):
+        self.step, self.ready = step, ready
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            Path(self.ready).touch()
+            while not list(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")):
+                time.sleep(0.05)  # the signal handler runs between these sleeps
+"""
+
+
+def wait_for(path: Path, job: subprocess.Popen) -> None:
+    """Until ``path`` exists (an event of the job), or the job ends without it."""
+    while not path.exists():
+        assert job.poll() is None, job.communicate()[0][-3000:]
+        time.sleep(0.05)
+
+
 def test_sigusr1_saves_a_checkpoint_requeues_and_the_restart_resumes(phantom_dir, cache_root, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "scontrol.calls"
     (bin_dir / "scontrol").write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\n')
     (bin_dir / "scontrol").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
-           "SLURM_JOB_NAME": "luna-test", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1",
-           "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    (tmp_path / "pause.py").write_text(PAUSE)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": f"{tmp_path}:{ROOT}",
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "luna-test", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+           "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
     runs = tmp_path / "runs"
+    ready = tmp_path / "ready"
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, runs, samples_per_epoch=64)
-    args = [sys.executable, "-m", "luna.fit", "--config", str(config), "--trainer.max_epochs=6"]
-    job = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    first_epoch = runs / "version_0" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 180
-    while not first_epoch.exists() and time.monotonic() < deadline and job.poll() is None:
-        time.sleep(0.2)
-    assert first_epoch.exists(), "the job never finished an epoch"
+    args = [sys.executable, "-m", "luna.fit", "--config", str(config), "--trainer.max_epochs=2"]
+    job = subprocess.Popen(args + ["--trainer.callbacks+=pause.PauseForSignal", "--trainer.callbacks.step=3",
+                                   f"--trainer.callbacks.ready={ready}"],
+                           env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(ready, job)  # the job is at step 3 and waits for the signal
     job.send_signal(signal.SIGUSR1)
-    output, _ = job.communicate(timeout=240)
+    output, _ = job.communicate()
+    assert job.returncode == 0, output[-3000:]
     hpc = sorted(runs.glob("hpc_ckpt_*.ckpt"))
     assert hpc, output[-3000:]
     assert calls.read_text().split() == ["requeue", "4242"]
     saved = torch.load(hpc[-1], weights_only=False)
+    assert saved["global_step"] == 3
     # The "requeued" job starts again with the same command: it must resume from the HPC checkpoint.
-    restarted = subprocess.run(args + ["--trainer.max_epochs=7"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    restarted = subprocess.run(args + ["--trainer.max_epochs=3"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "Restoring states from the checkpoint path at" in restarted.stdout + restarted.stderr
     assert "hpc_ckpt" in restarted.stdout + restarted.stderr
     rows = list(csv.DictReader((runs / "version_1" / "metrics.csv").open()))
     assert min(int(r["step"]) for r in rows) >= saved["global_step"] > 0  # continued, not restarted from zero
     epochs = sorted({int(r["epoch"]) for r in rows if r["epoch"]})
-    assert epochs[0] == saved["epoch"] and epochs[-1] == 6
+    assert epochs[0] == saved["epoch"] and epochs[-1] == 2

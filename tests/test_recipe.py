@@ -44,7 +44,7 @@ def test_lr_finder_runs_end_to_end_and_reports(phantom_dir, cache_root, tmp_path
           "--trainer.callbacks.init_args.num_training_steps=15", "--trainer.enable_progress_bar=false"])
     run = tmp_path / "runs" / "version_0"
     report = json.loads((run / "lr_finder.json").read_text())
-    assert len(report["lr"]) == len(report["loss"]) > 5
+    assert len(report["lr"]) == len(report["loss"]) > 5 and report["rule"].startswith("the steepest descent")
     assert report["suggestion"] is None or 1e-6 <= report["suggestion"] <= 1.0
     assert (run / "lr_finder.png").stat().st_size > 1000
     assert not (run / "checkpoints" / "last.ckpt").exists()  # stopped after the sweep
@@ -96,3 +96,22 @@ def test_early_stopping_preset_monitors_val_f1(capsys):
     callbacks = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
     stopping = [c for c in callbacks if c["class_path"].endswith("EarlyStopping")][0]
     assert stopping["init_args"]["monitor"] == "val/f1" and stopping["init_args"]["mode"] == "max"
+
+
+def test_the_learning_rate_suggestion_is_the_steepest_descent_before_divergence():
+    import numpy as np
+
+    from luna.lr_finder import lr_finder_figure, suggest_learning_rate
+
+    lrs = np.logspace(-6, 0, 100)
+    x = np.log10(lrs)
+    falling = 2.0 - 1.5 / (1 + np.exp(-(x + 3) / 0.3))  # falls fastest at 1e-3
+    losses = np.where(x < -1, falling, falling + 50 * (x + 1) ** 2)  # diverges beyond 0.1
+    noisy = losses + np.random.default_rng(0).normal(0, 0.01, len(losses))
+    suggestion = suggest_learning_rate(lrs, noisy)
+    assert 1e-3 / 1.5 < suggestion < 1e-3 * 1.5
+    assert suggest_learning_rate(lrs, 1 + x - x.min()) is None  # a loss that only rises: no suggestion
+    fig = lr_finder_figure(lrs, noisy, suggestion)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_title().startswith("learning-rate finder: 100 steps")
+    assert ax.get_ylim()[1] < 10  # the diverged end (up to 50) is clipped away

@@ -12,6 +12,7 @@ there exactly (see ``LunaClassifier`` and ``TrainingSampler`` for what makes it 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -61,6 +62,16 @@ class RunCheckpoint(ModelCheckpoint):
         log.warning("stopped by %s at epoch %d, step %d: saved %s; resume with --ckpt_path=%s",
                     "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C", trainer.current_epoch,
                     trainer.global_step, self.last_model_path, self.last_model_path)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.fast_dev_run:  # Lightning's own would write last.ckpt even for a fast_dev_run
+            super().on_train_end(trainer, pl_module)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed run writes to a new run folder: that its checkpoint folder changed is expected."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The dirpath has changed")
+            super().load_state_dict(state_dict)
 
     def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
         """Write ``last.ckpt`` unless this step was already saved (a top-k save writes it too)."""

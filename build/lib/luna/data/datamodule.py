@@ -10,7 +10,9 @@ candidates, the default), ``luna.data.luna16.MalignancyDataModule`` (the book's 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -63,7 +65,8 @@ class CropDataModule(pl.LightningDataModule):
             often. 0 keeps the natural class ratio.
         samples_per_epoch: training samples per epoch over all devices; None = the training split.
         seed: seeds the epoch orders (the splits themselves are deterministic).
-        eval_series: image ids (LUNA16: series uids) served by test and predict; None serves validation.
+        eval_series: image ids (LUNA16: series uids) served by test and predict, or ``"all"`` for
+            every crop of the cache; None serves the validation split.
         build_processes: volumes read in parallel while building the cache.
         skip_bad_scans: warn about unreadable volumes and build without them instead of failing.
         shared_cache: ``cache_dir`` is on storage shared by all nodes: build it on global rank 0
@@ -85,7 +88,7 @@ class CropDataModule(pl.LightningDataModule):
         negatives_per_positive: int = 0,
         samples_per_epoch: int | None = None,
         seed: int = 0,
-        eval_series: list[str] | None = None,
+        eval_series: list[str] | Literal["all"] | None = None,
         build_processes: int = 2,
         skip_bad_scans: bool = False,
         shared_cache: bool = False,
@@ -197,6 +200,8 @@ class CropDataModule(pl.LightningDataModule):
         """The test/predict set: ``eval_series`` if given, else the validation split."""
         if self.eval_series is None:
             return self.val_dataset
+        if self.eval_series == "all":
+            return self._dataset("eval", np.arange(len(self.cache)))
         known = {image_id: k for k, image_id in enumerate(self.cache.image_ids)}
         unknown = sorted(set(self.eval_series) - set(known))
         if unknown:
@@ -230,15 +235,25 @@ class CropDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
+    def _workers(self) -> int:
+        """``num_workers``, at most the CPUs this process may use (said once when it is fewer)."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if self.num_workers > cpus and not getattr(self, "_said_workers", False):
+            log.info("num_workers=%d, but this machine gives the process %d CPUs: using %d loader workers",
+                     self.num_workers, cpus, cpus)
+            self._said_workers = True
+        return min(self.num_workers, cpus)
+
     def _loader(self, dataset: CropDataset, sampler: DistributedSampler) -> DataLoader:
+        workers = self._workers()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
+            num_workers=workers,
             collate_fn=collate_crops,
             pin_memory=self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator),
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=workers > 0,
             # workers' seeds from their own generator, not torch's global one (which augmentation
             # draws from): creating the iterator after a resume then leaves that stream as it was
             generator=torch.Generator().manual_seed(self.seed),

@@ -1,0 +1,193 @@
+"""LUNA16's size: 888 scans and a 754,975-row candidate list (V2), with small phantom scans and a
+small crop so that the cache fits a disk (the real release's figures are extrapolated at the end).
+
+    python scripts/bench_scale.py [--rows 754975] [--scans 888] [--width 16 16 16] [--workdir DIR]
+
+Prints: candidate load time; cache build time and the memory a build worker adds; DataModule setup
+time; the private memory of a training worker after 1k and 10k batches, forked and spawned
+(flat is the goal); predict time and peak main memory over every candidate with a near-zero-cost
+network, with the open-file limit at 1024.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from luna.data.candidates import load_candidate_arrays
+from luna.data.phantom import PhantomSpec, generate_phantom
+from luna.data.release import find_scans
+from luna.data.volume import Geometry, irc_to_xyz
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_v2_candidates(data_dir: Path, rows: int, positives: int = 1_557, nodules: int = 1_186) -> None:
+    """Replace the phantom's CSVs with a V2-sized list of points inside its scans."""
+    rng = np.random.default_rng(0)
+    scans = sorted(find_scans(data_dir).items())
+    geometries = [Geometry.read(path) for _, path in scans]
+    scan_of = rng.integers(0, len(scans), rows)
+    label = np.zeros(rows, dtype=int)
+    label[rng.choice(rows, positives, replace=False)] = 1
+    lines = ["seriesuid,coordX,coordY,coordZ,class\n"]
+    centers = np.empty((rows, 3))
+    for k, (s, cls) in enumerate(zip(scan_of.tolist(), label.tolist())):
+        g = geometries[s]
+        centers[k] = irc_to_xyz(rng.uniform(0, np.array(g.shape_irc) - 1), g.origin_xyz, g.spacing_xyz, g.direction)
+        lines.append(f"{scans[s][0]},{centers[k][0]!r},{centers[k][1]!r},{centers[k][2]!r},{cls}\n")
+    (data_dir / "candidates.csv").write_text("".join(lines))
+    picks = rng.choice(np.flatnonzero(label), nodules, replace=False)
+    annotations = ["seriesuid,coordX,coordY,coordZ,diameter_mm\n"] + [
+        f"{scans[scan_of[k]][0]},{centers[k][0]!r},{centers[k][1]!r},{centers[k][2]!r},{rng.uniform(3.25, 32.3)!r}\n"
+        for k in picks.tolist()]
+    (data_dir / "annotations.csv").write_text("".join(annotations))
+
+
+def run_python(code: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if result.returncode:
+        raise RuntimeError(result.stderr[-3000:])
+    return result.stdout
+
+
+BUILD = """
+import os, resource, sys, time
+from luna.data import cache_build
+from luna.data.luna16 import Luna16Candidates
+
+def resident():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+cut, added = cache_build._cut_image, sys.argv[4]
+def measured(*job):
+    start = resident()
+    cut(*job)
+    with open(added, "a") as out:
+        out.write(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start}\\n")
+cache_build._cut_image = measured
+width = tuple(int(w) for w in sys.argv[3].split(","))
+start = time.perf_counter()
+cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2], cache_build.CacheSettings(width, (-1000.0, 1000.0)), 2)
+print(time.perf_counter() - start)
+"""
+
+WORKERS = """
+import sys, time
+from pathlib import Path
+from luna.data.luna16 import LunaDataModule
+
+def private_dirty(pid):
+    fields = dict(line.split(":") for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return int(fields["Private_Dirty"].split()[0]) * 1024
+
+width, method = tuple(int(w) for w in sys.argv[3].split(",")), sys.argv[4]
+start = time.perf_counter()
+datamodule = LunaDataModule(sys.argv[1], cache_dir=sys.argv[2], width_irc=width, batch_size=32, num_workers=1,
+                            negatives_per_positive=0, samples_per_epoch=32 * 10_000)
+datamodule.setup("fit")
+setup = time.perf_counter() - start
+loader = datamodule.train_dataloader()
+loader.multiprocessing_context = method
+iterator = iter(loader)
+(worker,) = iterator._workers
+sizes = {}
+for batch in range(1, 10_001):
+    next(iterator)
+    if batch in (1, 1_000, 10_000):
+        sizes[batch] = private_dirty(worker.pid)
+print(setup, sizes[1], sizes[1_000], sizes[10_000])
+"""
+
+PREDICT = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+from luna.fit import main
+start = time.perf_counter()
+main(sys.argv[1:])
+print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=754_975)
+    parser.add_argument("--scans", type=int, default=888)
+    parser.add_argument("--width", type=int, nargs=3, default=(16, 16, 16))
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="luna-scale-"))
+    width = ",".join(map(str, args.width))
+    print(f"work folder: {work}")
+    data = work / "luna16"
+    if not (data / "phantom.json").is_file():
+        shutil.rmtree(data, ignore_errors=True)
+        start = time.perf_counter()
+        generate_phantom(data, PhantomSpec(series=args.scans, seed=0, shape_irc=(48, 96, 96), missing_series=0))
+        write_v2_candidates(data, args.rows)
+        print(f"[data] {args.scans} phantom scans and a {args.rows:,}-row candidate list written in "
+              f"{time.perf_counter() - start:.0f} s")
+    start = time.perf_counter()
+    candidates = load_candidate_arrays(data / "annotations.csv", data / "candidates.csv")
+    print(f"[candidates] {len(candidates):,} rows loaded, joined and ordered in {time.perf_counter() - start:.1f} s")
+
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    added = work / "worker-added.txt"
+    added.unlink(missing_ok=True)
+    build_seconds = float(run_python(BUILD, str(data), str(cache), width, str(added)).split()[-1])
+    worker_peak = max(int(line) for line in added.read_text().split())
+    (path,) = cache.glob("luna-*")
+    crop_bytes = sum(p.stat().st_size for p in (path / "images").glob("*.npy"))
+    print(f"[build] {args.scans} scans, {len(candidates):,} crops of {args.width}: {build_seconds:.0f} s with 2 "
+          f"processes ({build_seconds / args.scans:.2f} s a scan); a build worker adds at most "
+          f"{worker_peak / 2**20:.0f} MiB; crops {crop_bytes / 2**30:.2f} GiB")
+
+    for method in ("fork", "spawn"):
+        setup, first, thousand, ten_thousand = run_python(WORKERS, str(data), str(cache), width, method).split()
+        print(f"[workers, {method}] setup {float(setup):.1f} s; a training worker's private memory after 1 / 1,000 / "
+              f"10,000 batches of 32: {int(first) / 2**20:.1f} / {int(thousand) / 2**20:.1f} / "
+              f"{int(ten_thousand) / 2**20:.1f} MiB")
+
+    out = work / "predictions.csv"
+    config = work / "predict.yaml"
+    config.write_text(textwrap.dedent(f"""
+        data:
+          data_dir: {data}
+          cache_dir: {cache}
+          width_irc: [{width}]
+          eval_series: all
+          batch_size: 512
+          num_workers: 2
+        model:
+          network:
+            class_path: tests.test_scale.MeanLogits
+        trainer:
+          default_root_dir: {work / 'runs'}
+          enable_progress_bar: false
+        loggers: [csv]
+    """))
+    seconds, peak = run_python(PREDICT, "predict", "--config", str(config), f"--predictions.path={out}").split()[-2:]
+    with out.open() as handle:
+        rows = sum(1 for _ in handle) - 1
+    print(f"[predict] {rows:,} rows in {float(seconds):.0f} s with the open-file limit at 1024; peak main memory "
+          f"{int(peak) / 2**20:.0f} MiB")
+    crop_voxels = 32 * 48 * 48
+    print(f"[real size] LUNA16 V2 at 32x48x48: crops {len(candidates) * crop_voxels * 2 / 1e9:.0f} GB "
+          f"(2 bytes a voxel)")
+
+
+if __name__ == "__main__":
+    main()
