@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="luna-default-job-"))
+    work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     luna(["--trainer.enable_progress_bar=false"], work)
     minutes, seconds = divmod(round(time.perf_counter() - start), 60)

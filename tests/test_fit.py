@@ -138,10 +138,16 @@ def test_a_plain_install_ships_the_configs(tmp_path):
 
     from luna.fit import DEFAULT_CONFIG
 
+    import shutil
+
     assert DEFAULT_CONFIG.is_file()
     root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy: setuptools writes build/ beside the sources
+    shutil.copytree(root / "luna", source / "luna", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(root)], check=True, capture_output=True)
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("luna-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {p.relative_to(root / "luna").as_posix() for p in (root / "luna" / "configs").rglob("*.yaml")}

@@ -343,7 +343,8 @@ def _build(source: CropSource, path: Path, settings: CacheSettings, processes: i
         if len(rows) and not _record_readable(record):
             jobs.append((table.image_paths[k], table.center_xyz[rows], settings, images_dir / f"{files[k]}.npy",
                          record, skip_bad_scans))
-    log.info("crop cache %s: cutting %d of %d images with %d process(es)", path, len(jobs), len(present), processes)
+    log.info("crop cache %s (%s): cutting %d of %d images with %d process(es)", path, source.describe(), len(jobs),
+             len(present), processes)
     _run_jobs(jobs, processes)
     _write_columns(path, table, files, set(present), settings)
     return path

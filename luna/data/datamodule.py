@@ -143,6 +143,18 @@ class CropDataModule(pl.LightningDataModule):
     def prepare_inputs(self) -> None:
         """Hook run by ``prepare_data`` before the cache is built (the phantom generators use it)."""
 
+    def input_path(self, given: str | Path | None, phantom: object | None, phantom_folder: str,
+                   what: str) -> tuple[Path, bool]:
+        """``(given, False)``, or, when it is None, ``(<cache_dir>/<phantom_folder>, True)``: where
+        ``phantom`` is to be generated. Phantom data is never a stand-in for a path that was given."""
+        if given is not None:
+            return Path(given), False
+        if phantom is None:
+            raise ValueError(f"{what} is required, or phantom to generate phantom data")
+        if self.cache_dir is None:
+            raise ValueError(f"cache_dir is required with the phantom: it is generated into <cache_dir>/{phantom_folder}")
+        return self.cache_dir / phantom_folder, True
+
     # ------------------------------------------------------------------ build and open
     def prepare_data(self) -> None:
         """Make the inputs if asked, then build the crop cache (no state is assigned)."""

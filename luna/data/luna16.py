@@ -155,15 +155,10 @@ class _Luna16DataModule(CropDataModule):
 
     def __init__(self, data_dir: str | Path | None = None, phantom: PhantomSpec | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        if data_dir is None and phantom is None:
-            raise ValueError("data_dir is required (the LUNA16 folder), or phantom to generate phantom data")
         self.phantom = phantom
-        if data_dir is None:
-            if self.cache_dir is None:
-                raise ValueError("cache_dir is required with the phantom: it is generated into <cache_dir>/phantom-<digest>")
-            self.data_dir = self.cache_dir / f"phantom-{spec_digest(phantom)}"
-        else:
-            self.data_dir = Path(data_dir)
+        self.data_dir, self.generates_phantom = self.input_path(
+            data_dir, phantom, f"phantom-{spec_digest(phantom)}" if phantom else "", "data_dir")
+        if not self.generates_phantom:
             if not self.data_dir.is_dir():
                 raise FileNotFoundError(f"data_dir={self.data_dir}: the LUNA16 folder does not exist (it should hold "
                                         "subset*/<seriesuid>.mhd and the CSVs)")
@@ -172,9 +167,7 @@ class _Luna16DataModule(CropDataModule):
 
     def prepare_inputs(self) -> None:
         """Generate the phantom into its folder when no ``data_dir`` was given and it is not there yet."""
-        if self.phantom is None or self.data_dir != self.cache_dir / f"phantom-{spec_digest(self.phantom)}":
-            return
-        if not (self.data_dir / MARKER).is_file():
+        if self.generates_phantom and not (self.data_dir / MARKER).is_file():
             log.info("generating phantom LUNA16 data (%d scans) in %s", self.phantom.series, self.data_dir)
             generate_phantom(self.data_dir, self.phantom)
 

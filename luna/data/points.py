@@ -161,23 +161,18 @@ class PointsDataModule(CropDataModule):
 
     def __init__(self, points_csv: str | Path | None = None, phantom: PointsPhantomSpec | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        if points_csv is None and phantom is None:
-            raise ValueError("points_csv is required (the CSV of points), or phantom to generate phantom data")
         self.phantom = phantom
-        if points_csv is None:
-            if self.cache_dir is None:
-                raise ValueError("cache_dir is required with the phantom: it is generated into <cache_dir>/points-phantom-<digest>")
-            self.points_csv = self.cache_dir / f"points-phantom-{spec_digest(phantom)}" / POINTS_FILE
-        else:
-            self.points_csv = Path(points_csv)
-            if self.cache_dir is None:  # beside the data, out of the code checkout
-                self.cache_dir = self.points_csv.parent / "luna-cache"
+        folder = f"points-phantom-{spec_digest(phantom)}" if phantom else ""
+        self.points_csv, self.generates_phantom = self.input_path(points_csv, phantom, f"{folder}/{POINTS_FILE}",
+                                                                  "points_csv")
+        if not self.generates_phantom and self.cache_dir is None:  # beside the data, out of the code checkout
+            self.cache_dir = self.points_csv.parent / "luna-cache"
 
     def prepare_inputs(self) -> None:
-        if self.phantom is not None and self.points_csv == self.cache_dir / f"points-phantom-{spec_digest(self.phantom)}" / POINTS_FILE:
-            if not self.points_csv.is_file():
-                log.info("generating the phantom points dataset in %s", self.points_csv.parent)
-                generate_points_phantom(self.points_csv.parent, self.phantom)
+        """Generate the phantom when no ``points_csv`` was given and it is not there yet."""
+        if self.generates_phantom and not self.points_csv.is_file():
+            log.info("generating the phantom points dataset in %s", self.points_csv.parent)
+            generate_points_phantom(self.points_csv.parent, self.phantom)
 
     @property
     def class_names(self) -> list[str]:
