@@ -38,6 +38,8 @@ from luna.validation_figures import ValidationFigures
 
 DEFAULT_CONFIG = resources.files("luna.configs") / "default.yaml"  # configs/, installed as package data
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# model options that describe how to evaluate, not what was trained: a checkpoint does not override them
+EVALUATION_OPTIONS = ("tta_flips", "threshold", "prior_correction", "mistakes_shown", "compile")
 USAGE = "python -m luna.fit [fit|validate|test|predict] [--config FILE ...] [--section.key=VALUE ...]"
 # what a user can cause and fix: shown as one line by `cli`
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CacheBuildError, ScanReadError,
@@ -114,6 +116,19 @@ class LunaCLI(LightningCLI):
         parser.link_arguments("data.init_args.width_irc", "model.width_irc")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning rebuilds the model from the checkpoint's hyperparameters for validate, test and
+        predict; how to evaluate (test-time flips, threshold, prior correction, compilation...) is
+        still this command's choice, not the training run's."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return super()._parse_ckpt_path()
+        model = self.config[subcommand].get("model")
+        chosen = {key: model.get(key) for key in EVALUATION_OPTIONS} if model is not None else {}
+        super()._parse_ckpt_path()
+        for key, value in chosen.items():
+            self.config[subcommand]["model"][key] = value
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """One run folder for every logger (see ``luna.run_folder``), and

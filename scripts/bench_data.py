@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="luna-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     print(f"work folder: {work}")
 
     annotations, candidates = write_v2_scale_csvs(work)

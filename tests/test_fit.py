@@ -152,3 +152,56 @@ def test_a_plain_install_ships_the_configs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {p.relative_to(root / "luna").as_posix() for p in (root / "luna" / "configs").rglob("*.yaml")}
     assert shipped and {f"luna/{name}" for name in shipped} <= names
+
+
+def test_the_console_says_how_the_run_went_and_names_existing_files(config, tmp_path, caplog):
+    import logging
+    import re
+
+    with caplog.at_level(logging.INFO, logger="luna"):
+        main(["--config", str(config), "--trainer.max_epochs=2", "--loggers=[csv, tensorboard]"])
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert re.search(r"epoch 0/1: val F1 [\d.]+ \(at P >= 0\.5\) \| AUROC [\d.]+ .*\| CPM [\d.]+", text), text
+    assert re.search(r"epoch 1/1: val F1", text)
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("training finished"))
+    assert "2 epochs" in summary and re.search(r"best epoch \d by val/cpm [\d.]+: F1", summary)
+    paths = dict(re.findall(r"^(best checkpoint|last checkpoint|run folder): (.+)$", summary, re.M))
+    assert set(paths) == {"best checkpoint", "last checkpoint", "run folder"}
+    assert all(Path(path).exists() for path in paths.values())
+    assert f"tensorboard --logdir {tmp_path / 'runs'}" in summary
+
+
+def test_predict_says_where_it_wrote_and_writes_full_precision(config, tmp_path, caplog):
+    import logging
+
+    main(["--config", str(config)])
+    out = tmp_path / "predictions.csv"
+    with caplog.at_level(logging.INFO, logger="luna"):
+        main(["predict", "--config", str(config), f"--ckpt_path={run_dir(tmp_path) / 'checkpoints' / 'last.ckpt'}",
+              f"--predictions.path={out}"])
+    rows = list(csv.DictReader(out.open()))
+    assert any(f"predictions: {len(rows)} rows written to {out}" == r.getMessage() for r in caplog.records)
+    # float32 probabilities written in full: 101 of them tied at "1.000000" would empty a scan under the cap
+    assert max(len(r["probability"]) for r in rows) > 9
+    about = yaml.safe_load(out.with_suffix(".json").read_text())
+    assert about["rows"] == len(rows) and about["checkpoint"].endswith("last.ckpt")
+
+
+def test_the_debug_preset_writes_nothing(config, tmp_path):
+    main(["--config", str(config), "--config", "configs/presets/debug.yaml"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_how_to_evaluate_is_this_commands_choice_not_the_checkpoints(config, tmp_path, caplog):
+    import logging
+
+    main(["--config", str(config)])
+    checkpoint = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    plain = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}"]).trainer.callback_metrics
+    with caplog.at_level(logging.INFO, logger="luna"):
+        cli = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}", "--model.prior_correction=true",
+                    "--model.tta_flips=[[], [2]]"])
+    assert cli.model.hparams.prior_correction and cli.model.tta_flips == [(), (2,)]
+    assert any(r.getMessage().startswith("prior correction: logits shifted by") for r in caplog.records)
+    corrected = cli.trainer.callback_metrics
+    assert float(corrected["val/calibration_error"]) != float(plain["val/calibration_error"])
