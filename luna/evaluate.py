@@ -9,7 +9,8 @@ Scores a predictions CSV (``seriesuid,coordX,coordY,coordZ,probability``, e.g. f
 prints the sensitivity at 1/8 ... 8 false positives per scan, CPM and its 95 % interval, and
 writes ``OUTPUT/froc.json`` and ``OUTPUT/froc.png``. The evaluated scans are ``DIR/seriesuids.csv``
 when present (as in the release), otherwise the scans under ``DIR/subset*/``; ``--subsets 0,3``
-keeps only those folders' scans (one cross-validation fold).
+keeps only those folders' scans (one cross-validation fold), and ``--series FILE`` evaluates the scans
+listed in FILE instead (e.g. a validation split).
 """
 
 from __future__ import annotations
@@ -110,13 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% interval (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--subsets", type=_subsets, default=None, help="evaluate only the scans of these subsets, e.g. 0,3")
+    parser.add_argument("--series", type=Path, default=None, help="evaluate only the scans listed in this file, one uid "
+                        "per line (e.g. a validation split), instead of DIR/seriesuids.csv or DIR/subset*/")
     args = parser.parse_args(argv)
     if args.bootstrap < 0:
         parser.error(f"--bootstrap={args.bootstrap}: must be 0 or more")
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(levelname)s: %(message)s")
     try:
-        evaluation = evaluate_submission(args.predictions, args.data_dir, args.subsets, args.bootstrap, args.seed)
+        evaluation = evaluate_submission(args.predictions, args.data_dir, args.subsets, args.bootstrap, args.seed, args.series)
     except (FileNotFoundError, CsvFormatError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -129,6 +129,22 @@ def test_without_seriesuids_the_scans_on_disk_are_evaluated_and_subsets_select_a
         evaluate_submission(predictions, data_dir, subsets=[7], bootstrap_samples=0)
 
 
+def test_a_series_list_evaluates_only_its_scans_and_a_missing_one_is_named(oracle, tmp_path):
+    predictions, data_dir = oracle
+    chosen = read_series_list(data_dir / "seriesuids.csv")[::5]
+    (tmp_path / "validation.txt").write_text("\n".join(chosen) + "\n")
+    result = subprocess.run([sys.executable, "-m", "luna.evaluate", str(predictions), "--data_dir", str(data_dir),
+                             "--series", str(tmp_path / "validation.txt"), "--output", str(tmp_path), "--bootstrap", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "froc.json").read_text())
+    nodules = [r for r in rows_of(data_dir / "annotations.csv") if r["seriesuid"] in chosen]
+    assert report["scans"] == len(chosen) and report["nodules"] == len(nodules) and report["scans_from"].endswith("validation.txt")
+    assert report["unevaluated_rows"] > 0  # the rows of every other scan
+    with pytest.raises(FileNotFoundError, match="nothere.txt"):
+        evaluate_submission(predictions, data_dir, bootstrap_samples=0, series_list=tmp_path / "nothere.txt")
+
+
 def test_the_series_list_has_no_header_and_no_duplicates(tmp_path, caplog):
     listed = tmp_path / "seriesuids.csv"
     listed.write_text("seriesuid\n1.2.3\n1.2.4\n")

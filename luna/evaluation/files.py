@@ -136,14 +136,18 @@ def read_reference(data_dir: str | Path, scans: list[str], annotations_file: str
     return Reference(list(scans), nodules, irrelevant)
 
 
-def evaluated_scans(data_dir: str | Path, subsets: list[int] | None = None) -> tuple[list[str], str]:
+def evaluated_scans(data_dir: str | Path, subsets: list[int] | None = None,
+                    series_list: str | Path | None = None) -> tuple[list[str], str]:
     """The evaluated scans of a LUNA16 folder, and where the list came from.
 
-    ``seriesuids.csv`` when present, else the scans under ``subset*/``. ``subsets`` keeps only the
-    scans found in those ``subsetK`` folders (e.g. one cross-validation fold).
+    ``series_list`` (a file like ``seriesuids.csv``, e.g. the scans of a validation split) when
+    given, else ``seriesuids.csv`` when present, else the scans under ``subset*/``. ``subsets``
+    keeps only the scans found in those ``subsetK`` folders (e.g. one cross-validation fold).
     """
     data_dir = Path(data_dir)
-    listed = data_dir / SERIES_LIST
+    listed = Path(series_list) if series_list is not None else data_dir / SERIES_LIST
+    if series_list is not None and not listed.is_file():
+        raise FileNotFoundError(f"series list {listed} not found")
     if listed.is_file():
         scans, source = read_series_list(listed), str(listed)
     else:
@@ -166,6 +170,7 @@ def evaluate_submission(
     subsets: list[int] | None = None,
     bootstrap_samples: int = 1000,
     seed: int = 0,
+    series_list: str | Path | None = None,
 ) -> Evaluation:
     """Score a predictions CSV against the findings of a LUNA16 folder, as the official script.
 
@@ -176,10 +181,12 @@ def evaluate_submission(
         subsets: evaluate only the scans of these subsets (a cross-validation fold).
         bootstrap_samples: resamples for the 95 % interval (0: none).
         seed: seeds the bootstrap.
+        series_list: evaluate only the scans listed in this file (one uid per line, no header),
+            instead of ``seriesuids.csv`` or the ``subset*`` folders.
     """
     data_dir = Path(data_dir)
     submission = predictions if isinstance(predictions, Submission) else read_predictions(predictions)
-    scans, scans_from = evaluated_scans(data_dir, subsets)
+    scans, scans_from = evaluated_scans(data_dir, subsets, series_list)
     reference = read_reference(data_dir, scans)
     scan_index = reference.scan_index()
     scan = np.fromiter((scan_index.get(uid, -1) for uid in submission.series_uid), dtype=np.int64, count=len(submission))
