@@ -5,13 +5,14 @@ small crop so that the cache fits a disk (the real release's figures are extrapo
 
 Prints: candidate load time; cache build time and the memory a build worker adds; DataModule setup
 time; the private memory of a training worker after 1k and 10k batches, forked and spawned
-(flat is the goal); predict time and peak main memory over every candidate with a near-zero-cost
-network, with the open-file limit at 1024.
+(flat is the goal); predict time and peak main memory with a near-zero-cost network and the
+open-file limit at 1024, over every candidate and over a tenth of the scans (flat is the goal).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -122,6 +123,32 @@ print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_m
 """
 
 
+def predict(work: Path, data: Path, cache: Path, width: str, eval_series: list[str] | str) -> tuple[int, float, int]:
+    """``luna.fit predict`` of a near-zero-cost network: rows written, seconds, peak main memory (bytes)."""
+    out = work / "predictions.csv"
+    config = work / "predict.yaml"
+    config.write_text(textwrap.dedent(f"""
+        data:
+          data_dir: {data}
+          cache_dir: {cache}
+          width_irc: [{width}]
+          eval_series: {json.dumps(eval_series)}
+          batch_size: 512
+          num_workers: 2
+        model:
+          network:
+            class_path: tests.test_scale.MeanLogits
+        trainer:
+          default_root_dir: {work / 'runs'}
+          enable_progress_bar: false
+        loggers: [csv]
+    """))
+    seconds, peak = run_python(PREDICT, "predict", "--config", str(config), f"--predictions.path={out}").split()[-2:]
+    with out.open() as handle:
+        rows = sum(1 for _ in handle) - 1
+    return rows, float(seconds), int(peak)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=754_975)
@@ -162,29 +189,14 @@ def main() -> None:
               f"10,000 batches of 32: {int(first) / 2**20:.1f} / {int(thousand) / 2**20:.1f} / "
               f"{int(ten_thousand) / 2**20:.1f} MiB")
 
-    out = work / "predictions.csv"
-    config = work / "predict.yaml"
-    config.write_text(textwrap.dedent(f"""
-        data:
-          data_dir: {data}
-          cache_dir: {cache}
-          width_irc: [{width}]
-          eval_series: all
-          batch_size: 512
-          num_workers: 2
-        model:
-          network:
-            class_path: tests.test_scale.MeanLogits
-        trainer:
-          default_root_dir: {work / 'runs'}
-          enable_progress_bar: false
-        loggers: [csv]
-    """))
-    seconds, peak = run_python(PREDICT, "predict", "--config", str(config), f"--predictions.path={out}").split()[-2:]
-    with out.open() as handle:
-        rows = sum(1 for _ in handle) - 1
-    print(f"[predict] {rows:,} rows in {float(seconds):.0f} s with the open-file limit at 1024; peak main memory "
-          f"{int(peak) / 2**20:.0f} MiB")
+    uids = sorted(find_scans(data))
+    tenth = predict(work, data, cache, width, uids[: len(uids) // 10])
+    everything = predict(work, data, cache, width, "all")
+    for (rows, seconds, peak), name in ((tenth, "a tenth of the scans"), (everything, "every scan")):
+        print(f"[predict] {name}: {rows:,} rows in {seconds:.0f} s with the open-file limit at 1024; peak main "
+              f"memory {peak / 2**20:.0f} MiB")
+    print(f"[predict] peak main memory, every scan / a tenth: {everything[2] / tenth[2]:.2f} for "
+          f"{everything[0] / tenth[0]:.1f}x the rows")
     crop_voxels = 32 * 48 * 48
     print(f"[real size] LUNA16 V2 at 32x48x48: crops {len(candidates) * crop_voxels * 2 / 1e9:.0f} GB "
           f"(2 bytes a voxel)")
