@@ -291,6 +291,72 @@ def test_sigterm_saves_the_true_last_step_exits_non_zero_and_the_resumed_run_equ
         assert torch.equal(value, b["state_dict"][name]), name
 
 
+KILL_AT = """
+import os, signal
+import pytorch_lightning as pl
+
+class KillAt(pl.Callback):
+    def __init__(self, step: int):
+        self.step = step
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def resume_config(tmp_path: Path, phantom_dir: Path, cache_root: Path) -> Path:
+    """Loader workers on (the default), 2 steps per epoch, random augmentation: what resuming must repeat."""
+    config = tiny_config(tmp_path / "resume.yaml", phantom_dir, cache_root, tmp_path / "runs", num_workers=2)
+    merged = yaml.safe_load(config.read_text())
+    merged["model"] = {"augmentation": {"flip_irc": [True, True, True], "offset": 0.1, "noise_hu": 25.0}}
+    config.write_text(yaml.safe_dump(merged))
+    return config
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    first, second = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+    assert (first["epoch"], first["global_step"]) == (second["epoch"], second["global_step"])
+    for name, value in first["state_dict"].items():
+        assert torch.allclose(value.double(), second["state_dict"][name].double(), rtol=0, atol=1e-6), name
+
+
+def test_resuming_an_end_of_epoch_checkpoint_with_loader_workers_repeats_a_straight_run(phantom_dir, cache_root,
+                                                                                        tmp_path):
+    """The README's example: a 2-epoch run resumed to 4 epochs trains the same steps and weights as 4 straight."""
+    from luna.fit import main
+
+    config = resume_config(tmp_path, phantom_dir, cache_root)
+    main(["--config", str(config), "--trainer.max_epochs=4", f"--trainer.default_root_dir={tmp_path / 'a'}"])
+    main(["--config", str(config), "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path / 'b'}"])
+    first = tmp_path / "b" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(first, weights_only=False)["global_step"] == 4
+    main(["--config", str(config), "--trainer.max_epochs=4", f"--trainer.default_root_dir={tmp_path / 'b'}",
+          f"--ckpt_path={first}"])
+    straight = tmp_path / "a" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(straight, weights_only=False)["global_step"] == 8
+    assert_same_run(straight, tmp_path / "b" / "version_1" / "checkpoints" / "last.ckpt")
+
+
+def test_a_run_killed_mid_epoch_resumes_from_the_last_epoch_end_as_if_never_killed(phantom_dir, cache_root, tmp_path):
+    (tmp_path / "killer.py").write_text(KILL_AT)
+    config = resume_config(tmp_path, phantom_dir, cache_root)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    killed = subprocess.run([sys.executable, "-m", "luna.fit", "--config", str(config), "--trainer.max_epochs=3",
+                             f"--trainer.default_root_dir={tmp_path / 'b'}", "--trainer.callbacks+=killer.KillAt",
+                             "--trainer.callbacks.step=5"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    last = tmp_path / "b" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 4  # the end of epoch 1, not step 5
+    for root, extra in (("a", []), ("b", [f"--ckpt_path={last}"])):
+        run = subprocess.run([sys.executable, "-m", "luna.fit", "--config", str(config), "--trainer.max_epochs=3",
+                              f"--trainer.default_root_dir={tmp_path / root}", *extra], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300, env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_run(tmp_path / "a" / "version_0" / "checkpoints" / "last.ckpt",
+                    tmp_path / "b" / "version_1" / "checkpoints" / "last.ckpt")
+
+
 # ------------------------------------------------------------------ messages and trust
 
 def test_cli_value_errors_are_one_line_without_a_traceback(phantom_dir, cache_root, tmp_path):

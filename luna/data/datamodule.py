@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from luna.data.cache import CropCache, open_built_cache
 from luna.data.cache_build import CacheSettings, build_cache, cache_path
-from luna.data.dataset import CropDataset, EvaluationSampler, TrainingSampler, collate_crops
+from luna.data.dataset import CropDataset, EvaluationSampler, ResumableLoader, TrainingSampler, collate_crops
 from luna.data.splits import SplitBy, split_items
 from luna.data.table import CropSource
 from luna.data.volume import DEFAULT_WIDTH_IRC, HU_WINDOW
@@ -256,9 +256,9 @@ class CropDataModule(pl.LightningDataModule):
             self._said_workers = True
         return min(self.num_workers, cpus)
 
-    def _loader(self, dataset: CropDataset, sampler: DistributedSampler) -> DataLoader:
+    def _loader(self, dataset: CropDataset, sampler: DistributedSampler, kind: type[DataLoader] = DataLoader) -> DataLoader:
         workers = self._workers()
-        return DataLoader(
+        return kind(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -271,23 +271,11 @@ class CropDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def _samples_done(self) -> int:
-        """Samples of the current epoch this rank already trained on: non-zero only for a run
-        resumed from a checkpoint written part-way through an epoch (SIGTERM, Ctrl-C)."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        return done * self.batch_size if 0 < done < trainer.num_training_batches else 0
-
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
         dataset = self.train_dataset
-        sampler = TrainingSampler(dataset, self.negatives_per_positive, self.samples_per_epoch, self.seed, world, rank,
-                                  samples_done=self._samples_done)
-        if self.trainer is not None:
-            sampler.set_epoch(self.trainer.current_epoch)  # a resumed run goes on with its own epoch's order
-        return self._loader(dataset, sampler)
+        sampler = TrainingSampler(dataset, self.negatives_per_positive, self.samples_per_epoch, self.seed, world, rank)
+        return self._loader(dataset, sampler, ResumableLoader)
 
     def _evaluation_loader(self, dataset: CropDataset) -> DataLoader:
         world, rank = self._world()

@@ -16,12 +16,12 @@ which quietly skews DDP metrics. Here each rank takes a disjoint share and nothi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TypedDict
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from luna.data.cache import CropCache
 from luna.data.volume import crop_starts
@@ -144,9 +144,10 @@ class TrainingSampler(DistributedSampler):
     ``world_size``-th sample from ``r``; the order is cut to a multiple of the world size so every
     rank runs the same number of steps. ``set_epoch`` (called by Lightning) reshuffles.
 
-    ``samples_done``, when given, is asked at the start of each pass for the samples of this epoch
-    this rank has already trained on (a run resumed from a mid-epoch checkpoint): the pass then
-    goes on from there, so a stopped and resumed run sees exactly the order of an uninterrupted one.
+    Resuming: ``resume_at(epoch, samples_done)`` makes the next pass go on where a checkpoint left
+    off (the rest of that epoch, or the next epoch when it was finished), so that a stopped and
+    resumed run sees exactly the order of an uninterrupted one. ``ResumableLoader`` calls it from
+    the state Lightning keeps in the checkpoint; the sampler never reads the trainer.
     """
 
     def __init__(
@@ -157,10 +158,8 @@ class TrainingSampler(DistributedSampler):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
-        samples_done: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.samples_done = samples_done
         self.labels = dataset.labels
         self.negatives_per_positive = negatives_per_positive
         global_length = samples_per_epoch or len(dataset)
@@ -168,17 +167,58 @@ class TrainingSampler(DistributedSampler):
         if self.num_samples == 0:
             raise ValueError(f"an epoch of {global_length} samples cannot be shared by {num_replicas} processes")
         self.total_size = self.num_samples * num_replicas
+        self._skip_next = 0
+        self.pass_epoch, self.pass_start = 0, 0  # the epoch of the latest pass and the samples it skipped
 
     def global_order(self) -> np.ndarray:
         """This epoch's order over all ranks (positions into the dataset)."""
         return epoch_order(self.labels, self.negatives_per_positive, self.total_size, self.seed, self.epoch)
 
+    def resume_at(self, epoch: int, samples_done: int) -> None:
+        """Make the next pass continue a checkpointed one: epoch ``epoch`` after ``samples_done`` of
+        this rank's samples, or the start of the next epoch when that one was complete."""
+        if not 0 <= samples_done <= self.num_samples:
+            raise ValueError(f"samples_done={samples_done}: an epoch has {self.num_samples} samples per process "
+                             "here; the checkpoint was written with another samples_per_epoch or number of processes")
+        finished = samples_done == self.num_samples
+        self.set_epoch(epoch + 1 if finished else epoch)
+        self._skip_next = 0 if finished else samples_done
+
     def __iter__(self) -> Iterator[int]:
-        skip = self.samples_done() if self.samples_done is not None else 0
-        return iter(self.global_order()[self.rank :: self.num_replicas][skip:].tolist())
+        self.pass_epoch, self.pass_start, self._skip_next = self.epoch, self._skip_next, 0
+        return iter(self.global_order()[self.rank :: self.num_replicas][self.pass_start :].tolist())
 
     def __len__(self) -> int:
         return self.num_samples  # the whole epoch, also when a resumed pass starts part-way
+
+
+class ResumableLoader(DataLoader):
+    """A training ``DataLoader`` whose place in its epoch is saved in checkpoints.
+
+    Lightning saves ``state_dict()`` of a stateful training loader in every checkpoint and gives
+    it back through ``load_state_dict`` before the resumed run's first pass: the epoch and the
+    samples of it this process has trained on (batches handed to the loop, which never prefetches
+    from a loader of known length). Loader workers may have read further ahead; that does not count.
+    """
+
+    sampler: TrainingSampler
+
+    def __init__(self, dataset: CropDataset, sampler: TrainingSampler, **kwargs) -> None:
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self._batches_served = 0
+
+    def __iter__(self) -> Iterator[CropBatch]:
+        self._batches_served = 0
+        for batch in super().__iter__():
+            self._batches_served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        done = min(self.sampler.pass_start + self._batches_served * self.batch_size, self.sampler.num_samples)
+        return {"epoch": self.sampler.pass_epoch, "samples_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(int(state["epoch"]), int(state["samples_done"]))
 
 
 class EvaluationSampler(DistributedSampler):
