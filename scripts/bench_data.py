@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from luna.data.cache import CropCache
-from luna.data.cache_build import CacheSettings, build_cache
-from luna.data.candidates import load_candidate_arrays
-from luna.data.luna16 import Luna16Candidates
-from luna.data.volume import DEFAULT_WIDTH_IRC, HU_WINDOW
+from luna.data.cache.build import CacheSettings, build_cache
+from luna.data.cache.read import CropCache
+from luna.data.crops import DEFAULT_WIDTH_IRC
+from luna.data.volume import HU_WINDOW
+from luna.luna16.candidates import load_candidate_arrays
+from luna.luna16.sources import Luna16Candidates
 
 SETTINGS = CacheSettings(DEFAULT_WIDTH_IRC, HU_WINDOW)
 
@@ -59,8 +60,8 @@ def read_scan(path: Path) -> int:
 
 MEASURE_BUILD = """
 import os, resource, sys
-from luna.data import cache_build
-from luna.data.luna16 import Luna16Candidates
+from luna.data.cache import build as cache_build
+from luna.luna16.sources import Luna16Candidates
 
 def resident():
     with open("/proc/self/statm") as handle:
@@ -125,7 +126,7 @@ def main() -> None:
     data = work / "luna16"
     if not data.exists():  # in a child process, so that this one stays small for the workers it forks
         shape = " ".join(map(str, args.shape))
-        subprocess.run([sys.executable, "-m", "luna.data.phantom", str(data), "--series", str(args.scans), "--seed", "1",
+        subprocess.run([sys.executable, "-m", "luna.luna16.phantom", str(data), "--series", str(args.scans), "--seed", "1",
                         "--subsets", "2", "--shape_irc", *shape.split()], check=True, stderr=subprocess.DEVNULL)
     source = Luna16Candidates(data)
     scans = source.image_files()

@@ -4,7 +4,7 @@
 
 Writes a synthetic release-sized evaluation (888 scans, 1,186 nodules, 35,192 irrelevant findings,
 a 754,975-row predictions CSV from a noisy classifier whose marks cluster around the findings) and
-times ``luna.evaluation.files.evaluate_submission`` on it: reading the files, the 100-mark cap,
+times ``luna.luna16.scoring.evaluate_submission`` on it: reading the files, the 100-mark cap,
 the matching, the curve and CPM, then the same with the bootstrap.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from luna.evaluation.files import evaluate_submission
+from luna.luna16.scoring import evaluate_submission
 
 
 def write_release(folder: Path, rows: int, scans: int, nodules: int = 1186, irrelevant: int = 35_192) -> Path:

@@ -22,10 +22,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from luna.augment import Augmentation, _affine, augment
-from luna.data.luna16 import LunaDataModule
-from luna.data.phantom import PhantomSpec
-from luna.module import LunaClassifier
+from luna.luna16.datamodule import LunaDataModule
+from luna.luna16.phantom import PhantomSpec
+from luna.training.augment import Augmentation, _affine, augment
+from luna.training.module import LunaClassifier
 
 
 @dataclass

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from luna.data.candidates import load_candidate_arrays
-from luna.data.phantom import PhantomSpec, generate_phantom
-from luna.data.release import find_scans
 from luna.data.volume import Geometry, irc_to_xyz
+from luna.luna16.candidates import load_candidate_arrays
+from luna.luna16.phantom import PhantomSpec, generate_phantom
+from luna.luna16.release import find_scans
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,8 +66,8 @@ def run_python(code: str, *args: str) -> str:
 
 BUILD = """
 import os, resource, sys, time
-from luna.data import cache_build
-from luna.data.luna16 import Luna16Candidates
+from luna.data.cache import build as cache_build
+from luna.luna16.sources import Luna16Candidates
 
 def resident():
     with open("/proc/self/statm") as handle:
@@ -89,7 +89,7 @@ print(time.perf_counter() - start)
 WORKERS = """
 import sys, time
 from pathlib import Path
-from luna.data.luna16 import LunaDataModule
+from luna.luna16.datamodule import LunaDataModule
 
 def private_dirty(pid):
     fields = dict(line.split(":") for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
@@ -116,7 +116,7 @@ print(setup, sizes[1], sizes[1_000], sizes[10_000])
 PREDICT = """
 import resource, sys, time
 resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-from luna.fit import main
+from luna.cli.fit import main
 start = time.perf_counter()
 main(sys.argv[1:])
 print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

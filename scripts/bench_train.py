@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from luna.data.luna16 import LunaDataModule
-from luna.data.phantom import PhantomSpec
-from luna.module import LunaClassifier
+from luna.luna16.datamodule import LunaDataModule
+from luna.luna16.phantom import PhantomSpec
+from luna.training.module import LunaClassifier
 
 
 def samples_per_second(module: LunaClassifier, batches, steps: int, device: torch.device, autocast: bool) -> float:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from luna.evaluation.files import Evaluation, evaluate_submission, read_predictions
+from luna.luna16.scoring import Evaluation, evaluate_submission, read_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- default-job:begin -->", "<!-- default-job:end -->"

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from luna.data.cache_build import CacheSettings, build_cache
-from luna.data.luna16 import Luna16Candidates
-from luna.data.phantom import PhantomSpec, generate_phantom
-from luna.data.volume import DEFAULT_WIDTH_IRC, HU_WINDOW
+from luna.data.cache.build import CacheSettings, build_cache
+from luna.data.crops import DEFAULT_WIDTH_IRC
+from luna.data.volume import HU_WINDOW
+from luna.luna16.phantom import PhantomSpec, generate_phantom
+from luna.luna16.sources import Luna16Candidates
 
 SMALL_SPEC = PhantomSpec(series=12, seed=7, subsets=4, missing_series=2)
 SETTINGS = CacheSettings(DEFAULT_WIDTH_IRC, HU_WINDOW)
@@ -43,7 +44,7 @@ def cache_root(phantom_cache) -> Path:
 @pytest.fixture(scope="session")
 def points_dir(tmp_path_factory) -> Path:
     """A points-CSV dataset: NIfTI volumes, three classes, two volumes per patient."""
-    from luna.data.phantom import PointsPhantomSpec, generate_points_phantom
+    from luna.points.phantom import PointsPhantomSpec, generate_points_phantom
 
     return generate_points_phantom(tmp_path_factory.mktemp("points") / "data",
                                    PointsPhantomSpec(patients=6, findings_per_image=5, seed=3, shape_irc=(40, 64, 64)))

@@ -35,7 +35,7 @@ def points_config(path: Path, points_csv: Path, cache_dir: Path, run_dir: Path, 
     """A config for `luna.fit` that trains a few steps on a points CSV (three classes)."""
     config = {
         "data": {
-            "class_path": "luna.data.points.PointsDataModule",
+            "class_path": "luna.points.datamodule.PointsDataModule",
             "init_args": {"points_csv": str(points_csv), "cache_dir": str(cache_dir), "width_irc": [16, 32, 32],
                           "val_stride": 3, "batch_size": 8, "num_workers": 0, "negatives_per_positive": 1,
                           "samples_per_epoch": 24, **data},

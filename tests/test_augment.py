@@ -1,13 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
-import numpy as np
-
-from luna.augment import Augmentation, _affine, augment, flip, mixup, window_crop
-from luna.data.volume import crop_start, crop_starts
-from luna.module import LunaClassifier
+from luna.data.crops import crop_start, crop_starts
+from luna.training.augment import Augmentation, _affine, augment, flip, mixup, window_crop
+from luna.training.module import LunaClassifier
 
 WIDTH = (32, 48, 48)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from luna.data.cache import CacheBuildError, CropCache, open_built_cache
-from luna.data.cache_build import CacheSettings, build_cache, cache_path
-from luna.data.candidates import load_candidates
-from luna.data.luna16 import Luna16Candidates
-from luna.data.release import find_scans
+from luna.data.cache.build import CacheSettings, build_cache, cache_path
+from luna.data.cache.read import CacheBuildError, CropCache, open_built_cache
 from luna.data.volume import HU_WINDOW, ScanReadError, Volume
+from luna.luna16.candidates import load_candidates
+from luna.luna16.release import find_scans
+from luna.luna16.sources import Luna16Candidates
 from tests.conftest import SETTINGS
 
 
@@ -80,8 +80,8 @@ def test_parallel_build_is_byte_identical_to_serial(phantom_dir, phantom_cache, 
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    from luna.data import cache_build
-    from luna.data.luna16 import Luna16Candidates
+    from luna.data.cache import build as cache_build
+    from luna.luna16.sources import Luna16Candidates
     from tests.conftest import SETTINGS
     calls = 0
     real_replace = os.replace

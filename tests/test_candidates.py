@@ -1,8 +1,7 @@
+import numpy as np
 import pytest
 
-import numpy as np
-
-from luna.data.candidates import Candidate, CsvFormatError, load_candidates, matching_diameters
+from luna.luna16.candidates import Candidate, CsvFormatError, load_candidates, matching_diameters
 
 UID_A = "1.2.3.100"
 UID_B = "1.2.3.200"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from luna.evaluation.files import evaluate_submission
+from luna.luna16.scoring import evaluate_submission
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from luna.data.dataset import EvaluationSampler, TrainingSampler
-from luna.data.luna16 import LunaDataModule
-from luna.data.phantom import PhantomSpec
+from luna.data.samplers import EvaluationSampler, TrainingSampler
 from luna.data.splits import epoch_order, stride_split
+from luna.luna16.datamodule import LunaDataModule
+from luna.luna16.phantom import PhantomSpec
 
 
 def make(phantom_dir, cache_root, **kwargs):
@@ -67,7 +67,7 @@ def test_batches_are_int16_crops_with_traceable_candidates(phantom_dir, cache_ro
 
 
 def test_int16_batches_become_the_same_float32_crops_on_the_device(phantom_dir, cache_root):
-    from luna.module import LunaClassifier
+    from luna.training.module import LunaClassifier
 
     dm = make(phantom_dir, cache_root, batch_size=8)
     batch = next(iter(dm.val_dataloader()))

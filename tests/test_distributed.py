@@ -73,7 +73,7 @@ def test_ddp_predictions_equal_one_process(trained, tmp_path):
 
 
 def split_size(config: Path) -> int:
-    from luna.data.luna16 import LunaDataModule
+    from luna.luna16.datamodule import LunaDataModule
 
     data = yaml.safe_load(config.read_text())["data"]
     dm = LunaDataModule(data["data_dir"], cache_dir=data["cache_dir"], val_stride=data["val_stride"])
@@ -118,7 +118,6 @@ SLURM_ENV = {
 def test_lightning_reads_world_size_and_ranks_from_slurm(monkeypatch):
     import pytorch_lightning as pl
     from lightning_fabric.plugins.environments import SLURMEnvironment
-
     from lightning_utilities.core.rank_zero import rank_zero_only
 
     for key, value in SLURM_ENV.items():

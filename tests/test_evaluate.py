@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from luna.csvfile import CsvFormatError
-from luna.evaluate import main
-from luna.evaluation.files import evaluate_submission, read_series_list
+from luna.cli.evaluate import main
+from luna.data.csvfile import CsvFormatError
+from luna.luna16.scoring import evaluate_submission, read_series_list
 
 COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
 

@@ -19,16 +19,17 @@ import SimpleITK as sitk
 import torch
 import yaml
 
-from luna.csvfile import CsvFormatError
-from luna.data import cache_build
-from luna.data.cache import CacheBuildError, CropCache
-from luna.data.cache_build import build_cache
-from luna.data.luna16 import Luna16Candidates, LunaDataModule
-from luna.data.release import find_scans
+from luna.data.cache import build as cache_build
+from luna.data.cache.build import build_cache
+from luna.data.cache.read import CacheBuildError, CropCache
+from luna.data.csvfile import CsvFormatError
 from luna.data.volume import ScanReadError
-from luna.finetuning import UntrustedCheckpointError, load_network_weights
-from luna.model import LunaModel
-from luna.module import DivergenceError, LunaClassifier
+from luna.luna16.datamodule import LunaDataModule
+from luna.luna16.release import find_scans
+from luna.luna16.sources import Luna16Candidates
+from luna.models.luna_model import LunaModel
+from luna.training.finetuning import UntrustedCheckpointError, load_network_weights
+from luna.training.module import DivergenceError, LunaClassifier
 from tests.conftest import SETTINGS
 from tests.helpers import tiny_config
 from tests.test_cache import tree_bytes
@@ -126,8 +127,8 @@ def test_a_full_disk_names_the_file_the_bytes_needed_and_the_free_space(phantom_
 def test_builder_workers_die_with_a_killed_builder(phantom_dir, tmp_path):
     script = textwrap.dedent("""
         import sys, time
-        from luna.data import cache_build
-        from luna.data.luna16 import Luna16Candidates
+        from luna.data.cache import build as cache_build
+        from luna.luna16.sources import Luna16Candidates
         from tests.conftest import SETTINGS
         def sleepy(*job):
             time.sleep(600)
@@ -209,7 +210,7 @@ class NanAfter(torch.nn.Module):
 def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(phantom_dir, cache_root, tmp_path):
     import pytorch_lightning as pl
 
-    from luna.checkpointing import RunCheckpoint
+    from luna.callbacks.checkpoint import RunCheckpoint
 
     datamodule = LunaDataModule(phantom_dir, cache_dir=cache_root, batch_size=8, num_workers=0,
                                 negatives_per_positive=1, samples_per_epoch=32)
@@ -238,16 +239,16 @@ def test_validation_of_nan_outputs_warns_and_does_not_crash(phantom_dir, cache_r
     assert any("non-finite probabilities" in r.getMessage() for r in caplog.records)
 
 
-SIGTERM_AT = """
+SIGNAL_AT = """
 import os, signal
 import pytorch_lightning as pl
 
-class SigtermAt(pl.Callback):
-    def __init__(self, step: int):
-        self.step = step
+class SignalAt(pl.Callback):
+    def __init__(self, step: int, signal_name: str = "SIGTERM"):
+        self.step, self.signal_name = step, signal_name
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
 """
 
 
@@ -258,7 +259,7 @@ def fit(config: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_sigterm_saves_the_true_last_step_exits_non_zero_and_the_resumed_run_equals_an_uninterrupted_one(
         phantom_dir, cache_root, tmp_path):
-    (tmp_path / "stopper.py").write_text(SIGTERM_AT)
+    (tmp_path / "stopper.py").write_text(SIGNAL_AT)
     common = {"data": {"num_workers": 2, "samples_per_epoch": 48}, "trainer": {"max_epochs": 2}}
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
     merged = yaml.safe_load(config.read_text())
@@ -272,7 +273,7 @@ def test_sigterm_saves_the_true_last_step_exits_non_zero_and_the_resumed_run_equ
                                    text=True, timeout=300, env={**os.environ, "PYTHONPATH": env_path})
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     stopped = subprocess.run([sys.executable, "-m", "luna.fit", "--config", str(config),
-                              f"--trainer.default_root_dir={tmp_path / 'b'}", "--trainer.callbacks+=stopper.SigtermAt",
+                              f"--trainer.default_root_dir={tmp_path / 'b'}", "--trainer.callbacks+=stopper.SignalAt",
                               "--trainer.callbacks.step=8"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                              env={**os.environ, "PYTHONPATH": env_path})
     assert stopped.returncode == 143, stopped.stderr[-3000:]
@@ -289,19 +290,6 @@ def test_sigterm_saves_the_true_last_step_exits_non_zero_and_the_resumed_run_equ
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 12)
     for name, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][name]), name
-
-
-KILL_AT = """
-import os, signal
-import pytorch_lightning as pl
-
-class KillAt(pl.Callback):
-    def __init__(self, step: int):
-        self.step = step
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-"""
 
 
 def resume_config(tmp_path: Path, phantom_dir: Path, cache_root: Path) -> Path:
@@ -323,7 +311,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_resuming_an_end_of_epoch_checkpoint_with_loader_workers_repeats_a_straight_run(phantom_dir, cache_root,
                                                                                         tmp_path):
     """The README's example: a 2-epoch run resumed to 4 epochs trains the same steps and weights as 4 straight."""
-    from luna.fit import main
+    from luna.cli.fit import main
 
     config = resume_config(tmp_path, phantom_dir, cache_root)
     main(["--config", str(config), "--trainer.max_epochs=4", f"--trainer.default_root_dir={tmp_path / 'a'}"])
@@ -338,12 +326,12 @@ def test_resuming_an_end_of_epoch_checkpoint_with_loader_workers_repeats_a_strai
 
 
 def test_a_run_killed_mid_epoch_resumes_from_the_last_epoch_end_as_if_never_killed(phantom_dir, cache_root, tmp_path):
-    (tmp_path / "killer.py").write_text(KILL_AT)
+    (tmp_path / "stopper.py").write_text(SIGNAL_AT)
     config = resume_config(tmp_path, phantom_dir, cache_root)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
     killed = subprocess.run([sys.executable, "-m", "luna.fit", "--config", str(config), "--trainer.max_epochs=3",
-                             f"--trainer.default_root_dir={tmp_path / 'b'}", "--trainer.callbacks+=killer.KillAt",
-                             "--trainer.callbacks.step=5"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             f"--trainer.default_root_dir={tmp_path / 'b'}", "--trainer.callbacks+=stopper.SignalAt",
+                             "--trainer.callbacks.step=5", "--trainer.callbacks.signal_name=SIGKILL"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env=env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last = tmp_path / "b" / "version_0" / "checkpoints" / "last.ckpt"

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import torch
 
+from luna.callbacks.figures import FIGURES
+from luna.evaluation.figures import froc_figure
 from luna.evaluation.froc import Findings, Marks, Reference, froc
-from luna.figures import froc_figure
-from luna.metrics import StageMetrics
-from luna.validation_figures import FIGURES
+from luna.metrics.stage import StageMetrics
 
 
 def outcome(epoch=7):
@@ -77,7 +77,7 @@ def test_froc_figure_has_a_log_axis_and_the_seven_points():
 
 
 def test_importing_luna_leaves_the_matplotlib_backend_alone():
-    code = ("import matplotlib; import luna.fit, luna.figures, luna.validation_figures, luna.evaluate; "
+    code = ("import matplotlib; import luna.fit, luna.evaluation.figures, luna.callbacks.figures, luna.evaluate; "
             "print(matplotlib.get_backend())")
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MPLBACKEND": "svg"},
                             capture_output=True, text=True, check=True)

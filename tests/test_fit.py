@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from luna.fit import main
+from luna.cli.fit import main
 from tests.helpers import tiny_config
 
 
@@ -92,7 +92,7 @@ def test_last_checkpoint_is_the_last_epoch_when_the_monitor_never_improves(confi
 
 
 def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(config, tmp_path, phantom_dir):
-    from luna.evaluation.files import evaluate_submission
+    from luna.luna16.scoring import evaluate_submission
 
     main(["--config", str(config), "--checkpoint.monitor=val/cpm", "--checkpoint.mode=max"])
     checkpoints = run_dir(tmp_path) / "checkpoints"
@@ -134,11 +134,10 @@ def test_every_output_of_a_run_lands_in_one_folder_under_default_root_dir(config
 
 
 def test_a_plain_install_ships_the_configs(tmp_path):
+    import shutil
     import zipfile
 
-    from luna.fit import DEFAULT_CONFIG
-
-    import shutil
+    from luna.cli.fit import DEFAULT_CONFIG
 
     assert DEFAULT_CONFIG.is_file()
     root = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from luna.metrics import StageMetrics
+from luna.metrics.stage import StageMetrics
 
 
 def two_class(p_positive):

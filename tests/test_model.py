@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from luna.model import LunaModel, load_book_checkpoint
-from luna.module import LunaClassifier
+from luna.models.luna_model import LunaModel, load_book_checkpoint
+from luna.training.module import LunaClassifier
 
 BOOK_KEYS = {"tail_batchnorm.weight", "tail_batchnorm.bias", "tail_batchnorm.running_mean",
              "tail_batchnorm.running_var", "tail_batchnorm.num_batches_tracked", "head_linear.weight", "head_linear.bias"}

@@ -6,8 +6,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from luna.data.luna16 import LunaDataModule
-from luna.module import LunaClassifier
+from luna.luna16.datamodule import LunaDataModule
+from luna.training.module import LunaClassifier
 
 
 @pytest.fixture

@@ -4,12 +4,12 @@ import sys
 
 import numpy as np
 
-from luna.data.cache import CropCache
-from luna.data.cache_build import build_cache
-from luna.data.luna16 import Luna16Candidates
-from luna.data.phantom import PhantomSpec, generate_phantom
-from luna.data.release import find_scans
+from luna.data.cache.build import build_cache
+from luna.data.cache.read import CropCache
 from luna.data.volume import Geometry
+from luna.luna16.phantom import PhantomSpec, generate_phantom
+from luna.luna16.release import find_scans
+from luna.luna16.sources import Luna16Candidates
 from tests.conftest import SETTINGS
 
 
@@ -82,7 +82,7 @@ def test_nodules_are_brighter_than_their_surroundings_on_average(phantom_cache):
 def test_command_line(tmp_path):
     out = tmp_path / "cli"
     subprocess.run(
-        [sys.executable, "-m", "luna.data.phantom", str(out), "--series", "2", "--seed", "4", "--shape_irc", "40", "64", "64"],
+        [sys.executable, "-m", "luna.luna16.phantom", str(out), "--series", "2", "--seed", "4", "--shape_irc", "40", "64", "64"],
         check=True,
     )
     assert len(find_scans(out)) == 2

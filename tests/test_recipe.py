@@ -3,15 +3,13 @@
 import json
 
 import pytest
-
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger
 
-from luna.data.luna16 import LunaDataModule
-from luna.finetuning import ProgressiveUnfreezing
-from luna.fit import main
-from luna.module import LunaClassifier
+from luna.cli.fit import main
+from luna.luna16.datamodule import LunaDataModule
+from luna.training.finetuning import ProgressiveUnfreezing
+from luna.training.module import LunaClassifier
 from tests.helpers import tiny_config
 
 
@@ -51,7 +49,7 @@ def test_lr_finder_runs_end_to_end_and_reports(phantom_dir, cache_root, tmp_path
 
 
 def test_presized_context_trains_augmented_and_validates_on_the_exact_crop(phantom_dir, tmp_path):
-    from luna.augment import Augmentation
+    from luna.training.augment import Augmentation
 
     datamodule = LunaDataModule(phantom_dir, cache_dir=tmp_path / "cache", batch_size=4, num_workers=0,
                                 context_irc=(48, 64, 64), negatives_per_positive=1, samples_per_epoch=8)
@@ -101,7 +99,7 @@ def test_early_stopping_preset_monitors_val_f1(capsys):
 def test_the_learning_rate_suggestion_is_the_steepest_descent_before_divergence():
     import numpy as np
 
-    from luna.lr_finder import lr_finder_figure, suggest_learning_rate
+    from luna.callbacks.lr_finder import lr_finder_figure, suggest_learning_rate
 
     lrs = np.logspace(-6, 0, 100)
     x = np.log10(lrs)

@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from luna.data.luna16 import LunaDataModule
-from luna.data.release import find_scans
 from luna.data.volume import Geometry, irc_to_xyz
+from luna.luna16.datamodule import LunaDataModule
+from luna.luna16.release import find_scans
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_training_worker_memory_does_not_grow_with_the_candidate_count(phantom_d
 
 
 def test_bf16_mixed_precision_trains_and_evaluates_on_the_cpu(phantom_dir, cache_root, tmp_path):
-    from luna.fit import main
+    from luna.cli.fit import main
 
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
     cli = main(["--config", str(config), "--trainer.precision=bf16-mixed"])
@@ -122,7 +122,7 @@ def test_bf16_mixed_precision_trains_and_evaluates_on_the_cpu(phantom_dir, cache
 
 @pytest.mark.slow
 def test_a_compiled_network_trains_and_checkpoints_the_plain_weights(phantom_dir, cache_root, tmp_path):
-    from luna.fit import main
+    from luna.cli.fit import main
 
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
     cli = main(["--config", str(config), "--model.compile=true", "--trainer.limit_val_batches=2"])

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import yaml
 
-from luna.csvfile import CsvFormatError
-from luna.data.candidates import load_candidate_arrays
-from luna.data.luna16 import Luna16Candidates, Luna16Malignancy
-from luna.data.points import PointsCsv
-from luna.data.release import find_scans
-from luna.fit import main
+from luna.cli.fit import main
+from luna.data.csvfile import CsvFormatError
+from luna.luna16.candidates import load_candidate_arrays
+from luna.luna16.release import find_scans
+from luna.luna16.sources import Luna16Candidates, Luna16Malignancy
+from luna.points.source import PointsCsv
 from tests.helpers import points_config, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_a_points_csv_of_nifti_volumes_with_three_classes_trains_validates_tests
 def test_the_malignancy_task_trains_validates_and_predicts(phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, tmp_path / "cache", tmp_path / "runs", val_stride=4)
     base = yaml.safe_load(config.read_text())
-    base["data"] = {"class_path": "luna.data.luna16.MalignancyDataModule",
+    base["data"] = {"class_path": "luna.luna16.datamodule.MalignancyDataModule",
                     "init_args": {k: v for k, v in base["data"].items() if k != "phantom"}}
     base["checkpoint"] = {"monitor": "val/auroc", "mode": "max"}
     config.write_text(yaml.safe_dump(base))

@@ -2,9 +2,9 @@
 
 A dataset is a subclass that says where its rows come from (``source``); everything else is here
 and the same for every dataset: the int16 crop cache built once per node, the splits, balanced
-epochs, DDP-exact samplers and the loaders. ``luna.data.luna16.LunaDataModule`` (LUNA16
-candidates, the default), ``luna.data.luna16.MalignancyDataModule`` (the book's chapter 14) and
-``luna.data.points.PointsDataModule`` (a CSV of points in any volumes) are the three that ship.
+epochs, DDP-exact samplers and the loaders. ``luna.luna16.datamodule.LunaDataModule`` (LUNA16
+candidates, the default), ``luna.luna16.datamodule.MalignancyDataModule`` (the book's chapter 14) and
+``luna.points.datamodule.PointsDataModule`` (a CSV of points in any volumes) are the three that ship.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, DistributedSampler
 
-from luna.data.cache import CropCache, open_built_cache
-from luna.data.cache_build import CacheSettings, build_cache, cache_path
-from luna.data.dataset import CropDataset, EvaluationSampler, ResumableLoader, TrainingSampler, collate_crops
+from luna.data.cache.build import CacheSettings, build_cache, cache_path
+from luna.data.cache.read import CropCache, open_built_cache
+from luna.data.crops import DEFAULT_WIDTH_IRC
+from luna.data.dataset import CropDataset, collate_crops
+from luna.data.samplers import EvaluationSampler, ResumableLoader, TrainingSampler
 from luna.data.splits import SplitBy, split_items
 from luna.data.table import CropSource
-from luna.data.volume import DEFAULT_WIDTH_IRC, HU_WINDOW
+from luna.data.volume import HU_WINDOW
 from luna.evaluation.froc import Reference
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 A row is a point to cut a crop around: its image, its world centre in millimetres and its integer
 label. Each image belongs to a split group (the scan itself by default; a patient when several
 images share one) and optionally to a fold. The cache, the splits, the samplers, the metrics and
-the cluster scripts only ever see this table; a *source* (``luna.data.luna16``,
-``luna.data.points``) turns a dataset's own files into it.
+the cluster scripts only ever see this table; a *source* (``luna.luna16``,
+``luna.points``) turns a dataset's own files into it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from luna.csvfile import CsvFormatError, read_columns
+from luna.data.csvfile import CsvFormatError, read_columns
 
 log = logging.getLogger(__name__)
 

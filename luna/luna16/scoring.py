@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from luna.csvfile import CsvFormatError, read_columns
-from luna.data.release import find_scans
+from luna.data.csvfile import CsvFormatError, read_columns
 from luna.evaluation.froc import Findings, FrocResult, Marks, Reference, froc
+from luna.luna16.release import find_scans
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Your own 3D data in five minutes: a CSV of points in volumes, and its DataModule.
+"""Your own 3D data in five minutes: a CSV of points in volumes, as a crop source.
 
 ``points.csv`` (``image,coordX,coordY,coordZ,label[,group][,fold]``)::
 
@@ -22,18 +22,13 @@ lies inside its volume; errors name the file, the line and the column.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 
-from luna.csvfile import CsvFormatError, read_columns
-from luna.data.datamodule import CropDataModule
-from luna.data.phantom import PointsPhantomSpec, generate_points_phantom, spec_digest
+from luna.data.csvfile import CsvFormatError, read_columns
 from luna.data.table import NO_FOLD, CropSource, CropTable, hash_files
 from luna.data.volume import Geometry, ScanReadError
-
-log = logging.getLogger(__name__)
 
 REQUIRED = ("image", "coordX", "coordY", "coordZ", "label")
 OPTIONAL = ("group", "fold")
@@ -146,39 +141,3 @@ class PointsCsv(CropSource):
 
     def describe(self) -> str:
         return f"points of {self.path}"
-
-
-class PointsDataModule(CropDataModule):
-    """Crops around the points of a points CSV (any volumes, any number of classes).
-
-    Args:
-        points_csv: the CSV (see ``luna.data.points``). None: the phantom below. With
-            ``cache_dir`` None, the crop cache goes beside it, in ``luna-cache/``.
-        phantom: when ``points_csv`` is None, generate this phantom dataset (NIfTI volumes, three
-            classes) into ``<cache_dir>/points-phantom-<digest>/`` once and use it.
-        **kwargs: the arguments of ``CropDataModule`` (crop size, intensity window, splits...).
-    """
-
-    def __init__(self, points_csv: str | Path | None = None, phantom: PointsPhantomSpec | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.phantom = phantom
-        folder = f"points-phantom-{spec_digest(phantom)}" if phantom else ""
-        self.points_csv, self.generates_phantom = self.input_path(points_csv, phantom, f"{folder}/{POINTS_FILE}",
-                                                                  "points_csv")
-        if not self.generates_phantom and self.cache_dir is None:  # beside the data, out of the code checkout
-            self.cache_dir = self.points_csv.parent / "luna-cache"
-
-    def prepare_inputs(self) -> None:
-        """Generate the phantom when no ``points_csv`` was given and it is not there yet."""
-        if self.generates_phantom and not self.points_csv.is_file():
-            log.info("generating the phantom points dataset in %s", self.points_csv.parent)
-            generate_points_phantom(self.points_csv.parent, self.phantom)
-
-    @property
-    def class_names(self) -> list[str]:
-        if not self.points_csv.is_file() and self.phantom is not None:
-            return list(self.phantom.class_names)  # before the phantom exists: what it will hold
-        return super().class_names
-
-    def make_source(self) -> PointsCsv:
-        return PointsCsv(self.points_csv)

@@ -2,7 +2,7 @@
 them to the run's loggers (TensorBoard and W&B get images, a CSV logger gets PNG files in
 ``<run>/figures/``).
 
-A new figure is one function in ``luna.figures`` (``EvaluationOutcome -> Figure | None``) and one
+A new figure is one function in ``luna.evaluation.figures`` (``EvaluationOutcome -> Figure | None``) and one
 entry in ``FIGURES``.
 """
 
@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from luna.figures import (
+from luna.evaluation.figures import (
     confusion_figure,
     figure_to_array,
     froc_evaluation_figure,
@@ -24,7 +24,7 @@ from luna.figures import (
     pr_curve_figure,
     reliability_figure,
 )
-from luna.metrics import EvaluationOutcome
+from luna.metrics.stage import EvaluationOutcome
 
 log = logging.getLogger(__name__)
 

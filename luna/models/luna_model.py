@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from luna.data.volume import DEFAULT_WIDTH_IRC
+from luna.data.crops import DEFAULT_WIDTH_IRC
 
 BLOCK_COUNT = 4
 
@@ -25,7 +25,7 @@ BLOCK_COUNT = 4
 @runtime_checkable
 class Network(Protocol):
     """Any ``torch.nn.Module`` that maps crops ``[B, 1, I, R, C]`` to logits ``[B, classes]`` (or to
-    ``(logits, ...)``), given by ``class_path`` in a config: ``luna.model.LunaModel``,
+    ``(logits, ...)``), given by ``class_path`` in a config: ``luna.models.LunaModel``,
     ``monai.networks.nets.DenseNet121``, your own.
 
     (A protocol rather than ``nn.Module`` itself, so that ``--help`` does not list every module class

@@ -17,8 +17,8 @@ from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
 from torch.optim import Optimizer
 
-from luna.augment import Augmentation
-from luna.model import book_state_dict
+from luna.models.luna_model import book_state_dict
+from luna.training.augment import Augmentation
 
 log = logging.getLogger(__name__)
 

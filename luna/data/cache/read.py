@@ -1,7 +1,7 @@
 """The crop cache, read side: every crop cut once, stored as int16, served as verified views.
 
 The book's pipeline pickles each float32 crop into a disk cache (~160 GB, hours to fill). Here a
-build (``luna.data.cache_build``) reads each volume once, cuts all of its crops and writes them to
+build (``luna.data.cache.build``) reads each volume once, cuts all of its crops and writes them to
 one ``.npy`` file per volume; reads are slices of memory-mapped arrays (2 bytes a voxel).
 
 Layout of one cache (``<cache_dir>/luna-<key>/``)::

@@ -23,27 +23,23 @@ vessels, on the irrelevant findings, in the lungs, in the body and within a few 
 the six faces; some candidate rows belong to series that are not on disk, as when a user has
 only some subsets. The same arguments give the same bytes.
 
-Command line: ``python -m luna.data.phantom OUT_DIR [--series N] [--seed S] [--shape_irc I R C]``.
+Command line: ``python -m luna.luna16.phantom OUT_DIR [--series N] [--seed S] [--shape_irc I R C]``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from luna.data.synthetic import ball, ellipsoid, tube, write_folder_atomically
 from luna.data.volume import irc_to_xyz
 
-log = logging.getLogger("luna.data.phantom")  # not __name__: this module also runs as __main__
+log = logging.getLogger("luna.luna16.phantom")  # not __name__: this module also runs as __main__
 
 MARKER = "phantom.json"
 UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
@@ -97,51 +93,6 @@ def _series_uid(rng: np.random.Generator) -> str:
     return UID_ROOT + str(rng.integers(1, 10)) + digits[1:]
 
 
-def _box(center: np.ndarray, radius_vox: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
-    low = np.maximum(np.floor(center - radius_vox - 1), 0).astype(int)
-    high = np.minimum(np.ceil(center + radius_vox + 2), shape).astype(int)
-    return tuple(slice(lo, hi) for lo, hi in zip(low, high))
-
-
-def _grid_mm(box: tuple[slice, ...], spacing_irc: np.ndarray) -> list[np.ndarray]:
-    return [
-        (np.arange(s.start, s.stop, dtype=np.float32) * spacing_irc[axis]).reshape(
-            [-1 if k == axis else 1 for k in range(3)]
-        )
-        for axis, s in enumerate(box)
-    ]
-
-
-def _paint(volume: np.ndarray, box: tuple[slice, ...], distance_mm: np.ndarray, radius_mm: float,
-           value: float, edge_mm: float) -> np.ndarray:
-    """Blend ``value`` into ``volume[box]`` where ``distance < radius``, with a soft partial-volume edge."""
-    alpha = np.clip((radius_mm - distance_mm) / edge_mm + 0.5, 0.0, 1.0)
-    region = volume[box]
-    region += alpha * (value - region)
-    return alpha
-
-
-def _ball(volume, center_irc, radius_mm, value, spacing_irc, edge_mm):
-    box = _box(center_irc, radius_mm / spacing_irc, volume.shape)
-    z, y, x = _grid_mm(box, spacing_irc)
-    cz, cy, cx = center_irc * spacing_irc
-    distance = np.sqrt((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2)
-    return _paint(volume, box, distance, radius_mm, value, edge_mm)
-
-
-def _tube(volume, start_irc, end_irc, radius_mm, value, spacing_irc, edge_mm):
-    box_center = (start_irc + end_irc) / 2
-    half_extent = np.abs(end_irc - start_irc) / 2 + radius_mm / spacing_irc
-    box = _box(box_center, half_extent, volume.shape)
-    z, y, x = _grid_mm(box, spacing_irc)
-    a = start_irc * spacing_irc
-    ab = end_irc * spacing_irc - a
-    t = ((z - a[0]) * ab[0] + (y - a[1]) * ab[1] + (x - a[2]) * ab[2]) / max(float(ab @ ab), 1e-6)
-    t = np.clip(t, 0.0, 1.0)
-    distance = np.sqrt((z - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (x - a[2] - t * ab[2]) ** 2)
-    _paint(volume, box, distance, radius_mm, value, edge_mm)
-
-
 def _inside_ellipsoid(point: np.ndarray, center: np.ndarray, semi_axes: np.ndarray) -> bool:
     return float((((point - center) / semi_axes) ** 2).sum()) < 1.0
 
@@ -168,7 +119,7 @@ def _make_scan(spec: PhantomSpec, index: int, rng: np.random.Generator) -> _Scan
     lung_semi = np.array([0.44, 0.28, 0.18]) * extent_mm
     lung_centers = [extent_mm * np.array([0.5, 0.48, 0.5 + side * 0.21]) for side in (-1, 1)]
     for center_mm in lung_centers:
-        _ellipsoid_paint(volume, center_mm / spacing_irc, lung_semi, -860.0, spacing_irc, edge_mm)
+        ellipsoid(volume, center_mm / spacing_irc, lung_semi, -860.0, spacing_irc, edge_mm)
     lung_mask = volume < -500
 
     scan = _Scan(_series_uid(rng), volume, spacing_xyz, origin_xyz, direction, lung_mask)
@@ -182,14 +133,6 @@ def _make_scan(spec: PhantomSpec, index: int, rng: np.random.Generator) -> _Scan
     volume[:, ~fov] = padding
     scan.hu = np.clip(np.rint(volume), -32768, 32767).astype(np.int16)
     return scan
-
-
-def _ellipsoid_paint(volume, center_irc, semi_mm, value, spacing_irc, edge_mm):
-    box = _box(center_irc, semi_mm / spacing_irc, volume.shape)
-    z, y, x = _grid_mm(box, spacing_irc)
-    cz, cy, cx = center_irc * spacing_irc
-    scaled = np.sqrt(((z - cz) / semi_mm[0]) ** 2 + ((y - cy) / semi_mm[1]) ** 2 + ((x - cx) / semi_mm[2]) ** 2)
-    _paint(volume, box, scaled * semi_mm.min(), semi_mm.min(), value, edge_mm)
 
 
 def _random_lung_point(rng, lung_centers, lung_semi, shrink=0.85) -> np.ndarray:
@@ -215,7 +158,7 @@ def _draw_vessels(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> l
                 end = position + step
                 if not _inside_ellipsoid(end, center_mm, lung_semi * 0.95):
                     break
-                _tube(scan.hu, position / spacing_irc, end / spacing_irc, radius, 45.0, spacing_irc, edge_mm)
+                tube(scan.hu, position / spacing_irc, end / spacing_irc, radius, 45.0, spacing_irc, edge_mm)
                 points.append(((position + end) / 2) / spacing_irc)
                 position, radius = end, max(radius * 0.85, 0.5)
     return points
@@ -229,19 +172,19 @@ def _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> N
         calcified = not malignant and rng.random() < 0.3
         density = rng.uniform(300.0, 600.0) if calcified else rng.uniform(-80.0, 120.0) + (60.0 if malignant else 0.0)
         center_irc = center_mm / spacing_irc
-        _ball(scan.hu, center_irc, diameter / 2, density, spacing_irc, edge_mm)
+        ball(scan.hu, center_irc, diameter / 2, density, spacing_irc, edge_mm)
         # Texture: lobules make larger nodules uneven; malignant ones are lobulated and spiculated.
         lobules = int(diameter // 8) + (3 if malignant else 0)
         for _ in range(lobules):
             lobule = center_mm + rng.normal(0, diameter / (4 if malignant else 6), size=3)
-            _ball(scan.hu, lobule / spacing_irc, diameter / 4, density + rng.uniform(-60, 60), spacing_irc, edge_mm)
+            ball(scan.hu, lobule / spacing_irc, diameter / 4, density + rng.uniform(-60, 60), spacing_irc, edge_mm)
         if malignant:
             for _ in range(rng.integers(4, 9)):
                 direction = rng.normal(size=3)
                 direction /= np.linalg.norm(direction)
                 start = center_mm + direction * diameter * 0.4
                 end = center_mm + direction * diameter * rng.uniform(0.8, 1.3)
-                _tube(scan.hu, start / spacing_irc, end / spacing_irc, rng.uniform(0.4, 0.8), density, spacing_irc, edge_mm)
+                tube(scan.hu, start / spacing_irc, end / spacing_irc, rng.uniform(0.4, 0.8), density, spacing_irc, edge_mm)
         scan.nodules.append((center_irc, diameter, malignant))
 
 
@@ -250,7 +193,7 @@ def _draw_irrelevant(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -
     for _ in range(rng.integers(0, 3)):
         diameter = float(rng.uniform(1.5, 2.9))
         center_mm = _random_lung_point(rng, lung_centers, lung_semi, shrink=0.75)
-        _ball(scan.hu, center_mm / spacing_irc, diameter / 2, rng.uniform(-80.0, 120.0), spacing_irc, edge_mm)
+        ball(scan.hu, center_mm / spacing_irc, diameter / 2, rng.uniform(-80.0, 120.0), spacing_irc, edge_mm)
         scan.irrelevant.append((center_mm / spacing_irc, diameter))
     if scan.negatives_irc and rng.random() < 0.5:
         scan.irrelevant.append((scan.negatives_irc[0], -1.0))  # the first negative is on a vessel
@@ -293,35 +236,9 @@ def _csv_row(uid: str, xyz: tuple[float, float, float], last: str) -> str:
     return f"{uid},{xyz[0]:.9f},{xyz[1]:.9f},{xyz[2]:.9f},{last}\n"
 
 
-def _write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write`` on a staging folder beside ``out_dir`` and rename it when complete.
-
-    An interrupted run leaves no half-written dataset, and an existing ``out_dir`` is never
-    touched: it must not exist yet.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} already exists; phantom data is only written to a new folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    staging.chmod(0o755)
-    try:
-        write(staging)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def spec_digest(spec: object) -> str:
-    """A short digest of a phantom spec: its folder name, so another spec never reuses old data."""
-    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
-
-
 def generate_phantom(out_dir: str | Path, spec: PhantomSpec = PhantomSpec()) -> Path:
     """Write a LUNA16-format phantom folder to ``out_dir`` (atomically, a new folder) and return its path."""
-    _write_atomically(out_dir, lambda folder: _write_phantom(folder, spec))
+    write_folder_atomically(out_dir, lambda folder: _write_phantom(folder, spec))
     log.info("phantom LUNA16 data written to %s (%d scans)", out_dir, spec.series)
     return Path(out_dir)
 
@@ -382,78 +299,8 @@ def _radiologist_ratings(rng: np.random.Generator, malignant: bool) -> str:
     return str([int(r) for r in rng.integers(low, high, size=readers)])
 
 
-@dataclass(frozen=True)
-class PointsPhantomSpec:
-    """A phantom for the points-CSV route: CT-like NIfTI volumes with three kinds of finding.
-
-    ``solid`` are soft-tissue balls, ``cavity`` balls with an air-filled centre, ``calcified``
-    small very dense balls; sizes overlap, so the kind is told by the inside, as a radiologist
-    does. Two volumes per patient (the ``group`` column), several findings per volume.
-
-    Args:
-        patients: patients written; each has two volumes.
-        findings_per_image: the most findings in a volume (at least 2).
-        seed: everything follows from it.
-        shape_irc: volume shape (slices, rows, columns).
-    """
-
-    patients: int = 30
-    findings_per_image: int = 6
-    seed: int = 0
-    shape_irc: tuple[int, int, int] = (48, 96, 96)
-    class_names: tuple[str, ...] = ("calcified", "cavity", "solid")
-
-
-def generate_points_phantom(out_dir: str | Path, spec: PointsPhantomSpec = PointsPhantomSpec()) -> Path:
-    """Write ``out_dir/images/*.nii.gz`` and ``out_dir/points.csv`` (atomically, a new folder)."""
-    _write_atomically(out_dir, lambda folder: _write_points_phantom(folder, spec))
-    log.info("phantom points dataset written to %s (%d volumes)", out_dir, 2 * spec.patients)
-    return Path(out_dir)
-
-
-def _write_points_phantom(folder: Path, spec: PointsPhantomSpec) -> None:
-    (folder / "images").mkdir()
-    lines = ["image,coordX,coordY,coordZ,label,group\n"]
-    seeds = np.random.SeedSequence(spec.seed).spawn(2 * spec.patients)
-    shape = np.array(spec.shape_irc)
-    for index in range(2 * spec.patients):
-        rng = np.random.default_rng(seeds[index])
-        spacing_xyz = np.array([rng.uniform(0.7, 1.0), 0.0, rng.uniform(0.9, 1.5)])
-        spacing_xyz[1] = spacing_xyz[0]
-        spacing_irc = spacing_xyz[::-1].astype(np.float32)
-        origin_xyz = np.array([rng.uniform(-200, -100), rng.uniform(-200, -100), rng.uniform(-300, -100)])
-        edge_mm = float(spacing_irc.min())
-        volume = np.full(tuple(shape), -850.0, dtype=np.float32)  # lung-like background
-        placed: list[tuple[np.ndarray, float]] = []
-        for _ in range(rng.integers(2, spec.findings_per_image + 1)):
-            kind = int(rng.integers(0, 3))
-            diameter = float(rng.uniform(5.0, 9.0) if kind == 0 else rng.uniform(7.0, 16.0))
-            margin = diameter / 2 / spacing_irc + 3
-            center_irc = rng.uniform(margin, shape - 1 - margin)
-            if any(np.linalg.norm((center_irc - c) * spacing_irc) <= (diameter + d) / 2 + 2 for c, d in placed):
-                continue  # would overlap another finding
-            placed.append((center_irc, diameter))
-            if kind == 0:  # calcified
-                _ball(volume, center_irc, diameter / 2, rng.uniform(350.0, 700.0), spacing_irc, edge_mm)
-            else:
-                _ball(volume, center_irc, diameter / 2, rng.uniform(0.0, 80.0), spacing_irc, edge_mm)
-                if kind == 1:  # cavity: air inside
-                    _ball(volume, center_irc, diameter * rng.uniform(0.25, 0.35), -950.0, spacing_irc, edge_mm)
-            marked = center_irc + rng.uniform(-1.0, 1.0, size=3) * diameter / 10 / spacing_irc
-            x, y, z = irc_to_xyz(marked, origin_xyz, spacing_xyz, np.eye(3))
-            lines.append(f"images/case{index:03d}.nii.gz,{x:.4f},{y:.4f},{z:.4f},{spec.class_names[kind]},"
-                         f"patient{index // 2:03d}\n")
-        volume += rng.normal(0.0, 25.0, size=volume.shape).astype(np.float32)
-        image = sitk.GetImageFromArray(np.clip(np.rint(volume), -1024, 3071).astype(np.int16))
-        image.SetSpacing(tuple(float(v) for v in spacing_xyz))
-        image.SetOrigin(tuple(float(v) for v in origin_xyz))
-        sitk.WriteImage(image, str(folder / "images" / f"case{index:03d}.nii.gz"), useCompression=True)
-    (folder / "points.csv").write_text("".join(lines))
-    (folder / "phantom.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
-
-
 def main() -> None:
-    """``python -m luna.data.phantom OUT_DIR [--series N] [--seed S] [--shape_irc I R C] ...``."""
+    """``python -m luna.luna16.phantom OUT_DIR [--series N] [--seed S] [--shape_irc I R C] ...``."""
     import argparse
 
     defaults = PhantomSpec()
@@ -467,13 +314,9 @@ def main() -> None:
     parser.add_argument("--missing_series", type=int, default=defaults.missing_series,
                         help="series listed in the CSVs but not written")
     parser.add_argument("--noise_hu", type=float, default=defaults.noise_hu)
-    parser.add_argument("--points", action="store_true", help="write the points-CSV phantom (NIfTI, three classes) instead")
     args = vars(parser.parse_args())
     out_dir = args.pop("out_dir")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.pop("points"):
-        generate_points_phantom(out_dir, PointsPhantomSpec(seed=args["seed"]))
-        return
     args["shape_irc"] = tuple(args["shape_irc"])
     generate_phantom(out_dir, PhantomSpec(**args))
 

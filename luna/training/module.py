@@ -1,8 +1,8 @@
 """LunaClassifier: the LightningModule. It holds the network, the loss and the steps.
 
 Whatever watches a run lives in callbacks (``ValidationFigures``, ``RunLog``, ``RunCheckpoint``,
-``ProgressiveUnfreezing``); metrics are ``luna.metrics.StageMetrics``; augmentations and mixup are
-functions of ``luna.augment``; fine-tuning helpers live in ``luna.finetuning``.
+``ProgressiveUnfreezing``); metrics are ``luna.metrics.stage.StageMetrics``; augmentations and mixup are
+functions of ``luna.training.augment``; fine-tuning helpers live in ``luna.training.finetuning``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
-from luna.augment import Augmentation, augment, flip, mixup, window_crop
-from luna.data.volume import DEFAULT_WIDTH_IRC
+from luna.data.crops import DEFAULT_WIDTH_IRC
 from luna.data.dataset import CropBatch
-from luna.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
-from luna.metrics import EvaluationOutcome, StageMetrics
-from luna.model import LunaModel, Network
+from luna.metrics.stage import EvaluationOutcome, StageMetrics
+from luna.models.luna_model import LunaModel, Network
+from luna.training.augment import Augmentation, augment, flip, mixup, window_crop
+from luna.training.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
 
 log = logging.getLogger(__name__)
 

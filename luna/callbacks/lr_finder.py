@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 from matplotlib.figure import Figure
 from pytorch_lightning.callbacks import LearningRateFinder
 
-from luna.validation_figures import log_figures
+from luna.callbacks.figures import log_figures
 
 log = logging.getLogger(__name__)
 

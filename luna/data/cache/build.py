@@ -39,9 +39,19 @@ from pathlib import Path
 
 import numpy as np
 
-from luna.data.cache import COLUMNS, COLUMNS_DIR, FAILURE, FORMAT_VERSION, IMAGES, MANIFEST, CacheBuildError, crop_checksum
+from luna.data.cache.read import (
+    COLUMNS,
+    COLUMNS_DIR,
+    FAILURE,
+    FORMAT_VERSION,
+    IMAGES,
+    MANIFEST,
+    CacheBuildError,
+    crop_checksum,
+)
+from luna.data.crops import crop_starts
 from luna.data.table import CropSource, CropTable, file_name_of
-from luna.data.volume import ScanReadError, Volume, check_intensity, crop_starts, read_mhd_header, xyz_to_irc_many
+from luna.data.volume import ScanReadError, Volume, check_intensity, read_mhd_header, xyz_to_irc_many
 
 log = logging.getLogger(__name__)
 

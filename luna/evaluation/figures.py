@@ -2,9 +2,9 @@
 thresholds labelled. Pure matplotlib on numpy (``matplotlib.figure.Figure``, never ``pyplot``):
 importing luna leaves the caller's matplotlib backend alone, and figures render headless.
 
-Each builder takes an ``EvaluationOutcome`` (see ``luna.metrics``) and returns a ``Figure``, or
+Each builder takes an ``EvaluationOutcome`` (see ``luna.metrics.stage``) and returns a ``Figure``, or
 None when it does not apply (a PR curve needs two classes, a FROC needs evaluated scans).
-``luna.validation_figures.ValidationFigures`` draws and logs them after every validation and test.
+``luna.callbacks.figures.ValidationFigures`` draws and logs them after every validation and test.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
     from luna.evaluation.froc import FrocResult
-    from luna.metrics import EvaluationOutcome
+    from luna.metrics.stage import EvaluationOutcome
 
 SeriesName = Callable[[int], str]
 OPERATING_POINTS = ("1/8", "1/4", "1/2", "1", "2", "4", "8")

@@ -1,0 +1,1 @@
+"""What watches a run: checkpoints, figures, predictions, console lines, the learning-rate finder."""

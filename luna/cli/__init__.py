@@ -1,0 +1,1 @@
+"""The command lines; each module is one command, thin over the library."""

@@ -1,0 +1,192 @@
+"""``python -m luna.crossval``: LUNA16's ten-fold cross-validation, one fold after the other.
+
+    python -m luna.crossval --config configs/luna16.yaml --data.data_dir=/data/LUNA16 --output logs/crossval
+    python -m luna.crossval --folds 0,3 ...          # only some folds (the others can run later)
+    python -m luna.crossval --merge_only --output DIR   # score what the folds have predicted so far
+
+Fold K trains on the nine other subsets (``--data.split_by=subset --data.val_subset=K``) and then
+predicts every candidate of ``subsetK`` with its final weights (``last.ckpt``: the held-out fold
+chooses nothing, so its score is not optimistic). The ten prediction files are merged into one
+submission over all scans and scored once, as LUNA16 results are (FROC, CPM with its bootstrap
+interval), with each fold's own CPM beside it::
+
+    OUTPUT/foldK/version_N/...        the fold's run (checkpoints, metrics, figures)
+    OUTPUT/foldK/predictions.csv      its held-out predictions (written last: the fold is done)
+    OUTPUT/predictions.csv            the merged submission
+    OUTPUT/froc.json, froc.png        its FROC analysis
+    OUTPUT/crossval.json              per-fold and merged CPM
+
+Every other argument goes to ``python -m luna.fit`` unchanged. The command is resumable: a fold
+with predictions is skipped, a fold whose training was cut off resumes from its newest checkpoint
+(``last.ckpt`` or a SLURM ``hpc_ckpt``), and a trained fold only predicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from luna.luna16.report import summary, table, write_report
+from luna.luna16.scoring import evaluate_submission
+
+log = logging.getLogger("luna.crossval")  # not __name__: this module runs as __main__
+
+FOLDS = tuple(range(10))
+TRAINED = "trained.json"
+PREDICTIONS = "predictions.csv"
+
+
+def fold_arguments(fold: int, fold_dir: Path) -> list[str]:
+    """The ``luna.fit`` arguments that make a run fold ``fold`` of the cross-validation."""
+    return ["--data.split_by=subset", f"--data.val_subset={fold}", f"--trainer.default_root_dir={fold_dir}"]
+
+
+def newest_checkpoint(fold_dir: Path) -> Path | None:
+    """The most recent checkpoint of an interrupted fold: a ``last.ckpt`` or a SLURM ``hpc_ckpt``."""
+    candidates = list(fold_dir.glob("version_*/checkpoints/last.ckpt")) + list(fold_dir.glob("hpc_ckpt_*.ckpt"))
+    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def _luna_fit(arguments: list[str]) -> None:
+    """Run ``python -m luna.fit`` and wait; SIGTERM, SIGINT and SIGUSR1 (a SLURM time limit) are
+    passed on to it, so that it can save its checkpoint (and requeue) as a run started alone would."""
+    command = [sys.executable, "-m", "luna.fit", *arguments]
+    log.info("running: %s", " ".join(command))
+    child = subprocess.Popen(command)
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+    previous = {signum: signal.signal(signum, lambda signum, frame: child.send_signal(signum)) for signum in forwarded}
+    try:
+        status = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if status != 0:
+        raise subprocess.CalledProcessError(status, command)
+
+
+def run_fold(fold: int, output: Path, fit_args: list[str]) -> Path:
+    """Train fold ``fold`` (or resume it) and predict its held-out subset; returns its predictions."""
+    fold_dir = output / f"fold{fold}"
+    predictions = fold_dir / PREDICTIONS
+    if predictions.is_file():
+        log.info("fold %d: done (%s); skipped", fold, predictions)
+        return predictions
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    trained = fold_dir / TRAINED
+    if not trained.is_file():
+        resume = newest_checkpoint(fold_dir)
+        if resume is not None:
+            log.info("fold %d: resuming from %s", fold, resume)
+        _luna_fit(["fit", *fit_args, *fold_arguments(fold, fold_dir), *([f"--ckpt_path={resume}"] if resume else [])])
+        last = max(fold_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
+        trained.write_text(json.dumps({"checkpoint": str(last)}) + "\n")
+    checkpoint = json.loads(trained.read_text())["checkpoint"]
+    log.info("fold %d: predicting subset%d with %s", fold, fold, checkpoint)
+    _luna_fit(["predict", *fit_args, *fold_arguments(fold, fold_dir), f"--ckpt_path={checkpoint}",
+               f"--predictions.path={predictions}"])
+    return predictions
+
+
+def predicted_data_dir(fold_predictions: Path) -> Path:
+    """The data folder a fold's predictions are about (recorded beside them by ``luna.fit predict``)."""
+    about = fold_predictions.with_suffix(".json")
+    data_dir = json.loads(about.read_text()).get("data_dir") if about.is_file() else None
+    if not data_dir:
+        raise FileNotFoundError(f"{about} does not say which data folder {fold_predictions} predicts; predict the fold again")
+    return Path(data_dir)
+
+
+def merge(fold_predictions: dict[int, Path], merged: Path) -> None:
+    """Concatenate the folds' prediction files (same header) into one submission, atomically."""
+    temporary = merged.with_name(f".{merged.name}.tmp")
+    with temporary.open("w") as out:
+        for k, (fold, path) in enumerate(sorted(fold_predictions.items())):
+            with path.open() as handle:
+                header = handle.readline()
+                if k == 0:
+                    out.write(header)
+                for line in handle:
+                    out.write(line)
+    temporary.replace(merged)
+
+
+def score(output: Path, bootstrap: int, seed: int) -> dict:
+    """Merge the finished folds' predictions, score them once and each fold alone; write the reports."""
+    done = {fold: output / f"fold{fold}" / PREDICTIONS for fold in FOLDS
+            if (output / f"fold{fold}" / PREDICTIONS).is_file()}
+    if not done:
+        raise FileNotFoundError(f"no fold of {output} has predictions yet (fold*/{PREDICTIONS})")
+    data_dirs = {predicted_data_dir(path) for path in done.values()}
+    if len(data_dirs) > 1:
+        raise ValueError(f"the folds of {output} predict different data folders: {sorted(map(str, data_dirs))}")
+    data_dir = data_dirs.pop()
+    merged = output / PREDICTIONS
+    merge(done, merged)
+    subsets = None if len(done) == len(FOLDS) else sorted(done)
+    if subsets is not None:
+        log.warning("only folds %s have predictions: the merged FROC covers their subsets only", subsets)
+    per_fold = {fold: evaluate_submission(path, data_dir, subsets=[fold], bootstrap_samples=0).result
+                for fold, path in done.items()}
+    evaluation = evaluate_submission(merged, data_dir, subsets=subsets, bootstrap_samples=bootstrap, seed=seed)
+    write_report(evaluation, output, f"FROC: {len(done)}-fold cross-validation")
+    record = {
+        "folds": sorted(done),
+        "merged": summary(evaluation),
+        "per_fold": {str(fold): {"cpm": result.cpm, "scans": result.counts.scans, "nodules": result.counts.nodules,
+                                 "detected": result.counts.detected} for fold, result in per_fold.items()},
+    }
+    (output / "crossval.json").write_text(json.dumps(record, indent=1) + "\n")
+    lines = [table(evaluation, f"{merged} ({len(done)} folds merged)"), "", "per-fold CPM (each fold's scans alone):"]
+    lines += [f"  fold {fold}: CPM {result.cpm:.3f} over {result.counts.scans} scans, {result.counts.detected}/"
+              f"{result.counts.nodules} nodules detected" for fold, result in sorted(per_fold.items())]
+    print("\n".join(lines))
+    return record
+
+
+def _folds(text: str) -> list[int]:
+    try:
+        folds = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fold numbers like 0,3 but got {text!r}") from None
+    if not folds or any(fold not in FOLDS for fold in folds):
+        raise argparse.ArgumentTypeError(f"folds must be among 0-9, got {text!r}")
+    return folds
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m luna.crossval", description=__doc__.split("\n\n")[0],
+                                     epilog="Every other argument is passed to python -m luna.fit.", allow_abbrev=False)
+    parser.add_argument("--output", type=Path, default=Path("logs/crossval"), help="folder of the folds and the merge")
+    parser.add_argument("--folds", type=_folds, default=list(FOLDS), help="folds to run, e.g. 0,3 (default: all ten)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the merged CPM interval")
+    parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--merge_only", action="store_true", help="only merge and score the folds' predictions")
+    parser.add_argument("--no_merge", action="store_true", help="only run the folds (a SLURM array task)")
+    args, fit_args = parser.parse_known_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(message)s")
+    logging.getLogger("luna").setLevel(logging.INFO)
+    try:
+        if not args.merge_only:
+            for fold in args.folds:
+                run_fold(fold, args.output, fit_args)
+        if not args.no_merge:
+            score(args.output, args.bootstrap, args.bootstrap_seed)
+    except subprocess.CalledProcessError as error:
+        print(f"error: {' '.join(error.cmd[1:4])} failed with exit status {error.returncode}; rerun the same "
+              "command to resume", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

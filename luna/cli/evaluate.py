@@ -1,0 +1,70 @@
+"""``python -m luna.evaluate PREDICTIONS.csv --data_dir DIR``: FROC and CPM of a LUNA16 submission.
+
+Scores a predictions CSV (``seriesuid,coordX,coordY,coordZ,probability``, e.g. from
+``python -m luna.fit predict`` or the merged cross-validation) exactly as LUNA16's official
+``noduleCADEvaluationLUNA16.py`` does, in seconds instead of minutes, and with a seeded bootstrap:
+
+    python -m luna.evaluate logs/crossval/predictions.csv --data_dir /data/LUNA16 --output logs/crossval
+
+prints the sensitivity at 1/8 ... 8 false positives per scan, CPM and its 95 % interval, and
+writes ``OUTPUT/froc.json`` and ``OUTPUT/froc.png``. The evaluated scans are ``DIR/seriesuids.csv``
+when present (as in the release), otherwise the scans under ``DIR/subset*/``; ``--subsets 0,3``
+keeps only those folders' scans (one cross-validation fold), and ``--series FILE`` evaluates the scans
+listed in FILE instead (e.g. a validation split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from luna.data.csvfile import CsvFormatError
+from luna.luna16.report import table, write_report
+from luna.luna16.scoring import evaluate_submission
+
+
+def _subsets(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected subset numbers like 0,3 but got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m luna.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("predictions", type=Path, help="CSV with seriesuid,coordX,coordY,coordZ,probability")
+    parser.add_argument("--data_dir", type=Path, required=True,
+                        help="LUNA16 folder: annotations.csv, annotations_excluded.csv, seriesuids.csv or subset*/")
+    parser.add_argument("--output", type=Path, default=None, help="where froc.json and froc.png go "
+                        "(default: the predictions' folder)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% interval (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--subsets", type=_subsets, default=None, help="evaluate only the scans of these subsets, e.g. 0,3")
+    parser.add_argument("--series", type=Path, default=None, help="evaluate only the scans listed in this file, one uid "
+                        "per line (e.g. a validation split), instead of DIR/seriesuids.csv or DIR/subset*/")
+    args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap={args.bootstrap}: must be 0 or more")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(levelname)s: %(message)s")
+    try:
+        evaluation = evaluate_submission(args.predictions, args.data_dir, args.subsets, args.bootstrap, args.seed, args.series)
+    except (FileNotFoundError, CsvFormatError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if evaluation.result.counts.nodules == 0:
+        print(f"error: the {evaluation.result.counts.scans} evaluated scans hold no nodule of "
+              f"{args.data_dir / 'annotations.csv'}: sensitivity and CPM are undefined", file=sys.stderr)
+        return 2
+    output = args.output or args.predictions.parent
+    json_path, png_path = write_report(evaluation, output, f"FROC: {args.predictions.name}")
+    print(table(evaluation, str(args.predictions)))
+    print(f"\nwrote {json_path} and {png_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

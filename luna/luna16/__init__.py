@@ -1,0 +1,1 @@
+"""LUNA16, the worked dataset: its release, candidates, sources, DataModules, phantom and scoring."""

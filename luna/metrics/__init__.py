@@ -1,0 +1,1 @@
+"""torchmetrics of a training, validation or test stage, exact under DDP."""

@@ -1,0 +1,5 @@
+"""Networks that map 3D crops to class logits."""
+
+from luna.models.luna_model import LunaModel, Network
+
+__all__ = ["LunaModel", "Network"]

@@ -1,0 +1,107 @@
+"""A phantom for the points-CSV route: CT-like NIfTI volumes with three kinds of finding.
+
+Command line: ``python -m luna.points.phantom OUT_DIR [--seed S]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from luna.data.synthetic import ball, write_folder_atomically
+from luna.data.volume import irc_to_xyz
+
+log = logging.getLogger("luna.points.phantom")  # not __name__: this module also runs as __main__
+
+
+@dataclass(frozen=True)
+class PointsPhantomSpec:
+    """A phantom for the points-CSV route: CT-like NIfTI volumes with three kinds of finding.
+
+    ``solid`` are soft-tissue balls, ``cavity`` balls with an air-filled centre, ``calcified``
+    small very dense balls; sizes overlap, so the kind is told by the inside, as a radiologist
+    does. Two volumes per patient (the ``group`` column), several findings per volume.
+
+    Args:
+        patients: patients written; each has two volumes.
+        findings_per_image: the most findings in a volume (at least 2).
+        seed: everything follows from it.
+        shape_irc: volume shape (slices, rows, columns).
+    """
+
+    patients: int = 30
+    findings_per_image: int = 6
+    seed: int = 0
+    shape_irc: tuple[int, int, int] = (48, 96, 96)
+    class_names: tuple[str, ...] = ("calcified", "cavity", "solid")
+
+
+def generate_points_phantom(out_dir: str | Path, spec: PointsPhantomSpec = PointsPhantomSpec()) -> Path:
+    """Write ``out_dir/images/*.nii.gz`` and ``out_dir/points.csv`` (atomically, a new folder)."""
+    write_folder_atomically(out_dir, lambda folder: _write_points_phantom(folder, spec))
+    log.info("phantom points dataset written to %s (%d volumes)", out_dir, 2 * spec.patients)
+    return Path(out_dir)
+
+
+def _write_points_phantom(folder: Path, spec: PointsPhantomSpec) -> None:
+    (folder / "images").mkdir()
+    lines = ["image,coordX,coordY,coordZ,label,group\n"]
+    seeds = np.random.SeedSequence(spec.seed).spawn(2 * spec.patients)
+    shape = np.array(spec.shape_irc)
+    for index in range(2 * spec.patients):
+        rng = np.random.default_rng(seeds[index])
+        spacing_xyz = np.array([rng.uniform(0.7, 1.0), 0.0, rng.uniform(0.9, 1.5)])
+        spacing_xyz[1] = spacing_xyz[0]
+        spacing_irc = spacing_xyz[::-1].astype(np.float32)
+        origin_xyz = np.array([rng.uniform(-200, -100), rng.uniform(-200, -100), rng.uniform(-300, -100)])
+        edge_mm = float(spacing_irc.min())
+        volume = np.full(tuple(shape), -850.0, dtype=np.float32)  # lung-like background
+        placed: list[tuple[np.ndarray, float]] = []
+        for _ in range(rng.integers(2, spec.findings_per_image + 1)):
+            kind = int(rng.integers(0, 3))
+            diameter = float(rng.uniform(5.0, 9.0) if kind == 0 else rng.uniform(7.0, 16.0))
+            margin = diameter / 2 / spacing_irc + 3
+            center_irc = rng.uniform(margin, shape - 1 - margin)
+            if any(np.linalg.norm((center_irc - c) * spacing_irc) <= (diameter + d) / 2 + 2 for c, d in placed):
+                continue  # would overlap another finding
+            placed.append((center_irc, diameter))
+            if kind == 0:  # calcified
+                ball(volume, center_irc, diameter / 2, rng.uniform(350.0, 700.0), spacing_irc, edge_mm)
+            else:
+                ball(volume, center_irc, diameter / 2, rng.uniform(0.0, 80.0), spacing_irc, edge_mm)
+                if kind == 1:  # cavity: air inside
+                    ball(volume, center_irc, diameter * rng.uniform(0.25, 0.35), -950.0, spacing_irc, edge_mm)
+            marked = center_irc + rng.uniform(-1.0, 1.0, size=3) * diameter / 10 / spacing_irc
+            x, y, z = irc_to_xyz(marked, origin_xyz, spacing_xyz, np.eye(3))
+            lines.append(f"images/case{index:03d}.nii.gz,{x:.4f},{y:.4f},{z:.4f},{spec.class_names[kind]},"
+                         f"patient{index // 2:03d}\n")
+        volume += rng.normal(0.0, 25.0, size=volume.shape).astype(np.float32)
+        image = sitk.GetImageFromArray(np.clip(np.rint(volume), -1024, 3071).astype(np.int16))
+        image.SetSpacing(tuple(float(v) for v in spacing_xyz))
+        image.SetOrigin(tuple(float(v) for v in origin_xyz))
+        sitk.WriteImage(image, str(folder / "images" / f"case{index:03d}.nii.gz"), useCompression=True)
+    (folder / "points.csv").write_text("".join(lines))
+    (folder / "phantom.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+
+
+def main() -> None:
+    """``python -m luna.points.phantom OUT_DIR [--patients N] [--seed S]``."""
+    import argparse
+
+    defaults = PointsPhantomSpec()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path, help="folder to create (must not exist)")
+    parser.add_argument("--patients", type=int, default=defaults.patients, help="patients written (two volumes each)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    generate_points_phantom(args.out_dir, PointsPhantomSpec(patients=args.patients, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()

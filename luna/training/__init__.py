@@ -1,0 +1,1 @@
+"""The LightningModule (network, loss, steps), augmentation on the device and fine-tuning."""
