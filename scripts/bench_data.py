@@ -32,7 +32,7 @@ from luna.data.volume import HU_WINDOW
 from luna.luna16.candidates import load_candidate_arrays
 from luna.luna16.sources import Luna16Candidates
 
-SETTINGS = CacheSettings(DEFAULT_WIDTH_IRC, HU_WINDOW)
+SETTINGS = CacheSettings.native(DEFAULT_WIDTH_IRC, HU_WINDOW)
 
 
 def write_v2_scale_csvs(folder: Path, rows: int = 754_975, positives: int = 1_557, series: int = 888) -> tuple[Path, Path]:
@@ -75,7 +75,7 @@ def measured(*job):  # in the forked worker: its peak memory beyond what it shar
         out.write(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start}\\n")
 cache_build._cut_image = measured
 cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2],
-                        cache_build.CacheSettings((32, 48, 48), (-1000.0, 1000.0)), int(sys.argv[3]))
+                        cache_build.CacheSettings.native((32, 48, 48), (-1000.0, 1000.0)), int(sys.argv[3]))
 """
 
 

@@ -82,7 +82,7 @@ def measured(*job):
 cache_build._cut_image = measured
 width = tuple(int(w) for w in sys.argv[3].split(","))
 start = time.perf_counter()
-cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2], cache_build.CacheSettings(width, (-1000.0, 1000.0)), 2)
+cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2], cache_build.CacheSettings.native(width, (-1000.0, 1000.0)), 2)
 print(time.perf_counter() - start)
 """
 

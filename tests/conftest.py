@@ -14,7 +14,7 @@ from luna.luna16.phantom import PhantomSpec, generate_phantom
 from luna.luna16.sources import Luna16Candidates
 
 SMALL_SPEC = PhantomSpec(series=12, seed=7, subsets=4, missing_series=2)
-SETTINGS = CacheSettings(DEFAULT_WIDTH_IRC, HU_WINDOW)
+SETTINGS = CacheSettings.native(DEFAULT_WIDTH_IRC, HU_WINDOW)
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ def test_crops_match_the_reference_crop_and_order(phantom_dir, phantom_cache):
         crop, center_irc = Volume.read(scans[series_uid]).crop(center_xyz)
         assert np.array_equal(cache.crop(k), crop)
         assert tuple(cache.column("center_irc")[k]) == center_irc
-        assert all(0 <= o < w for o, w in zip(cache.offset_irc[k], (32, 48, 48)))
+        assert all(0 <= o < w for o, w in zip(cache.offset_irc()[k], (32, 48, 48)))
     assert cache.crop(0).dtype == np.int16 and not cache.crop(0).flags.writeable
     assert cache.manifest["crops_per_class"][1] == sum(c.is_nodule for c in expected)
 
@@ -68,7 +68,7 @@ def test_changed_inputs_build_a_new_cache(phantom_copy, phantom_cache, tmp_path)
         handle.write(first_row + "\n")
     changed = build_cache(Luna16Candidates(phantom_copy), tmp_path / "c", SETTINGS)
     assert changed.name != phantom_cache.name
-    wider = CacheSettings((32, 64, 64), HU_WINDOW)
+    wider = CacheSettings.native((32, 64, 64), HU_WINDOW)
     assert cache_path(tmp_path, source, wider) != cache_path(tmp_path, source, SETTINGS)
 
 

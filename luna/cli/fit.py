@@ -113,7 +113,7 @@ class LunaCLI(LightningCLI):
                             help="loggers of the run, all in <trainer.default_root_dir>/version_N/ "
                                  "(csv is required; wandb is offline unless WANDB_MODE=online). An explicit "
                                  "--trainer.logger replaces them.")
-        parser.link_arguments("data.init_args.width_irc", "model.width_irc")
+        parser.link_arguments("data.input_widths_irc", "model.input_widths_irc", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from luna.data.cache.build import CacheSettings, build_cache, cache_path
 from luna.data.cache.read import CropCache, open_built_cache
-from luna.data.crops import DEFAULT_WIDTH_IRC
+from luna.data.crops import DEFAULT_WIDTH_IRC, View
 from luna.data.dataset import CropDataset, collate_crops
 from luna.data.samplers import EvaluationSampler, ResumableLoader, TrainingSampler
 from luna.data.splits import SplitBy, split_items
@@ -50,8 +50,18 @@ class CropDataModule(pl.LightningDataModule):
             2 bytes a voxel (LUNA16 V2: about 110 GB). None: beside the dataset (the subclass
             says where), which keeps real data's cache out of the code checkout.
         width_irc: the crop the model sees (slices, rows, columns).
+        spacing_mm: the crop's voxel size in millimetres along I, R, C (e.g. ``[1.25, 0.7, 0.7]``
+            or ``[1, 1, 1]``): each crop is resampled from its scan, centred exactly on the
+            candidate, so that it covers the same millimetres in every scan; outside the scan it
+            is filled with the low end of ``intensity_window`` (CT: air). None: ``width_irc``
+            voxels of the scan's own grid (the book), shifted inside at the scan's borders.
         context_irc: a larger crop to cache and serve for training (on-device augmentation then
-            sees real voxels around the model's crop); None caches exactly ``width_irc``.
+            sees real voxels around the model's crop), at the same spacing; None caches exactly
+            ``width_irc``.
+        extra_views: more views of each candidate, each with its own ``width_irc``, ``spacing_mm``
+            and ``context_irc`` (e.g. three fields of view, as Dou et al. 2017); all are cut at
+            build time, batches carry them in ``extra_views`` and the network gets one crop per
+            view (``luna.models.MultiViewLunaModel`` by default).
         intensity_window: values are clipped to this window (CT: [-1000, 1000] HU)...
         intensity_scale: ...then multiplied by this and rounded to int16 (1 for CT's integer HU).
         split_by: ``"series"`` strides over the split groups sorted by id (LUNA16: scans; no scan
@@ -79,7 +89,9 @@ class CropDataModule(pl.LightningDataModule):
         self,
         cache_dir: str | Path | None = None,
         width_irc: tuple[int, int, int] = DEFAULT_WIDTH_IRC,
+        spacing_mm: tuple[float, float, float] | None = None,
         context_irc: tuple[int, int, int] | None = None,
+        extra_views: list[View] | None = None,
         intensity_window: tuple[float, float] = HU_WINDOW,
         intensity_scale: float = 1.0,
         split_by: SplitBy = "series",
@@ -102,12 +114,13 @@ class CropDataModule(pl.LightningDataModule):
         _positive("samples_per_epoch", samples_per_epoch)
         _positive("negatives_per_positive", negatives_per_positive, 0)
         _positive("build_processes", build_processes)
-        if context_irc is not None and any(c < w for c, w in zip(context_irc, width_irc)):
-            raise ValueError(f"context_irc={tuple(context_irc)} must be at least width_irc={tuple(width_irc)} on every axis")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.width_irc = tuple(int(w) for w in width_irc)
-        self.settings = CacheSettings(tuple(int(w) for w in (context_irc or width_irc)), tuple(intensity_window),
-                                      float(intensity_scale))
+        self.views = [View(tuple(width_irc), None if spacing_mm is None else tuple(spacing_mm),
+                           None if context_irc is None else tuple(context_irc)), *(extra_views or [])]
+        names = ("the first view (data.width_irc, data.spacing_mm)",
+                 *(f"data.extra_views[{k}]" for k in range(len(self.views) - 1)))
+        self.settings = CacheSettings(tuple(View(view.cached_irc, view.spacing_mm) for view in self.views),
+                                      tuple(intensity_window), float(intensity_scale), names)
         self.split_by, self.val_stride, self.val_subset = split_by, val_stride, val_subset
         self.batch_size, self.num_workers = batch_size, num_workers
         self.negatives_per_positive, self.samples_per_epoch, self.seed = negatives_per_positive, samples_per_epoch, seed
@@ -137,6 +150,12 @@ class CropDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def input_widths_irc(self) -> list[list[int]]:
+        """The crop the network sees of each view (linked to the model by the CLI; lists, which YAML
+        and checkpoints keep as plain data)."""
+        return [list(view.width_irc) for view in self.views]
 
     def froc_reference(self, stage: str) -> Reference | None:
         """What a LUNA16 FROC scores a stage against; None (the default): no FROC for this data."""
@@ -197,7 +216,7 @@ class CropDataModule(pl.LightningDataModule):
         if self.cache is None:
             raise RuntimeError("call setup() before asking for data")
         if name not in self._datasets:
-            self._datasets[name] = CropDataset(self.cache, positions, self.width_irc, serve_context)
+            self._datasets[name] = CropDataset(self.cache, positions, self.input_widths_irc, serve_context)
         return self._datasets[name]
 
     @property

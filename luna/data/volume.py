@@ -45,12 +45,18 @@ def xyz_to_irc(
     return int(i), int(r), int(c)
 
 
+def xyz_to_continuous_irc(centers_xyz: np.ndarray, origin_xyz: np.ndarray, spacing_xyz: np.ndarray,
+                          direction: np.ndarray) -> np.ndarray:
+    """Millimetres ``[n, 3]`` (x, y, z) to continuous voxel indices ``[n, 3]`` float64 (I, R, C), unrounded."""
+    offset = np.asarray(centers_xyz, dtype=np.float64).reshape(-1, 3) - origin_xyz
+    cri = np.linalg.solve(direction, offset.T).T / spacing_xyz
+    return cri[:, ::-1]
+
+
 def xyz_to_irc_many(centers_xyz: np.ndarray, origin_xyz: np.ndarray, spacing_xyz: np.ndarray,
                     direction: np.ndarray) -> np.ndarray:
     """``xyz_to_irc`` of many centres ``[n, 3]`` at once: ``[n, 3]`` int64 (I, R, C)."""
-    offset = np.asarray(centers_xyz, dtype=np.float64).reshape(-1, 3) - origin_xyz
-    cri = np.linalg.solve(direction, offset.T).T / spacing_xyz
-    return np.round(cri).astype(np.int64)[:, ::-1]
+    return np.round(xyz_to_continuous_irc(centers_xyz, origin_xyz, spacing_xyz, direction)).astype(np.int64)
 
 
 def irc_to_xyz(
@@ -75,6 +81,17 @@ def check_intensity(window: Sequence[float], scale: float) -> tuple[float, float
     if max(abs(low), abs(high)) * scale > np.iinfo(np.int16).max:
         raise ValueError(f"intensity_window={list(window)} x intensity_scale={scale} does not fit int16 (|value| <= 32767)")
     return low, high
+
+
+def stored_values(values: np.ndarray, window: Sequence[float], scale: float) -> np.ndarray:
+    """Values as luna stores them: ``round(clip(value, window) * scale)`` as int16 (CT: HU in [-1000, 1000]).
+
+    Integer values with scale 1 are clipped without a float round trip (LUNA16's voxels: lossless).
+    """
+    low, high = check_intensity(window, scale)
+    if np.issubdtype(values.dtype, np.integer) and scale == 1.0:
+        return np.clip(values, math.ceil(low), math.floor(high)).astype(np.int16, copy=False)
+    return np.rint(np.clip(values, low, high) * scale).astype(np.int16)
 
 
 def read_mhd_header(mhd_path: Path) -> dict[str, str]:
@@ -172,7 +189,8 @@ class Volume:
 
     Attributes:
         name: the file's stem (LUNA16: the series uid).
-        voxels: int16 array of shape (I, R, C).
+        voxels: array of shape (I, R, C): int16 as stored (``read``), or the file's own values
+            (``read(..., window=None)``: for resampling, which clips after interpolating).
         origin_xyz: position of voxel (0, 0, 0) in millimetres.
         spacing_xyz: voxel size in millimetres along x, y, z.
         direction: 3x3 direction cosines (columns are the x, y, z index axes in patient space).
@@ -185,10 +203,11 @@ class Volume:
     direction: np.ndarray
 
     @classmethod
-    def read(cls, path: str | Path, window: Sequence[float] = HU_WINDOW, scale: float = 1.0) -> Volume:
+    def read(cls, path: str | Path, window: Sequence[float] | None = HU_WINDOW, scale: float = 1.0) -> Volume:
         """Read a volume: ``.mhd/.raw``, ``.nii(.gz)``, ``.nrrd``, ``.mha`` or a DICOM series folder.
 
-        Voxels become ``round(clip(value, window) * scale)`` as int16.
+        Voxels become ``round(clip(value, window) * scale)`` as int16 (``stored_values``); with
+        ``window=None`` they keep the file's values and type.
 
         Raises:
             ScanReadError: naming the file, when it is missing, truncated, not 3D, has a header
@@ -214,15 +233,12 @@ class Volume:
             raise ScanReadError(f"scan {name} ({path}) is not a single-channel 3D image "
                                 f"({image.GetDimension()}D, {image.GetNumberOfComponentsPerPixel()} components)")
         values = sitk.GetArrayViewFromImage(image)  # no copy: clipping below makes the one copy we keep
-        low, high = check_intensity(window, scale)
-        if np.issubdtype(values.dtype, np.integer) and scale == 1.0:
-            stored = np.clip(values, math.ceil(low), math.floor(high)).astype(np.int16, copy=False)
-        else:
+        if not np.issubdtype(values.dtype, np.integer):
             finite = np.isfinite(values)
             if not finite.all():
                 bad = int((~finite).sum())
                 raise ScanReadError(f"scan {name} ({path}) has {bad:,} voxels that are NaN or infinite")
-            stored = np.rint(np.clip(values, low, high) * scale).astype(np.int16)
+        stored = np.array(values) if window is None else stored_values(values, window, scale)
         return cls(
             name=name,
             voxels=stored,

@@ -1,4 +1,5 @@
-"""LunaModel: the book's chapter 11 nodule classifier, with its state-dict keys kept.
+"""LunaModel: the book's chapter 11 nodule classifier, with its state-dict keys kept; and its
+multi-view form, one LunaModel trunk per view of the candidate.
 
 BatchNorm3d on the single input channel, four blocks of (Conv3d 3x3x3 + ReLU) x 2 + MaxPool3d(2)
 with channels 8 -> 16 -> 32 -> 64, then a linear layer to two classes and a softmax beside the
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -20,13 +21,16 @@ from torch import nn
 from luna.data.crops import DEFAULT_WIDTH_IRC
 
 BLOCK_COUNT = 4
+HeadInit = Literal["kaiming", "zero"]
 
 
 @runtime_checkable
 class Network(Protocol):
     """Any ``torch.nn.Module`` that maps crops ``[B, 1, I, R, C]`` to logits ``[B, classes]`` (or to
     ``(logits, ...)``), given by ``class_path`` in a config: ``luna.models.LunaModel``,
-    ``monai.networks.nets.DenseNet121``, your own.
+    ``monai.networks.nets.DenseNet121``, your own. A network for several views of each candidate
+    (``data.extra_views``) takes a tuple of crops, one per view, and says which with an
+    ``input_widths_irc`` attribute (as ``luna.models.MultiViewLunaModel``).
 
     (A protocol rather than ``nn.Module`` itself, so that ``--help`` does not list every module class
     that happens to be imported.)
@@ -50,7 +54,61 @@ class LunaBlock(nn.Module):
         return self.maxpool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
 
 
-class LunaModel(nn.Module):
+class LunaTrunk(nn.Module):
+    """The book's feature extractor: the input BatchNorm3d and the four blocks (no head).
+
+    Args:
+        in_channels: channels of the input crop (1 for CT).
+        conv_channels: channels of the first block; each later block doubles them.
+        width_irc: crop size (I, R, C); each axis must be divisible by 16 (four 2x pools).
+    """
+
+    def __init__(self, in_channels: int = 1, conv_channels: int = 8,
+                 width_irc: Sequence[int] = DEFAULT_WIDTH_IRC) -> None:
+        super().__init__()
+        pool = 2**BLOCK_COUNT
+        if len(width_irc) != 3 or any(size % pool or size <= 0 for size in width_irc):
+            raise ValueError(f"width_irc={list(width_irc)}: every axis must be a positive multiple of {pool} "
+                             "for LunaModel (four 2x poolings)")
+        self.width_irc = tuple(width_irc)
+        self.tail_batchnorm = nn.BatchNorm3d(in_channels)
+        channels = [in_channels] + [conv_channels * 2**k for k in range(BLOCK_COUNT)]
+        for k in range(BLOCK_COUNT):
+            self.add_module(f"block{k + 1}", LunaBlock(channels[k], channels[k + 1]))
+        self.features = channels[-1] * math.prod(size // pool for size in width_irc)
+
+    @property
+    def blocks(self) -> list[LunaBlock]:
+        """The convolutional blocks, input side first (used by fine-tuning to freeze by depth)."""
+        return [getattr(self, f"block{k + 1}") for k in range(BLOCK_COUNT)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened features ``[B, self.features]``."""
+        x = self.tail_batchnorm(x)
+        for block in self.blocks:
+            x = block(x)
+        return x.flatten(1)
+
+
+def init_weights(network: nn.Module, head: nn.Linear, head_init: HeadInit) -> None:
+    """The book's Kaiming-normal weights (fan_out, ReLU gain; biases uniform in +-1/sqrt(fan_out))
+    everywhere, then the head as ``head_init`` says: ``kaiming`` (the book) or ``zero`` (weights
+    and bias 0: every class equally likely at the start, a first loss of ln(classes))."""
+    for module in network.modules():
+        if isinstance(module, (nn.Linear, nn.Conv3d)):
+            nn.init.kaiming_normal_(module.weight.data, a=0, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                _, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight.data)
+                bound = 1 / math.sqrt(fan_out)
+                nn.init.uniform_(module.bias, -bound, bound)
+    if head_init == "zero":
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    elif head_init != "kaiming":
+        raise ValueError(f"head_init={head_init!r}: expected 'kaiming' or 'zero'")
+
+
+class LunaModel(LunaTrunk):
     """The book's LUNA16 candidate classifier.
 
     Args:
@@ -59,48 +117,57 @@ class LunaModel(nn.Module):
         width_irc: crop size (I, R, C) the model is built for; the head's input size follows from
             it, so each axis must be divisible by 16 (four 2x pools).
         num_classes: outputs of the head (2 for the book's nodule / non-nodule).
+        head_init: ``kaiming`` (the book: Kaiming-normal with fan_out, which starts with logits in
+            the tens) or ``zero`` (the head starts at 0: every class equally likely). Either way
+            the state-dict keys are the book's, so book checkpoints load.
 
     ``forward`` returns ``(logits, probabilities)``, both of shape ``[B, num_classes]``.
     """
 
     def __init__(
         self, in_channels: int = 1, conv_channels: int = 8, width_irc: Sequence[int] = DEFAULT_WIDTH_IRC,
-        num_classes: int = 2,
+        num_classes: int = 2, head_init: HeadInit = "kaiming",
     ) -> None:
-        super().__init__()
-        pool = 2**BLOCK_COUNT
-        if any(size % pool or size <= 0 for size in width_irc):
-            raise ValueError(f"width_irc={tuple(width_irc)}: every axis must be a positive multiple of {pool}")
-        self.width_irc = tuple(width_irc)
-        self.tail_batchnorm = nn.BatchNorm3d(in_channels)
-        channels = [in_channels] + [conv_channels * 2**k for k in range(BLOCK_COUNT)]
-        for k in range(BLOCK_COUNT):
-            self.add_module(f"block{k + 1}", LunaBlock(channels[k], channels[k + 1]))
-        head_features = channels[-1] * math.prod(size // pool for size in width_irc)
-        self.head_linear = nn.Linear(head_features, num_classes)
+        super().__init__(in_channels, conv_channels, width_irc)
+        self.head_linear = nn.Linear(self.features, num_classes)
         self.head_softmax = nn.Softmax(dim=1)
-        self._init_weights()
-
-    @property
-    def blocks(self) -> list[LunaBlock]:
-        """The convolutional blocks, input side first (used by fine-tuning to freeze by depth)."""
-        return [getattr(self, f"block{k + 1}") for k in range(BLOCK_COUNT)]
-
-    def _init_weights(self) -> None:
-        """Kaiming-normal (fan_out, ReLU gain) weights; biases uniform in +-1/sqrt(fan_out) as in the book."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv3d)):
-                nn.init.kaiming_normal_(module.weight.data, a=0, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    _, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight.data)
-                    bound = 1 / math.sqrt(fan_out)
-                    nn.init.uniform_(module.bias, -bound, bound)
+        init_weights(self, self.head_linear, head_init)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.tail_batchnorm(x)
-        for block in self.blocks:
-            x = block(x)
-        logits = self.head_linear(x.flatten(1))
+        logits = self.head_linear(super().forward(x))
+        return logits, self.head_softmax(logits)
+
+
+class MultiViewLunaModel(nn.Module):
+    """Several views of one candidate (fields of view, spacings), one LunaModel trunk each, their
+    features joined before one linear head (the fusion of Dou et al. 2017, on the book's trunk).
+
+    Args:
+        input_widths_irc: the crop size of each view, in the data's order.
+        in_channels, conv_channels: of every trunk (as ``LunaModel``).
+        num_classes: outputs of the head.
+        head_init: as ``LunaModel``.
+
+    ``forward`` takes a tuple of crops ``[B, 1, *width]``, one per view, and returns
+    ``(logits, probabilities)``.
+    """
+
+    def __init__(self, input_widths_irc: Sequence[Sequence[int]], in_channels: int = 1, conv_channels: int = 8,
+                 num_classes: int = 2, head_init: HeadInit = "kaiming") -> None:
+        super().__init__()
+        self.input_widths_irc = [tuple(width) for width in input_widths_irc]
+        if not self.input_widths_irc:
+            raise ValueError("input_widths_irc: a multi-view network needs at least one view")
+        self.trunks = nn.ModuleList(LunaTrunk(in_channels, conv_channels, width) for width in self.input_widths_irc)
+        self.head_linear = nn.Linear(sum(trunk.features for trunk in self.trunks), num_classes)
+        self.head_softmax = nn.Softmax(dim=1)
+        init_weights(self, self.head_linear, head_init)
+
+    def forward(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(views) != len(self.trunks):
+            raise ValueError(f"MultiViewLunaModel has {len(self.trunks)} trunks but got {len(views)} views")
+        features = torch.cat([trunk(view) for trunk, view in zip(self.trunks, views)], dim=1)
+        logits = self.head_linear(features)
         return logits, self.head_softmax(logits)
 
 

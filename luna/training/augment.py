@@ -11,6 +11,10 @@ Presizing: training batches may hold a larger *context* crop than the model sees
 lies inside it. The augmentation samples from the whole context, so offsets and rotations see real
 voxels instead of inventing border voxels.
 
+Several views of one candidate (fields of view, spacings) are transformed together
+(``augment_views``): the same flips, the same scale and the same rotation about the candidate,
+and the same shift in millimetres, so that every view still shows the same point.
+
 Exactness: with every magnitude at zero, no resampling happens at all: the output is an integer
 slice of the input, bit for bit. Flips alone are ``torch.flip``, also exact.
 """
@@ -18,7 +22,9 @@ slice of the input, bit for bit. Flips alone are ``torch.flip``, also exact.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -74,8 +80,34 @@ def _random_flips(augmentation: Augmentation, batch: int, device: torch.device) 
     return (torch.rand(batch, 3, device=device) < 0.5) & enabled
 
 
+class ViewCrops(NamedTuple):
+    """One view of a batch, for ``augment_views``.
+
+    Attributes:
+        crops: ``[B, C, *context]`` the cached (context) crops.
+        window_irc: ``[B, 3]`` where the untransformed model crop lies in each context crop.
+        width_irc: the model crop's size.
+        offset_irc: ``[B, 3]`` the candidate's voxel in each context crop (the centre of rotation
+            and scaling); None: the middle of the model crop.
+        voxel_mm: ``[B, 3]`` each crop's voxel size along I, R, C, which turns a shift into the same
+            millimetres in every view; None: shifts are fractions of this view's own half-width.
+    """
+
+    crops: torch.Tensor
+    window_irc: torch.Tensor
+    width_irc: tuple[int, int, int]
+    offset_irc: torch.Tensor | None = None
+    voxel_mm: torch.Tensor | None = None
+
+
 def _affine(augmentation: Augmentation, flips: torch.Tensor) -> torch.Tensor:
     """``[B, 3, 4]`` book transforms in the model crop's normalised (x, y, z) = (C, R, I) frame."""
+    linear, shift = _draw_linear(augmentation, flips), _draw_shift(augmentation, flips)
+    return torch.cat([linear, shift[:, :, None]], dim=2)
+
+
+def _draw_linear(augmentation: Augmentation, flips: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, 3]`` flips, scale and rotation about the I axis, in (x, y, z) = (C, R, I) order."""
     batch, device = flips.shape[0], flips.device
     signs = 1.0 - 2.0 * flips.flip(1).float()  # (I, R, C) -> (x, y, z)
     scale = 1.0 + augmentation.scale * (torch.rand(batch, 3, device=device) * 2 - 1)
@@ -87,31 +119,70 @@ def _affine(augmentation: Augmentation, flips: torch.Tensor) -> torch.Tensor:
         rotation[:, 0, 0], rotation[:, 0, 1], rotation[:, 1, 0], rotation[:, 1, 1] = cos, -sin, sin, cos
         rotation[:, 2, 2] = 1.0
         linear = linear @ rotation
-    shift = augmentation.offset * (torch.rand(batch, 3, device=device) * 2 - 1)
-    return torch.cat([linear, shift[:, :, None]], dim=2)
+    return linear
+
+
+def _draw_shift(augmentation: Augmentation, flips: torch.Tensor) -> torch.Tensor:
+    """``[B, 3]`` shifts as fractions of the (first view's) half-width, in (x, y, z) order."""
+    return augmentation.offset * (torch.rand(flips.shape[0], 3, device=flips.device) * 2 - 1)
+
+
+def _normalised(view: ViewCrops) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate's position in the view's model crop and the crop's half-width in millimetres
+    (voxels when the size is unknown), both ``[B, 3]`` in (x, y, z) order."""
+    batch, device = view.crops.shape[0], view.crops.device
+    width = torch.tensor(view.width_irc, device=device, dtype=torch.float32)
+    if view.offset_irc is None:
+        center = torch.zeros(batch, 3, device=device)
+    else:
+        inside = (view.offset_irc - view.window_irc).float()
+        center = ((2 * inside + 1) / width - 1).flip(1)
+    voxel = torch.ones(batch, 3, device=device) if view.voxel_mm is None else view.voxel_mm.float()
+    return center, (width * voxel / 2).flip(1)
+
+
+def augment_views(views: Sequence[ViewCrops], augmentation: Augmentation) -> list[torch.Tensor]:
+    """Randomly transformed model crops ``[B, C, *width_irc]`` of every view, transformed together.
+
+    One draw per sample serves every view: the same flips, scale and rotation (about the
+    candidate), and the same shift in millimetres (the book's ``offset`` is a fraction of the
+    first view's half-width). Noise is drawn per voxel. Draws from torch's global generator on
+    the crops' device, so a seeded run repeats itself.
+    """
+    first = views[0].crops
+    flips = _random_flips(augmentation, first.shape[0], first.device)
+    if not augmentation.resamples:
+        outputs = [_flipped(window_crop(view.crops, view.window_irc, view.width_irc), flips, augmentation)
+                   for view in views]
+    else:
+        linear, shift = _draw_linear(augmentation, flips), _draw_shift(augmentation, flips)
+        _, first_half = _normalised(views[0])
+        shift_mm = shift * first_half
+        outputs = []
+        for view in views:
+            center, half = _normalised(view)
+            translation = center - (linear @ center[:, :, None])[:, :, 0] + shift_mm / half
+            transform = torch.cat([linear, translation[:, :, None]], dim=2)
+            outputs.append(_resample(view.crops, view.window_irc, view.width_irc, transform))
+    if augmentation.noise_hu > 0:
+        outputs = [out + torch.randn_like(out) * augmentation.noise_hu for out in outputs]
+    return outputs
+
+
+def _flipped(crops: torch.Tensor, flips: torch.Tensor, augmentation: Augmentation) -> torch.Tensor:
+    """Each sample flipped along its drawn axes (exact)."""
+    for dim in range(3):
+        if augmentation.flip_irc[dim]:
+            mask = flips[:, dim].view(-1, 1, 1, 1, 1)
+            crops = torch.where(mask, crops.flip(2 + dim), crops)
+    return crops
 
 
 def augment(
     crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int], augmentation: Augmentation
 ) -> torch.Tensor:
-    """Randomly transformed model crops ``[B, C, *width_irc]`` from (context) crops, on their device.
-
-    ``window_irc`` ``[B, 3]`` is where the untransformed model crop lies in each context crop.
-    Draws from torch's global generator on the crops' device, so a seeded run repeats itself.
-    """
-    batch, device = crops.shape[0], crops.device
-    flips = _random_flips(augmentation, batch, device)
-    if augmentation.resamples:
-        out = _resample(crops, window_irc, width_irc, _affine(augmentation, flips))
-    else:
-        out = window_crop(crops, window_irc, width_irc)
-        for dim in range(3):
-            if augmentation.flip_irc[dim]:
-                mask = flips[:, dim].view(-1, 1, 1, 1, 1)
-                out = torch.where(mask, out.flip(2 + dim), out)
-    if augmentation.noise_hu > 0:
-        out = out + torch.randn_like(out) * augmentation.noise_hu
-    return out
+    """``augment_views`` of a single view, rotating about the middle of the model crop (the book)."""
+    return augment_views([ViewCrops(crops, window_irc, tuple(width_irc))], augmentation)[0]
 
 
 def _resample(crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int],
@@ -131,16 +202,22 @@ def _resample(crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[in
     return F.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def mixup(crops: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mixup(crops: torch.Tensor | Sequence[torch.Tensor], alpha: float
+          ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Mixup of a batch with a shuffled copy of itself: ``(mixed crops, partner [B], weight [B])``.
 
     Each sample keeps weight ``w = max(l, 1 - l)``, ``l ~ Beta(alpha, alpha)``, so the first sample
     dominates and its label is the one reported; the loss is ``w * loss(label) + (1 - w) *
-    loss(label[partner])``. Draws from torch's global generator.
+    loss(label[partner])``. Several views (a list) are mixed with the same partners and weights.
+    Draws from torch's global generator.
     """
-    batch = crops.shape[0]
-    weight = torch.distributions.Beta(alpha, alpha).sample((batch,)).to(crops.device)
+    views = [crops] if isinstance(crops, torch.Tensor) else list(crops)
+    batch, device = views[0].shape[0], views[0].device
+    weight = torch.distributions.Beta(alpha, alpha).sample((batch,)).to(device)
     weight = torch.maximum(weight, 1 - weight)
-    partner = torch.randperm(batch, device=crops.device)
-    shaped = weight.view(-1, *[1] * (crops.ndim - 1))
-    return shaped * crops + (1 - shaped) * crops[partner], partner, weight
+    partner = torch.randperm(batch, device=device)
+    mixed = []
+    for view in views:
+        shaped = weight.view(-1, *[1] * (view.ndim - 1))
+        mixed.append(shaped * view + (1 - shaped) * view[partner])
+    return (mixed[0] if isinstance(crops, torch.Tensor) else mixed), partner, weight

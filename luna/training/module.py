@@ -22,8 +22,8 @@ from torch import nn
 from luna.data.crops import DEFAULT_WIDTH_IRC
 from luna.data.dataset import CropBatch
 from luna.metrics.stage import EvaluationOutcome, StageMetrics
-from luna.models.luna_model import LunaModel, Network
-from luna.training.augment import Augmentation, augment, flip, mixup, window_crop
+from luna.models.luna_model import LunaModel, MultiViewLunaModel, Network
+from luna.training.augment import Augmentation, ViewCrops, augment_views, flip, mixup, window_crop
 from luna.training.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
 
 log = logging.getLogger(__name__)
@@ -48,18 +48,41 @@ def check_flips(tta_flips: list[list[int]] | None) -> list[tuple[int, ...]]:
     return flips
 
 
+def default_network(input_widths_irc: list[tuple[int, int, int]], num_classes: int) -> nn.Module:
+    """The book's LunaModel for one view, a LunaModel trunk per view for several."""
+    if len(input_widths_irc) == 1:
+        return LunaModel(width_irc=input_widths_irc[0], num_classes=num_classes)
+    return MultiViewLunaModel(input_widths_irc, num_classes=num_classes)
+
+
+def check_network_views(network: nn.Module, input_widths_irc: list[tuple[int, int, int]]) -> None:
+    """A network made for several views must be given the data's views; a single-input one, one view."""
+    widths = getattr(network, "input_widths_irc", None)
+    if widths is None and getattr(network, "width_irc", None) is not None:  # LunaModel: made for one crop size
+        widths = [network.width_irc]
+    name = type(network).__name__
+    if getattr(network, "input_widths_irc", None) is None and len(input_widths_irc) > 1:
+        raise ValueError(f"model.network={name} takes one crop, but the data gives {len(input_widths_irc)} views of "
+                         "each candidate (data.extra_views): use luna.models.MultiViewLunaModel (the default), or a "
+                         "network that takes a tuple of crops and has an input_widths_irc attribute")
+    if widths is not None and [tuple(w) for w in widths] != list(input_widths_irc):
+        raise ValueError(f"model.network={name} was made for views {[list(w) for w in widths]} but the data gives "
+                         f"{[list(w) for w in input_widths_irc]} (data.width_irc and data.extra_views)")
+
+
 class LunaClassifier(pl.LightningModule):
     """Classification of 3D crops with any 3D network (LUNA16 candidates by default).
 
     Args:
         network: maps ``[B, 1, I, R, C]`` crops to logits ``[B, num_classes]`` (or ``(logits,
-            probs)`` as LunaModel does). None builds ``LunaModel(width_irc, num_classes)``; any
+            probs)`` as LunaModel does); with several views of each candidate, a tuple of crops.
+            None builds ``LunaModel`` for one view, ``MultiViewLunaModel`` for several; any
             ``nn.Module`` is given by ``class_path`` in the config, e.g.
             ``monai.networks.nets.DenseNet121`` with ``spatial_dims: 3, in_channels: 1, out_channels: 2``.
         optimizer: a callable ``params -> Optimizer``; None is the book's SGD (lr 1e-3, momentum 0.99).
         lr_schedule: ``constant``, ``one_cycle`` (peak = the optimizer's lr) or ``cosine`` (decay to
             0), stepped every batch over ``trainer.estimated_stepping_batches``.
-        width_irc: the crop the network sees (linked to ``data.width_irc`` by the CLI).
+        input_widths_irc: the crop the network sees of each view (linked to the data by the CLI).
         num_classes: classes of the data (linked to the data by the CLI); 2 for LUNA16 candidates.
         class_names: one name per class for logs and figures; default from the data.
         threshold: binary runs: the decision threshold on P(class 1) at which accuracy, precision,
@@ -89,7 +112,7 @@ class LunaClassifier(pl.LightningModule):
         network: Network | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Schedule = "constant",
-        width_irc: tuple[int, int, int] = DEFAULT_WIDTH_IRC,
+        input_widths_irc: list[list[int]] | None = None,
         num_classes: int = 2,
         class_names: list[str] | None = None,
         threshold: float = 0.5,
@@ -107,10 +130,12 @@ class LunaClassifier(pl.LightningModule):
         mistakes_shown: int = 8,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["network", "optimizer"])
-        self.network = network if network is not None else LunaModel(width_irc=width_irc, num_classes=num_classes)
+        input_widths_irc = [[int(w) for w in width] for width in (input_widths_irc or [DEFAULT_WIDTH_IRC])]
+        self.save_hyperparameters(ignore=["network", "optimizer"])  # plain lists: hparams.yaml stays safe-loadable
+        self.input_widths_irc = [tuple(width) for width in input_widths_irc]
+        self.network = network if network is not None else default_network(self.input_widths_irc, num_classes)
+        check_network_views(self.network, self.input_widths_irc)
         self.optimizer_factory = optimizer
-        self.width_irc = tuple(width_irc)
         self.augmentation = augmentation
         self.tta_flips = check_flips(tta_flips)
         if channels_last:
@@ -121,13 +146,14 @@ class LunaClassifier(pl.LightningModule):
             freeze_all_but_last(self.network, finetune_depth)
         names = class_names or (["non-nodule", "nodule"] if num_classes == 2 else None)
         options = {"num_classes": num_classes, "class_names": names, "threshold": threshold}
-        shown = {"curves": True, "slice_shape": self.width_irc[1:], "mistakes": mistakes_shown}
+        shown = {"curves": True, "slice_shape": self.input_widths_irc[0][1:], "mistakes": mistakes_shown}
         self.train_metrics = StageMetrics("train", **options)
         self.val_metrics = StageMetrics("val", **options, **shown)
         self.test_metrics = StageMetrics("test", **options, **shown)
         self.register_buffer("logit_shift", torch.zeros(num_classes), persistent=False)
         self.evaluations: dict[str, EvaluationOutcome] = {}
-        self.example_input_array = torch.zeros(1, 1, *self.width_irc)  # for the model summary's sizes and FLOPs
+        example = [torch.zeros(1, 1, *width) for width in self.input_widths_irc]  # for the model summary
+        self.example_input_array = example[0] if len(example) == 1 else (example,)
         self._checkpoint_epoch = 0
         self._first_nonfinite_step = None
 
@@ -146,21 +172,35 @@ class LunaClassifier(pl.LightningModule):
                  np.round(shift, 3).tolist(), np.round(natural, 4).tolist(), np.round(sampled, 4).tolist())
 
     def on_after_batch_transfer(self, batch: CropBatch, dataloader_idx: int) -> CropBatch:
-        """int16 -> float32 on the device, then augment (training) or cut the model's crop exactly."""
+        """int16 -> float32 on the device, then augment (training) or cut the model's crops exactly;
+        every view of a sample is transformed together."""
         if not isinstance(batch, dict):  # e.g. the model summary's example input: already a crop tensor
             return batch
-        crops = batch["crop"].float()
+        views = [batch, *batch.get("extra_views", [])]
+        if len(views) != len(self.input_widths_irc):
+            raise ValueError(f"the batches have {len(views)} views of each candidate but the model was made for "
+                             f"{len(self.input_widths_irc)} (model.input_widths_irc, linked from the data)")
+        inputs = [ViewCrops(view["crop"].float(), view["window_irc"], width, view["offset_irc"], view["voxel_mm"])
+                  for view, width in zip(views, self.input_widths_irc)]
         if self._trainer is not None and self._trainer.training:
-            crops = augment(crops, batch["window_irc"], self.width_irc, self.augmentation)
+            crops = augment_views(inputs, self.augmentation)
         else:
-            crops = window_crop(crops, batch["window_irc"], self.width_irc)
+            crops = [window_crop(view.crops, view.window_irc, view.width_irc) for view in inputs]
         if self.hparams.channels_last:
-            crops = crops.contiguous(memory_format=torch.channels_last_3d)
-        return {**batch, "crop": crops}
+            crops = [crop.contiguous(memory_format=torch.channels_last_3d) for crop in crops]
+        extra = [{**view, "crop": crop} for view, crop in zip(views[1:], crops[1:])]
+        return {**batch, "crop": crops[0], "extra_views": extra}
+
+    @staticmethod
+    def network_input(batch: CropBatch) -> torch.Tensor | list[torch.Tensor]:
+        """What the network takes: the crop, or the crops of every view (the first view first)."""
+        if not batch.get("extra_views"):
+            return batch["crop"]
+        return [batch["crop"], *(view["crop"] for view in batch["extra_views"])]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes]``."""
+    def forward(self, crops: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` of crops ``[B, 1, I, R, C]`` (a list of them: one per view)."""
         out = self._runnable_network()(crops)
         return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -175,14 +215,18 @@ class LunaClassifier(pl.LightningModule):
             object.__setattr__(self, "_compiled", compiled)
         return compiled
 
-    def probabilities(self, crops: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``[B, num_classes]``: prior-corrected, averaged over the test-time flips."""
-        runs = [F.softmax(self(flip(crops, dims)).float() + self.logit_shift, dim=1) for dims in self.tta_flips]
+    def probabilities(self, crops: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Class probabilities ``[B, num_classes]``: prior-corrected, averaged over the test-time
+        flips (every view flipped along the same axes)."""
+        runs = []
+        for dims in self.tta_flips:
+            flipped = flip(crops, dims) if isinstance(crops, torch.Tensor) else [flip(view, dims) for view in crops]
+            runs.append(F.softmax(self(flipped).float() + self.logit_shift, dim=1))
         return torch.stack(runs).mean(0)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: CropBatch, batch_idx: int) -> torch.Tensor:
-        crops, labels = batch["crop"], batch["label"]
+        crops, labels = self.network_input(batch), batch["label"]
         smoothing = self.hparams.label_smoothing
         if self.hparams.mixup_alpha > 0:
             crops, partner, weight = mixup(crops, self.hparams.mixup_alpha)
@@ -201,7 +245,7 @@ class LunaClassifier(pl.LightningModule):
 
     def _evaluate(self, batch: CropBatch, metrics: StageMetrics) -> None:
         crops, labels = batch["crop"], batch["label"]
-        probabilities = self.probabilities(crops)
+        probabilities = self.probabilities(self.network_input(batch))
         losses = -torch.log(probabilities.gather(1, labels[:, None])[:, 0].clamp_min(1e-12))
         # the slice through each candidate, and where it lies in that slice
         offset = batch["offset_irc"] - batch["window_irc"]
@@ -219,7 +263,7 @@ class LunaClassifier(pl.LightningModule):
     def predict_step(self, batch: CropBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, np.ndarray]:
         """Each sample's cache ``index`` and class ``probabilities``, as numpy copies (no shared memory kept)."""
         return {"index": batch["index"].cpu().numpy().copy(),
-                "probabilities": self.probabilities(batch["crop"]).cpu().numpy()}
+                "probabilities": self.probabilities(self.network_input(batch)).cpu().numpy()}
 
     # ------------------------------------------------------------------ divergence
     def _note_nonfinite(self, loss: torch.Tensor) -> None:

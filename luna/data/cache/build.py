@@ -2,8 +2,8 @@
 
 The cache key hashes the source's inputs (``CropSource.fingerprint``: the CSV bytes and settings),
 the identity of every image file (a MetaImage's header bytes and its voxel file's size and
-modification time; any other file's size and modification time), the crop width, the intensity
-window and scale and ``FORMAT_VERSION``. A changed input gives a new cache; an unchanged one is
+modification time; any other file's size and modification time), the views (each crop's size
+and spacing), the intensity window and scale and ``FORMAT_VERSION``. A changed input gives a new cache; an unchanged one is
 reused without opening a volume. Hashing 120 GB of voxels is not an option, so a volume rewritten
 in place counts as changed (its modification time moves) and a copy that keeps times (``cp -p``,
 ``rsync -a``) reuses the cache.
@@ -46,28 +46,61 @@ from luna.data.cache.read import (
     FORMAT_VERSION,
     IMAGES,
     MANIFEST,
+    VIEW_COLUMNS,
     CacheBuildError,
     crop_checksum,
+    image_file,
+    view_column,
 )
-from luna.data.crops import crop_starts
+from luna.data.crops import View
+from luna.data.cutting import cut_crops
 from luna.data.table import CropSource, CropTable, file_name_of
-from luna.data.volume import ScanReadError, Volume, check_intensity, read_mhd_header, xyz_to_irc_many
+from luna.data.volume import (
+    HU_WINDOW,
+    ScanReadError,
+    Volume,
+    check_intensity,
+    read_mhd_header,
+    xyz_to_irc_many,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """How crops are cut: ``width_irc`` voxels around each centre, intensities ``round(clip(v, window) * scale)``."""
+    """How crops are cut: one crop per view around each centre, intensities ``round(clip(v, window) * scale)``.
 
-    width_irc: tuple[int, int, int]
-    intensity_window: tuple[float, float]
+    Args:
+        views: the crops of each row, as the cache keeps them (``View.width_irc`` is the cached
+            size; a DataModule's presizing context is already folded in).
+        intensity_window, intensity_scale: the stored values.
+        view_names: the option that asked for each view, for error messages.
+    """
+
+    views: tuple[View, ...]
+    intensity_window: tuple[float, float] = HU_WINDOW
     intensity_scale: float = 1.0
+    view_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.width_irc) != 3 or any(int(w) < 1 for w in self.width_irc):
-            raise ValueError(f"width_irc={list(self.width_irc)}: expected three positive voxel counts (I, R, C)")
+        if not self.views or not all(isinstance(view, View) for view in self.views):
+            raise ValueError("a crop cache needs at least one View")
         check_intensity(self.intensity_window, self.intensity_scale)
+
+    @classmethod
+    def native(cls, width_irc: tuple[int, int, int], intensity_window: tuple[float, float] = HU_WINDOW,
+               intensity_scale: float = 1.0) -> CacheSettings:
+        """One native crop of ``width_irc`` voxels per row: the book's cache."""
+        return cls((View(tuple(width_irc)),), tuple(intensity_window), intensity_scale)
+
+    def view_name(self, view: int) -> str:
+        return self.view_names[view] if view < len(self.view_names) else f"view {view}"
+
+    def key_parts(self) -> list:
+        """What of these settings changes the cached bytes."""
+        return [[list(view.width_irc), None if view.spacing_mm is None else list(view.spacing_mm)] for view in self.views] \
+            + [list(self.intensity_window), self.intensity_scale]
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -148,8 +181,7 @@ def file_identity(path: Path) -> str:
 def cache_key(source: CropSource, settings: CacheSettings) -> str:
     """The content key of the cache of ``source`` cut with ``settings``."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([FORMAT_VERSION, list(settings.width_irc), list(settings.intensity_window),
-                              settings.intensity_scale, source.fingerprint()]).encode())
+    digest.update(json.dumps([FORMAT_VERSION, settings.key_parts(), source.fingerprint()]).encode())
     for path in source.image_files():  # where the dataset lives is not part of it: a moved copy reuses the cache
         digest.update(f"\0{path.parent.name}/{path.name}\0{file_identity(path)}".encode())
     return digest.hexdigest()[:20]
@@ -162,30 +194,32 @@ def cache_path(cache_dir: str | Path, source: CropSource, settings: CacheSetting
 
 # --------------------------------------------------------------------------- per-image work
 
-def _cut_image(image_path: Path, centers_xyz: np.ndarray, settings: CacheSettings, npy: Path, record: Path,
+def _cut_image(image_path: Path, centers_xyz: np.ndarray, settings: CacheSettings, npys: list[Path], record: Path,
                skip_bad_scans: bool) -> str:
-    """Read one volume, cut all of its crops, write the ``.npy`` then the record. Runs in a worker."""
+    """Read one volume, cut all of its crops of every view, write the ``.npy`` files then the record.
+    Runs in a worker."""
     try:
-        volume = Volume.read(image_path, settings.intensity_window, settings.intensity_scale)
+        volume = Volume.read(image_path, window=None)  # clipped after cutting (native) or interpolating
     except ScanReadError as error:
         if not skip_bad_scans:
             raise
-        _write_json(record, {"error": str(error), "center_irc": [], "crop_start": [], "checksum": []})
+        _write_json(record, {"error": str(error)})
         return image_path.name
     center_irc = xyz_to_irc_many(centers_xyz, volume.origin_xyz, volume.spacing_xyz, volume.direction)
     inside = ((center_irc >= 0) & (center_irc < np.asarray(volume.voxels.shape))).all(axis=1)
-    try:
-        starts = crop_starts(center_irc[inside], settings.width_irc, volume.voxels.shape)
-    except ValueError as error:
-        raise CacheBuildError(f"image {volume.name} ({image_path}): {error}") from None
-    width = settings.width_irc
-    crops = np.empty((len(starts), *width), dtype=np.int16)
-    for row, (i, r, c) in enumerate(starts.tolist()):
-        crops[row] = volume.voxels[i : i + width[0], r : r + width[1], c : c + width[2]]
-    _write_npy(npy, crops)
-    centers = [irc if keep else None for irc, keep in zip(center_irc.tolist(), inside.tolist())]
-    _write_json(record, {"error": None, "center_irc": centers, "crop_start": starts.tolist(),
-                         "checksum": [crop_checksum(crop) for crop in crops]})
+    views = []
+    for k, (view, npy) in enumerate(zip(settings.views, npys)):
+        try:
+            crops, offset = cut_crops(volume, centers_xyz[inside], view, settings.intensity_window,
+                                      settings.intensity_scale)
+        except ValueError as error:
+            raise CacheBuildError(f"image {volume.name} ({image_path}), {settings.view_name(k)}: {error}") from None
+        _write_npy(npy, crops)
+        views.append({"offset_irc": offset.tolist(), "checksum": [crop_checksum(crop) for crop in crops]})
+    _write_json(record, {"error": None, "center_irc": [irc if keep else None for irc, keep in
+                                                       zip(center_irc.tolist(), inside.tolist())],
+                         "spacing_irc": volume.spacing_xyz[::-1].tolist(), "shape_irc": list(volume.voxels.shape),
+                         "views": views})
     return image_path.name
 
 
@@ -264,7 +298,7 @@ def build_cache(
     Args:
         source: the dataset's rows.
         cache_dir: parent folder; the cache is ``cache_dir/luna-<key>``.
-        settings: crop width and intensity mapping.
+        settings: the views (crop sizes and spacings) and the intensity mapping.
         processes: volumes read in parallel. Peak memory is about ``processes`` x (one volume +
             its crops), whatever the dataset size; each worker receives only its image's rows.
         skip_bad_scans: log a warning and go on when a volume cannot be read, instead of failing.
@@ -273,8 +307,8 @@ def build_cache(
         The cache folder, complete.
 
     Raises:
-        CacheBuildError: unwritable folder or full disk (naming the file), a crop wider than its
-            volume, or no row left to serve. The error is also left in the cache folder for
+        CacheBuildError: unwritable folder or full disk (naming the file), a native crop wider
+            than its volume, a physical view larger than every volume, or no row left to serve. The error is also left in the cache folder for
             processes waiting on this build (``open_built_cache``).
         ScanReadError: an unreadable volume when ``skip_bad_scans`` is false.
     """
@@ -302,10 +336,13 @@ def _is_sound(path: Path) -> bool:
     try:
         manifest = json.loads(manifest_path.read_text())
         crops = int(manifest["crops"])
-        for name in (*COLUMNS, *manifest.get("extra_columns", [])):
+        views = range(len(manifest["views"]))
+        names = [*COLUMNS, *(view_column(name, k) for k in views for name in VIEW_COLUMNS), *manifest["extra_columns"]]
+        for name in names:
             if len(np.load(path / COLUMNS_DIR / f"{name}.npy", mmap_mode="r")) != crops:
                 raise ValueError(f"column {name} does not have {crops} rows")
-        damaged = [entry["id"] for entry in manifest["images"] if entry["crops"] and not _image_file_sound(path, entry)]
+        damaged = [entry["id"] for entry in manifest["images"]
+                   if entry["crops"] and not all(_image_file_sound(path, entry, k) for k in views)]
     except (OSError, ValueError, KeyError, TypeError) as error:
         log.warning("crop cache %s is damaged (%s): repairing it", path, error)
         return False
@@ -319,8 +356,8 @@ def _is_sound(path: Path) -> bool:
     return True
 
 
-def _image_file_sound(path: Path, entry: dict) -> bool:
-    npy = path / IMAGES / f"{entry['file']}.npy"
+def _image_file_sound(path: Path, entry: dict, view: int) -> bool:
+    npy = path / IMAGES / image_file(entry["file"], view)
     record = path / IMAGES / f"{entry['file']}.json"
     try:
         crops = np.load(npy, mmap_mode="r")
@@ -351,12 +388,17 @@ def _build(source: CropSource, path: Path, settings: CacheSettings, processes: i
         record = images_dir / f"{files[k]}.json"
         rows = order[starts[k] : starts[k + 1]]
         if len(rows) and not _record_readable(record):
-            jobs.append((table.image_paths[k], table.center_xyz[rows], settings, images_dir / f"{files[k]}.npy",
-                         record, skip_bad_scans))
-    log.info("crop cache %s (%s): cutting %d of %d images with %d process(es)", path, source.describe(), len(jobs),
-             len(present), processes)
+            npys = [images_dir / image_file(files[k], view) for view in range(len(settings.views))]
+            jobs.append((table.image_paths[k], table.center_xyz[rows], settings, npys, record, skip_bad_scans))
+    log.info("crop cache %s (%s; %s): cutting %d of %d images with %d process(es)", path, source.describe(),
+             ", ".join(view.describe() for view in settings.views), len(jobs), len(present), processes)
     _run_jobs(jobs, processes)
-    _write_columns(path, table, files, set(present), settings)
+    records = {k: json.loads((images_dir / f"{files[k]}.json").read_text()) for k in present
+               if starts[k + 1] > starts[k]}
+    _check_views_fit(settings, records)
+    columns, crops_of, skipped = _assemble_columns(table, records)
+    _write_columns(path, columns)
+    _write_manifest(path, table, files, settings, records, crops_of, skipped, len(columns["row"]))
     return path
 
 
@@ -368,19 +410,35 @@ def _record_readable(record: Path) -> bool:
     return True
 
 
-def _write_columns(path: Path, table: CropTable, files: list[str], present: set[int], settings: CacheSettings) -> None:
-    """Assemble the per-crop columns in table order from the per-image records, then the manifest."""
-    order, starts = table.rows_of_image()
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("row", "image_row", "center_irc", "crop_start", "checksum")}
-    skipped_images, outside = [], []
-    crops_of = np.zeros(len(files), dtype=np.int64)
-    for k in sorted(present):
-        rows = order[starts[k] : starts[k + 1]]
-        if not len(rows):
+def _check_views_fit(settings: CacheSettings, records: dict[int, dict]) -> None:
+    """A physical view larger than every volume on every axis would hold each whole volume and
+    padding around it: a unit or spacing mistake, reported instead of cut."""
+    extents = np.array([np.multiply(r["shape_irc"], r["spacing_irc"]) for r in records.values() if not r["error"]])
+    for k, view in enumerate(settings.views):
+        if view.spacing_mm is None or not len(extents):
             continue
-        record = json.loads((path / IMAGES / f"{files[k]}.json").read_text())
+        size = np.multiply(view.width_irc, view.spacing_mm)
+        if (extents < size).all():
+            largest = extents.max(axis=0)
+            raise CacheBuildError(
+                f"{settings.view_name(k)}: {view.describe()} ({'x'.join(f'{v:g}' for v in size)} mm) is larger than "
+                f"every volume on every axis (the largest extents are {'x'.join(f'{v:.0f}' for v in largest)} mm "
+                "along I, R, C): use fewer voxels or a finer spacing")
+
+
+def _assemble_columns(table: CropTable, records: dict[int, dict]) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """The per-crop columns in table order from the per-image records, each image's crop count, and
+    the images skipped as unreadable."""
+    order, starts = table.rows_of_image()
+    views = max((len(record["views"]) for record in records.values() if not record["error"]), default=0)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("row", "image_row", "center_irc")}
+    parts.update({view_column(name, k): [] for k in range(views) for name in VIEW_COLUMNS})
+    skipped, outside = [], []
+    crops_of = np.zeros(len(table.image_ids), dtype=np.int64)
+    for k, record in sorted(records.items()):
+        rows = order[starts[k] : starts[k + 1]]
         if record["error"]:
-            skipped_images.append(table.image_ids[k])
+            skipped.append(table.image_ids[k])
             log.warning("skipped image %s: %s", table.image_ids[k], record["error"])
             continue
         inside = np.array([irc is not None for irc in record["center_irc"]], dtype=bool)
@@ -389,47 +447,54 @@ def _write_columns(path: Path, table: CropTable, files: list[str], present: set[
         crops_of[k] = len(kept)
         parts["row"].append(kept)
         parts["image_row"].append(np.arange(len(kept)))
-        parts["center_irc"].append(np.array([irc for irc in record["center_irc"] if irc is not None], dtype=np.int64).reshape(-1, 3))
-        parts["crop_start"].append(np.array(record["crop_start"], dtype=np.int64).reshape(-1, 3))
-        parts["checksum"].append(np.array(record["checksum"], dtype=np.uint64))
+        parts["center_irc"].append(np.array([irc for irc in record["center_irc"] if irc is not None],
+                                            dtype=np.int64).reshape(-1, 3))
+        for view, values in enumerate(record["views"]):
+            parts[view_column("offset_irc", view)].append(np.array(values["offset_irc"], dtype=np.int64).reshape(-1, 3))
+            parts[view_column("checksum", view)].append(np.array(values["checksum"], dtype=np.uint64))
     if outside:
         first = outside[0]
         log.warning("%d rows lie outside their volume and are skipped (e.g. image %s at %s mm)", len(outside),
                     table.image_ids[table.image[first]], tuple(table.center_xyz[first].tolist()))
     if not parts["row"]:
+        if records and all(record["error"] for record in records.values()):
+            raise CacheBuildError("no row left to serve: no image has a readable volume")
         raise CacheBuildError("no row left to serve: no image has a readable volume with a centre inside it")
     joined = {name: np.concatenate(values) for name, values in parts.items()}
     in_table_order = np.argsort(joined["row"], kind="stable")
     rows = joined["row"][in_table_order]
-    columns = {
-        "row": rows,
-        "image": table.image[rows],
-        "image_row": joined["image_row"][in_table_order],
-        "label": table.label[rows],
-        "center_xyz": table.center_xyz[rows],
-        "center_irc": joined["center_irc"][in_table_order],
-        "offset_irc": (joined["center_irc"] - joined["crop_start"])[in_table_order],
-        "checksum": joined["checksum"][in_table_order],
-        **{name: values[rows] for name, values in table.extra.items()},
-    }
+    columns = {name: values[in_table_order] for name, values in joined.items()}
+    columns.update({"image": table.image[rows], "label": table.label[rows], "center_xyz": table.center_xyz[rows],
+                    **{name: values[rows] for name, values in table.extra.items()}})
+    return columns, crops_of, skipped
+
+
+def _write_columns(path: Path, columns: dict[str, np.ndarray]) -> None:
     (path / COLUMNS_DIR).mkdir(exist_ok=True)
     for name, values in columns.items():
         _write_npy(path / COLUMNS_DIR / f"{name}.npy", np.ascontiguousarray(values))
-    counts = np.bincount(columns["label"], minlength=len(table.class_names))
+
+
+def _write_manifest(path: Path, table: CropTable, files: list[str], settings: CacheSettings, records: dict[int, dict],
+                    crops_of: np.ndarray, skipped: list[str], crops: int) -> None:
+    """The manifest, written last: from now on the cache is complete."""
+    counts = np.bincount(table.label[np.load(path / COLUMNS_DIR / "row.npy")], minlength=len(table.class_names))
     manifest = {
         "format_version": FORMAT_VERSION,
-        "width_irc": list(settings.width_irc),
+        "views": [{"width_irc": list(view.width_irc), "spacing_mm": None if view.spacing_mm is None
+                   else list(view.spacing_mm)} for view in settings.views],
         "intensity_window": list(settings.intensity_window),
         "intensity_scale": settings.intensity_scale,
         "class_names": table.class_names,
         "images": [{"id": image_id, "file": files[k], "path": str(Path(table.image_paths[k]).resolve()),
-                    "group": table.groups[k], "fold": int(table.folds[k]), "crops": int(crops_of[k])}
+                    "group": table.groups[k], "fold": int(table.folds[k]), "crops": int(crops_of[k]),
+                    "spacing_irc": records[k].get("spacing_irc") if k in records else None}
                    for k, image_id in enumerate(table.image_ids)],
         "extra_columns": sorted(table.extra),
-        "skipped_images": skipped_images,
-        "crops": len(rows),
+        "skipped_images": skipped,
+        "crops": crops,
         "crops_per_class": counts.tolist(),
     }
     _write_json(path / MANIFEST, manifest)
-    log.info("crop cache %s complete: %d crops (%s)", path, len(rows),
+    log.info("crop cache %s complete: %d crops (%s)", path, crops,
              ", ".join(f"{n} {name}" for n, name in zip(counts.tolist(), table.class_names)))

@@ -1,21 +1,25 @@
 """The crop cache, read side: every crop cut once, stored as int16, served as verified views.
 
 The book's pipeline pickles each float32 crop into a disk cache (~160 GB, hours to fill). Here a
-build (``luna.data.cache.build``) reads each volume once, cuts all of its crops and writes them to
-one ``.npy`` file per volume; reads are slices of memory-mapped arrays (2 bytes a voxel).
+build (``luna.data.cache.build``) reads each volume once, cuts all of its crops (one per view:
+a native crop, a physical-space crop, several fields of view) and writes them to one ``.npy``
+file per volume and view; reads are slices of memory-mapped arrays (2 bytes a voxel).
 
 Layout of one cache (``<cache_dir>/luna-<key>/``)::
 
-    images/<name>.npy      int16 [n, I, R, C]: the image's crops, in table order
-    images/<name>.json     per table row of the image: centre (IRC, null when outside), crop
-                           start and checksum, or the read error; its presence marks the image done
-    columns/<column>.npy   one value per served crop, in table order (see ``COLUMNS``)
-    manifest.json          key, settings, the images (id, path, group, fold), class names, counts;
-                           written last: the cache is complete
+    images/<name>.view<k>.npy   int16 [n, I, R, C]: the image's crops of view k, in table order
+    images/<name>.json          per table row of the image: its voxel (IRC, null when outside) and,
+                                per view, the centre's voxel in the crop and the crop's checksum;
+                                or the read error. Its presence marks the image done
+    columns/<column>.npy        one value per served crop, in table order (see ``COLUMNS``, and
+                                ``VIEW_COLUMNS`` once per view: ``<column>.view<k>.npy``)
+    manifest.json               key, settings (views, intensities), the images (id, path, group,
+                                fold, spacing), class names, counts; written last: the cache is complete
 
-Every crop has a checksum (``crop_checksum``) recorded when it was cut; a process checks each
-crop the first time it serves it. A crop that does not match is never served: it is cut again
-from its volume, with a warning naming the image, and the image is marked for rebuilding.
+Every crop has a checksum (``crop_checksum``, XXH3-64 of its bytes) recorded when it was cut; a
+process checks each crop the first time it serves it. A crop that does not match is never
+served: it is cut again from its volume, with a warning naming the image, and the image is marked
+for rebuilding.
 
 Everything here holds numpy arrays, never a Python object per crop, and the columns are
 memory-mapped: DataLoader workers (forked or spawned) share their pages instead of copying them.
@@ -28,17 +32,22 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import xxhash
+
+from luna.data.crops import View
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 FAILURE = "build-failed.txt"
 IMAGES = "images"
 COLUMNS_DIR = "columns"
-# one value per served crop: its table row, image, position in the image's file, class, centre in
-# mm, centre voxel, the centre's voxel inside the crop, and the crop's checksum
-COLUMNS = ("row", "image", "image_row", "label", "center_xyz", "center_irc", "offset_irc", "checksum")
+# one value per served crop: its table row, image, position in the image's files, class, centre in
+# mm, the centre's nearest voxel of the image
+COLUMNS = ("row", "image", "image_row", "label", "center_xyz", "center_irc")
+# one value per served crop and view: the centre's voxel inside the crop, and the crop's checksum
+VIEW_COLUMNS = ("offset_irc", "checksum")
 
 
 class CacheBuildError(RuntimeError):
@@ -46,21 +55,27 @@ class CacheBuildError(RuntimeError):
 
 
 def crop_checksum(crop: np.ndarray) -> int:
-    """A 64-bit checksum of a crop's bytes: the wrapped sum of its 8-byte words, plus its tail bytes.
+    """XXH3-64 of a crop's bytes: sees flipped bits, truncation, swapped crops and reordered bytes.
 
-    Against corruption on disk (flipped bits, truncation, swapped crops), not against tampering;
-    one pass over the bytes, at memory speed.
+    Against corruption on disk, not against tampering. XXH3 runs at memory speed (about 5 µs for
+    the book's 147 KB crop here), so checking a crop on its first read costs little
+    (``scripts/bench_data.py`` measures it).
     """
-    data = np.ascontiguousarray(crop).reshape(-1)
-    if data.nbytes % 8 == 0:  # the common case (the book's crop is 147,456 bytes): one reduction
-        return int(data.view(np.uint64).sum(dtype=np.uint64))
-    data = data.view(np.uint8)
-    whole = len(data) // 8 * 8
-    return int(data[:whole].view(np.uint64).sum(dtype=np.uint64) + data[whole:].sum(dtype=np.uint64))
+    return xxhash.xxh3_64_intdigest(np.ascontiguousarray(crop))
+
+
+def view_column(name: str, view: int) -> str:
+    """The column of ``name`` (one of ``VIEW_COLUMNS``) for view number ``view``."""
+    return f"{name}.view{view}"
+
+
+def image_file(file: str, view: int) -> str:
+    """The ``.npy`` file name of an image's crops of view number ``view``."""
+    return f"{file}.view{view}.npy"
 
 
 class CropCache:
-    """A complete cache, opened read-only. ``crop(k)`` is a verified int16 view of crop ``k``.
+    """A complete cache, opened read-only. ``crop(k, view)`` is a verified int16 view of crop ``k``.
 
     Picklable for DataLoader workers: only the path and the manifest travel; memory maps are
     reopened lazily in each process.
@@ -83,20 +98,30 @@ class CropCache:
         self.image_paths: list[str] = [entry["path"] for entry in images]
         self.groups: list[str] = [entry["group"] for entry in images]
         self.folds = np.array([entry["fold"] for entry in images], dtype=np.int64)
+        # each image's voxel size along I, R, C (NaN for an image that was skipped)
+        self.image_spacing_irc = np.array([entry.get("spacing_irc") or [np.nan] * 3 for entry in images],
+                                          dtype=np.float64).reshape(-1, 3)
         self.class_names: list[str] = self.manifest["class_names"]
-        self.width_irc: tuple[int, int, int] = tuple(self.manifest["width_irc"])
+        self.views: list[View] = [View(tuple(view["width_irc"]), None if view["spacing_mm"] is None
+                                       else tuple(view["spacing_mm"])) for view in self.manifest["views"]]
         self._open()
 
     def _open(self) -> None:
         self._columns: dict[str, np.ndarray] = {}
-        self._maps: dict[int, np.ndarray] = {}
+        self._maps: dict[tuple[int, int], np.ndarray] = {}
         self._verified: np.ndarray | None = None
-        self._recut: tuple[int, np.ndarray] | None = None
-        self._where: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._recut: tuple[int, object] | None = None
+        self._where: tuple[np.ndarray, np.ndarray] | None = None
+        self._checksums: list[np.ndarray | None] = [None] * len(self.views)
+
+    @property
+    def width_irc(self) -> tuple[int, int, int]:
+        """The size of the crops of the first view."""
+        return self.views[0].width_irc
 
     def column(self, name: str) -> np.ndarray:
-        """A per-crop column (``COLUMNS`` or an extra such as ``diameter_mm``): a read-only array over
-        the memory-mapped file (shared between processes, never copied)."""
+        """A per-crop column (``COLUMNS``, ``view_column(...)`` or an extra such as ``diameter_mm``):
+        a read-only array over the memory-mapped file (shared between processes, never copied)."""
         values = self._columns.get(name)
         if values is None:
             path = self.path / COLUMNS_DIR / f"{name}.npy"
@@ -123,67 +148,73 @@ class CropCache:
     def center_xyz(self) -> np.ndarray:
         return self.column("center_xyz")
 
-    @property
-    def offset_irc(self) -> np.ndarray:
-        """Each crop's centre voxel inside the crop (not the middle near a volume's border)."""
-        return self.column("offset_irc")
+    def offset_irc(self, view: int = 0) -> np.ndarray:
+        """Each crop's centre voxel inside its crop of ``view`` (not the middle near a volume's
+        border, for native crops)."""
+        return self.column(view_column("offset_irc", view))
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "manifest": self.manifest, "image_ids": self.image_ids,
                 "image_files": self.image_files, "image_paths": self.image_paths, "groups": self.groups,
-                "folds": self.folds, "class_names": self.class_names, "width_irc": self.width_irc}
+                "folds": self.folds, "image_spacing_irc": self.image_spacing_irc, "class_names": self.class_names,
+                "views": self.views}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._open()
 
-    def image_crops(self, image: int) -> np.ndarray:
-        """All crops of one image, memory-mapped ``[n, I, R, C]``."""
-        crops = self._maps.get(image)
+    def image_crops(self, image: int, view: int = 0) -> np.ndarray:
+        """All crops of one image and view, memory-mapped ``[n, I, R, C]``."""
+        crops = self._maps.get((image, view))
         if crops is None:
-            path = self.path / IMAGES / f"{self.image_files[image]}.npy"
+            path = self.path / IMAGES / image_file(self.image_files[image], view)
             try:
                 crops = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as error:
                 raise CacheBuildError(f"{path} cannot be read ({error}); prepare_data() rebuilds it") from None
-            self._maps[image] = crops
+            self._maps[image, view] = crops
         return crops
 
-    def crop(self, k: int) -> np.ndarray:
-        """Crop ``k`` as a read-only int16 view of shape ``width_irc``, checked the first time it is served."""
+    def crop(self, k: int, view: int = 0) -> np.ndarray:
+        """Crop ``k`` of ``view`` as a read-only int16 view, checked the first time it is served."""
         if self._where is None:
-            self._where = (self.column("image"), self.column("image_row"), self.column("checksum"))
-            self._verified = np.zeros(len(self), dtype=bool)
-        image_of, image_row, checksum = self._where
+            self._where = (self.column("image"), self.column("image_row"))
+            self._verified = np.zeros((len(self.views), len(self)), dtype=bool)
+        image_of, image_row = self._where
         image = int(image_of[k])
-        crops = self._maps.get(image)
+        crops = self._maps.get((image, view))
         if crops is None:
-            crops = self.image_crops(image)
+            crops = self.image_crops(image, view)
         crop = crops[image_row[k]]
-        if not self._verified[k]:
-            if crop_checksum(crop) != int(checksum[k]):
-                return self._recover(k, image)
-            self._verified[k] = True
+        if not self._verified[view, k]:
+            checksums = self._checksums[view]
+            if checksums is None:
+                checksums = self._checksums[view] = self.column(view_column("checksum", view))
+            if crop_checksum(crop) != int(checksums[k]):
+                return self._recover(k, image, view)
+            self._verified[view, k] = True
         return crop
 
-    def _recover(self, k: int, image: int) -> np.ndarray:
+    def _recover(self, k: int, image: int, view: int) -> np.ndarray:
         """Cut crop ``k`` again from its volume (its cached bytes are damaged) and mark the image for rebuilding."""
-        from luna.data.volume import Volume  # SimpleITK only in the rare process that needs it
+        from luna.data.cutting import cut_crops  # SimpleITK only in the rare process that needs it
+        from luna.data.volume import Volume
 
         name, path = self.image_ids[image], self.image_paths[image]
-        log.warning("crop %d of image %s in %s is damaged (checksum mismatch): serving it cut again from %s; "
-                    "the image's crops are rebuilt by the next prepare_data()", k, name, self.path, path)
+        log.warning("crop %d (view %d) of image %s in %s is damaged (checksum mismatch): serving it cut again from "
+                    "%s; the image's crops are rebuilt by the next prepare_data()", k, view, name, self.path, path)
         record = self.path / IMAGES / f"{self.image_files[image]}.json"
         try:
             record.unlink(missing_ok=True)  # no record: the next build cuts this image again
         except OSError as error:
             log.warning("cannot mark %s for rebuilding (%s)", record, error.strerror or error)
         if self._recut is None or self._recut[0] != image:
-            window, scale = self.manifest["intensity_window"], self.manifest["intensity_scale"]
-            self._recut = (image, Volume.read(path, window, scale).voxels)
-        start = np.asarray(self.column("center_irc")[k]) - np.asarray(self.column("offset_irc")[k])
-        crop = self._recut[1][tuple(slice(int(s), int(s) + w) for s, w in zip(start, self.width_irc))]
-        if crop_checksum(crop) != int(self.column("checksum")[k]):
+            self._recut = (image, Volume.read(path, window=None))
+        window, scale = self.manifest["intensity_window"], self.manifest["intensity_scale"]
+        crops, _ = cut_crops(self._recut[1], np.asarray(self.center_xyz[k]).reshape(1, 3), self.views[view],
+                             window, scale)
+        crop = crops[0]
+        if crop_checksum(crop) != int(self.column(view_column("checksum", view))[k]):
             raise CacheBuildError(f"image {name} ({path}) no longer gives the crops it gave when the cache was built; "
                                   f"the volume changed: delete the cache folder {self.path} and rebuild it")
         crop.flags.writeable = False
