@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from luna.luna16.datamodule import LunaDataModule
 from luna.luna16.phantom import PhantomSpec
 from luna.training.augment import Augmentation, _affine, augment
+from luna.training.evaluation import Evaluation
 from luna.training.module import LunaClassifier
 
 
@@ -33,6 +34,7 @@ class Recipe:
     name: str
     negatives_per_positive: int = 0
     module: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)  # how the run is evaluated (luna.training.evaluation)
     init_from: str | None = None  # name of an earlier recipe whose final weights start this one
     tta_of: str | None = None  # evaluate an earlier recipe's weights with TTA instead of training
 
@@ -42,7 +44,7 @@ RECIPES = [
     Recipe("plain (natural ratio)"),
     Recipe("balanced 1:1", negatives_per_positive=1),
     Recipe("balanced + augmented", negatives_per_positive=1, module={"augmentation": BOOK}),
-    Recipe("+ TTA (4 flips)", tta_of="balanced + augmented", module={"tta_flips": [[], [0], [1], [2]]}),
+    Recipe("+ TTA (4 flips)", tta_of="balanced + augmented", evaluation={"tta_flips": [[], [0], [1], [2]]}),
     Recipe("+ mixup 0.4", negatives_per_positive=1, module={"augmentation": BOOK, "mixup_alpha": 0.4}),
     Recipe("+ label smoothing 0.1", negatives_per_positive=1, module={"augmentation": BOOK, "label_smoothing": 0.1}),
     Recipe("fine-tuned from plain (discriminative lr)", negatives_per_positive=1,
@@ -76,6 +78,7 @@ def run_recipes(args: argparse.Namespace) -> None:
             checkpoints[recipe.name] = work / f"recipe{len(checkpoints)}.ckpt"
             trainer.save_checkpoint(checkpoints[recipe.name])
         seconds = time.perf_counter() - start
+        module.configure_evaluation(Evaluation(**recipe.evaluation))
         metrics = pl.Trainer(**quiet).validate(module, datamodule=datamodule, verbose=False)[0]
         rows.append((recipe.name, metrics["val/f1"], metrics["val/auroc"], metrics["val/cpm"],
                      metrics["val/calibration_error"], metrics["val/samples"], seconds))

@@ -123,7 +123,7 @@ print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_m
 """
 
 
-def predict(work: Path, data: Path, cache: Path, width: str, eval_series: list[str] | str) -> tuple[int, float, int]:
+def predict(work: Path, data: Path, cache: Path, width: str, eval_images: list[str] | str) -> tuple[int, float, int]:
     """``luna.fit predict`` of a near-zero-cost network: rows written, seconds, peak main memory (bytes)."""
     out = work / "predictions.csv"
     config = work / "predict.yaml"
@@ -132,7 +132,7 @@ def predict(work: Path, data: Path, cache: Path, width: str, eval_series: list[s
           data_dir: {data}
           cache_dir: {cache}
           width_irc: [{width}]
-          eval_series: {json.dumps(eval_series)}
+          eval_images: {json.dumps(eval_images)}
           batch_size: 512
           num_workers: 2
         model:

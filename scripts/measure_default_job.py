@@ -4,7 +4,7 @@
 
 Runs ``python -m luna.fit`` with no arguments in an empty folder (the phantom is generated and the
 crop cache built, as on a first run), times it, reads the run's ``metrics.csv``, validates the
-last checkpoint again with ``--model.prior_correction=true``, predicts its validation scans and
+last checkpoint again with ``--evaluation.prior_correction=true``, predicts its validation scans and
 scores them with ``luna.evaluate``'s bootstrap (the CPM's 95 % interval), and replaces the block between
 ``<!-- default-job:begin -->`` and ``<!-- default-job:end -->`` in the README with the date, the
 machine, the command and the numbers. The README's figures then come from a run, never from memory.
@@ -84,7 +84,7 @@ def main() -> None:
     value = lambda row, name: float(row[f"val/{name}"])  # noqa: E731
     last, best = rows[-1], max(rows, key=lambda row: value(row, "cpm"))
     checkpoint = run / "checkpoints" / "last.ckpt"
-    plain, corrected = (validate(work, checkpoint, extra) for extra in ([], ["--model.prior_correction=true"]))
+    plain, corrected = (validate(work, checkpoint, extra) for extra in ([], ["--evaluation.prior_correction=true"]))
     froc = validation_froc(work, checkpoint).result
     low, high = froc.bootstrap.cpm_ci
     line = lambda row: (f"CPM {value(row, 'cpm'):.3f}, F1 {value(row, 'f1'):.3f} at P ≥ 0.5 (best-threshold F1 "  # noqa: E731
@@ -102,7 +102,7 @@ def main() -> None:
         f"`--series` = the validation scans): CPM {froc.cpm:.3f}, 95 % CI {low:.3f}–{high:.3f} (1,000 bootstrap "
         f"resamples of the scans); sensitivity {' / '.join(f'{v:.3f}' for v in froc.sensitivity)} at 1/8 … 8 FP/scan.",
         f"- Best epoch by CPM (epoch {int(best['epoch'])}, kept as `best-*.ckpt`): {line(best)}.",
-        f"- Prior correction of the last checkpoint (`validate --model.prior_correction=true`): ECE "
+        f"- Prior correction of the last checkpoint (`validate --evaluation.prior_correction=true`): ECE "
         f"{plain['val/calibration_error']:.3f} → {corrected['val/calibration_error']:.3f}, F1 at 0.5 "
         f"{plain['val/f1']:.3f} → {corrected['val/f1']:.3f}, precision {plain['val/precision']:.3f} → "
         f"{corrected['val/precision']:.3f}, recall {plain['val/recall']:.3f} → {corrected['val/recall']:.3f}; "

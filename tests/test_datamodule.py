@@ -29,7 +29,7 @@ def test_series_split_strides_over_sorted_series_without_sharing_a_ct(phantom_di
 
 
 def test_candidate_split_takes_every_nth_candidate(phantom_dir, cache_root):
-    dm = make(phantom_dir, cache_root, split_by="candidate", val_stride=10)
+    dm = make(phantom_dir, cache_root, split_by="row", val_stride=10)
     n = len(dm.cache)
     assert list(dm.val_positions) == list(range(0, n, 10))
     assert len(dm.train_positions) == n - len(range(0, n, 10))
@@ -38,12 +38,12 @@ def test_candidate_split_takes_every_nth_candidate(phantom_dir, cache_root):
 
 
 def test_subset_split_is_a_luna16_fold(phantom_dir, cache_root):
-    dm = make(phantom_dir, cache_root, split_by="subset", val_subset=2)
+    dm = make(phantom_dir, cache_root, split_by="fold", val_fold=2)
     subsets = dm.cache.folds[dm.cache.image_of]
     assert set(subsets[dm.val_positions]) == {2}
     assert 2 not in set(subsets[dm.train_positions])
-    with pytest.raises(ValueError, match=r"val_subset=9: .* the folds are \[0, 1, 2, 3\]"):
-        make(phantom_dir, cache_root, split_by="subset", val_subset=9)
+    with pytest.raises(ValueError, match=r"val_fold=9: .* the folds are \[0, 1, 2, 3\]"):
+        make(phantom_dir, cache_root, split_by="fold", val_fold=9)
 
 
 def test_split_that_leaves_validation_empty_is_an_error(phantom_dir, cache_root):
@@ -59,7 +59,7 @@ def test_batches_are_int16_crops_with_traceable_candidates(phantom_dir, cache_ro
     assert batch["crop"].min() >= -1000 and batch["crop"].max() <= 1000
     for row in range(8):
         candidate = dm.candidate(int(batch["index"][row]))
-        assert candidate.series_uid == dm.series_uids[int(batch["series"][row])]
+        assert candidate.series_uid == dm.image_ids[int(batch["image"][row])]
         assert tuple(batch["center_xyz"][row].tolist()) == candidate.center_xyz
         assert int(batch["label"][row]) == candidate.is_nodule
         assert torch.equal(batch["crop"][row, 0], torch.from_numpy(dm.cache.crop(int(batch["index"][row]))))
@@ -115,16 +115,16 @@ def test_evaluation_sampler_covers_every_sample_once_without_padding(phantom_dir
         assert sum(shares, []) == list(range(n))
 
 
-def test_eval_series_selects_test_and_predict_data(phantom_dir, cache_root):
+def test_eval_images_selects_test_and_predict_data(phantom_dir, cache_root):
     dm = make(phantom_dir, cache_root)
     uid = dm.cache.image_ids[int(dm.cache.image_of[0])]
-    dm_eval = make(phantom_dir, cache_root, eval_series=[uid])
+    dm_eval = make(phantom_dir, cache_root, eval_images=[uid])
     assert set(dm_eval.test_dataloader().dataset.positions) == set(
         np.flatnonzero(dm.cache.image_of == dm.cache.image_of[0])
     )
     assert list(dm.test_dataloader().dataset.positions) == list(dm.val_positions)
     with pytest.raises(ValueError, match="9.9.9"):
-        make(phantom_dir, cache_root, eval_series=["9.9.9"]).predict_dataloader()
+        make(phantom_dir, cache_root, eval_images=["9.9.9"]).predict_dataloader()
 
 
 def test_phantom_is_generated_on_first_use_only_when_no_data_dir_is_given(tmp_path):

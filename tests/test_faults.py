@@ -28,7 +28,8 @@ from luna.luna16.datamodule import LunaDataModule
 from luna.luna16.release import find_scans
 from luna.luna16.sources import Luna16Candidates
 from luna.models.luna_model import LunaModel
-from luna.training.finetuning import UntrustedCheckpointError, load_network_weights
+from luna.training.checkpoints import UntrustedCheckpointError
+from luna.training.finetuning import load_network_weights
 from luna.training.module import DivergenceError, LunaClassifier
 from tests.conftest import SETTINGS
 from tests.helpers import tiny_config
@@ -353,7 +354,7 @@ def test_cli_value_errors_are_one_line_without_a_traceback(phantom_dir, cache_ro
     for flag, message in (("--data.batch_size=-1", "error: batch_size=-1: must be an integer >= 1"),
                           (f"--data.data_dir={tmp_path / 'typo'}", f"error: data_dir={tmp_path / 'typo'}: the LUNA16 "
                                                                   "folder does not exist"),
-                          ("--model.tta_flips=[[5]]", "error: tta_flips=[[5]]")):
+                          ("--evaluation.tta_flips=[[5]]", "error: tta_flips=[[5]]")):
         result = fit(config, flag)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-500:]

@@ -18,7 +18,7 @@ def outcome(epoch=7):
     labels = torch.tensor([1] * 10 + [0] * 30)
     p = torch.tensor(labels.numpy() * 0.3 + rng.random(40) * 0.7, dtype=torch.float32)  # overlapping classes
     metrics = StageMetrics("val", class_names=["non-nodule", "nodule"], curves=True, slice_shape=(8, 8), mistakes=3)
-    identity = {"index": torch.arange(40), "series": torch.zeros(40, dtype=torch.long),
+    identity = {"index": torch.arange(40), "image": torch.zeros(40, dtype=torch.long),
                 "center_xyz": torch.tensor(rng.uniform(-100, 100, (40, 3)))}
     metrics.update(torch.stack([1 - p, p], 1), labels, torch.zeros(40), identity, torch.zeros(40, 8, 8),
                    torch.full((40, 2), 4))
@@ -36,7 +36,7 @@ def title(fig):
 def test_every_figure_is_titled_with_stage_and_epoch():
     result = outcome(epoch=7)
     for name, build in FIGURES.items():
-        fig = build(result, lambda series: "…123456")
+        fig = build(result, lambda image: "…123456")
         assert fig is not None, name
         assert "val" in title(fig) and "epoch 7" in title(fig), (name, title(fig))
 
@@ -62,7 +62,7 @@ def test_reliability_draws_only_filled_bins_with_counts_and_the_ece():
 
 
 def test_mistake_captions_give_the_probability_series_and_coordinates():
-    fig = FIGURES["confident_mistakes"](outcome(), lambda series: "…123456")
+    fig = FIGURES["confident_mistakes"](outcome(), lambda image: "…123456")
     captions = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert captions and all(c.startswith("P(nodule) = ") and "…123456" in c and " mm" in c for c in captions)
     assert all(len(ax.lines) == 1 for ax in fig.axes if ax.get_title())  # the candidate is circled

@@ -102,7 +102,7 @@ def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(c
     cpm = float(cli.trainer.callback_metrics["val/cpm"])
     predictions = tmp_path / "val_predictions.csv"
     cli = main(["predict", "--config", str(config), f"--ckpt_path={checkpoint}", f"--predictions.path={predictions}"])
-    reference = cli.datamodule.froc_reference("test")
+    reference = cli.datamodule.evaluation_reference("test")
     listed = tmp_path / "listed"
     listed.mkdir()
     for name in ("annotations.csv", "annotations_excluded.csv"):
@@ -116,7 +116,7 @@ def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(c
 
 
 def test_candidate_split_logs_no_cpm(config, tmp_path):
-    cli = main(["--config", str(config), "--data.split_by=candidate"])
+    cli = main(["--config", str(config), "--data.split_by=row"])
     assert "val/cpm" not in cli.trainer.callback_metrics and "val/f1" in cli.trainer.callback_metrics
 
 
@@ -198,9 +198,9 @@ def test_how_to_evaluate_is_this_commands_choice_not_the_checkpoints(config, tmp
     checkpoint = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
     plain = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}"]).trainer.callback_metrics
     with caplog.at_level(logging.INFO, logger="luna"):
-        cli = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}", "--model.prior_correction=true",
-                    "--model.tta_flips=[[], [2]]"])
-    assert cli.model.hparams.prior_correction and cli.model.tta_flips == [(), (2,)]
+        cli = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}", "--evaluation.prior_correction=true",
+                    "--evaluation.tta_flips=[[], [2]]"])
+    assert cli.model.evaluation.prior_correction and cli.model.evaluation.flips == [(), (2,)]
     assert any(r.getMessage().startswith("prior correction: logits shifted by") for r in caplog.records)
     corrected = cli.trainer.callback_metrics
     assert float(corrected["val/calibration_error"]) != float(plain["val/calibration_error"])

@@ -53,7 +53,7 @@ def test_nonfinite_probabilities_are_left_out_counted_and_never_crash():
 
 def test_the_most_confident_mistakes_come_first_per_true_class():
     metrics = StageMetrics("val", curves=True, slice_shape=(2, 2), mistakes=2)
-    identity = {"index": torch.arange(8), "series": torch.zeros(8, dtype=torch.long), "center_xyz": torch.zeros(8, 3)}
+    identity = {"index": torch.arange(8), "image": torch.zeros(8, dtype=torch.long), "center_xyz": torch.zeros(8, 3)}
     slices = torch.arange(8.0)[:, None, None].expand(8, 2, 2)
     metrics.update(two_class(P_POSITIVE), LABELS, torch.zeros(8), identity, slices, torch.ones(8, 2, dtype=torch.long))
     false_positives, false_negatives = metrics.compute(epoch=0).mistakes

@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
+from luna.callbacks.evaluation import EvaluationSettings
 from luna.luna16.datamodule import LunaDataModule
 from luna.training.module import LunaClassifier
 
@@ -70,8 +71,10 @@ def test_discriminative_learning_rates_scale_by_depth():
 
 
 def test_prior_correction_turns_balanced_odds_into_natural_odds(datamodule, tmp_path):
-    corrected = LunaClassifier(prior_correction=True, channels_last=False)
-    trainer(tmp_path, max_steps=1, limit_val_batches=1, num_sanity_val_steps=0).fit(corrected, datamodule=datamodule)
+    corrected = LunaClassifier(channels_last=False)
+    settings = EvaluationSettings(prior_correction=True)
+    trainer(tmp_path, max_steps=1, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[settings]).fit(
+        corrected, datamodule=datamodule)
     natural, sampled = datamodule.class_frequencies()
     assert sampled.tolist() == [0.5, 0.5] and 0 < natural[1] < 0.5  # balanced epochs, rarer nodules
     plain = LunaClassifier(channels_last=False)

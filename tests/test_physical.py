@@ -233,7 +233,7 @@ def test_physical_multi_view_crops_train_validate_and_predict_through_the_cli(ph
     checkpoint = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
     out = tmp_path / "predictions.csv"
     cli = main(["predict", "--config", str(config), f"--ckpt_path={checkpoint}", f"--predictions.path={out}",
-                "--model.tta_flips=[[], [2]]"])
+                "--evaluation.tta_flips=[[], [2]]"])
     rows = out.read_text().splitlines()
     assert len(rows) == 1 + len(cli.datamodule.eval_dataset)
     cli = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}"])

@@ -69,13 +69,13 @@ def test_predict_over_50k_candidates_with_256_open_files_writes_every_row_once(l
             "from luna.fit import cli; sys.argv = ['luna'] + sys.argv[1:]; cli()")
     out = tmp_path / "predictions.csv"
     result = subprocess.run([sys.executable, "-c", code, "predict", "--config", str(config), f"--predictions.path={out}",
-                             "--data.split_by=candidate", "--data.val_stride=2"],
+                             "--data.split_by=row", "--data.val_stride=2"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     with out.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 25_000  # every other candidate: the validation half of split_by=candidate
+    assert len(rows) == 25_000  # every other candidate: the validation half of split_by=row
     assert len({(r["seriesuid"], r["coordX"], r["coordY"], r["coordZ"]) for r in rows}) == len(rows)  # each once
 
 

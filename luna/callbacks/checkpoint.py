@@ -27,7 +27,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     Takes the arguments of ``ModelCheckpoint``, and ``fallback_monitor``: the metric to rank
     checkpoints by when ``monitor`` is never logged (``val/cpm`` needs evaluated scans: a
-    ``split_by=candidate`` run or another dataset has none), with a warning.
+    ``split_by=row`` run or another dataset has none), with a warning.
     """
 
     def __init__(self, *args, fallback_monitor: str | None = "val/f1", **kwargs) -> None:

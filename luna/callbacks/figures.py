@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
+from luna.data.contract import crop_data
 from luna.evaluation.figures import (
     confusion_figure,
     figure_to_array,
@@ -24,7 +25,7 @@ from luna.evaluation.figures import (
     pr_curve_figure,
     reliability_figure,
 )
-from luna.metrics.stage import EvaluationOutcome
+from luna.metrics.stage import evaluation_of
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +77,14 @@ class ValidationFigures(pl.Callback):
         self._draw(trainer, pl_module, "test")
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        outcome: EvaluationOutcome | None = getattr(pl_module, "evaluations", {}).get(stage)
+        outcome = evaluation_of(pl_module, stage)
         if outcome is None or not trainer.is_global_zero or not trainer.loggers or not outcome.scalars.get(f"{stage}/samples"):
             return
-        series_uids = getattr(trainer.datamodule, "series_uids", None) if trainer.datamodule is not None else None
-        series_name = (lambda series: f"…{series_uids[series][-12:]}") if series_uids else None
+        image_ids = crop_data(trainer).image_ids
+        image_name = (lambda image: f"…{image_ids[image][-12:]}") if image_ids else None
         figures = {}
         for name in self.figures:
-            fig = FIGURES[name](outcome, series_name)
+            fig = FIGURES[name](outcome, image_name)
             if fig is not None:
                 figures[f"{stage}/{name}"] = fig
         log_figures(trainer, figures, outcome.epoch)

@@ -9,7 +9,6 @@ scan cap drops every mark tied at the 101st probability, and rounding makes ties
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -18,14 +17,12 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
+from luna.data.contract import crop_data
+from luna.data.csvfile import PREDICTION_ID_COLUMNS, probability_columns
+from luna.data.files import writable_problem, write_atomic, write_json_atomic
+
 log = logging.getLogger(__name__)
 
-ID_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ")
-
-
-def probability_columns(class_names: list[str]) -> list[str]:
-    """``probability`` for two classes (P(class 1), LUNA16's column), else ``probability_<class>`` each."""
-    return ["probability"] if len(class_names) == 2 else [f"probability_{name}" for name in class_names]
 
 
 class PredictionCsvWriter(BasePredictionWriter):
@@ -60,14 +57,18 @@ class PredictionCsvWriter(BasePredictionWriter):
         return path.with_name(f".{path.name}.rank{rank}.part")
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check where the CSV goes before any prediction is made (not after an hour of work)."""
         self._resolved = None
-        part = self._part(trainer, trainer.global_rank)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        part.write_text("")
+        path = self.resolved_path(trainer)
+        problem = f"{path} is a folder" if path.is_dir() else writable_problem(path.parent)
+        if problem:
+            raise ValueError(f"predictions.path={self.path}: cannot write the predictions there: {problem}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._part(trainer, trainer.global_rank).write_text("")
         self.rows_written = 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        uids, centers = trainer.datamodule.identify(prediction["index"])
+        uids, centers = crop_data(trainer).identify(prediction["index"])
         probabilities = prediction["probabilities"]
         if probabilities.shape[1] == 2:
             probabilities = probabilities[:, 1:]
@@ -82,21 +83,22 @@ class PredictionCsvWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             path = self.resolved_path(trainer)
             parts = [self._part(trainer, rank) for rank in range(trainer.world_size)]
-            names = getattr(trainer.datamodule, "class_names", ["class0", "class1"])
-            temporary = path.with_name(f".{path.name}.tmp")
-            with temporary.open("w", newline="") as out:
-                csv.writer(out).writerow([*ID_COLUMNS, *probability_columns(names)])
+            data = crop_data(trainer)
+            names = data.class_names
+            header = (",".join([*PREDICTION_ID_COLUMNS, *probability_columns(names)]) + "\r\n").encode()
+
+            def concatenate(out) -> None:
+                out.write(header)
                 for part in parts:
-                    with part.open() as handle:
+                    with part.open("rb") as handle:
                         shutil.copyfileobj(handle, out)
-            temporary.replace(path)
+
+            write_atomic(path, concatenate, sum(part.stat().st_size for part in parts))
             for part in parts:
                 part.unlink()
             with path.open() as handle:
                 rows = sum(1 for _ in handle) - 1
-            data_dir = getattr(trainer.datamodule, "data_dir", None)
-            about = {"rows": rows, "class_names": names, "checkpoint": trainer.ckpt_path,
-                     "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None}
-            path.with_suffix(".json").write_text(json.dumps(about, indent=1) + "\n")
+            about = {"rows": rows, "class_names": names, "checkpoint": trainer.ckpt_path, **data.describe_inputs()}
+            write_json_atomic(path.with_suffix(".json"), about, indent=1)
             log.info("predictions: %d rows written to %s", rows, path)
         trainer.strategy.barrier("predictions merged")

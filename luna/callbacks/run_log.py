@@ -12,6 +12,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from luna.metrics.stage import evaluation_of
+
 log = logging.getLogger(__name__)
 
 # (metric, label) in the order a line shows them; absent metrics are left out
@@ -35,10 +37,10 @@ def describe_metrics(metrics: dict[str, float], stage: str, threshold: float | N
     return " | ".join(parts)
 
 
-def _threshold(pl_module: pl.LightningModule) -> float | None:
-    """The binary decision threshold of the module, or None for more classes."""
-    hparams = pl_module.hparams
-    return hparams.get("threshold", 0.5) if hparams.get("num_classes", 2) == 2 else None
+def _threshold(pl_module: pl.LightningModule, stage: str) -> float | None:
+    """The binary decision threshold of the module's last ``stage`` evaluation, or None for more classes."""
+    outcome = evaluation_of(pl_module, stage)
+    return outcome.threshold if outcome is not None else None
 
 
 class RunLog(pl.Callback):
@@ -68,7 +70,7 @@ class RunLog(pl.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-        threshold = _threshold(pl_module)
+        threshold = _threshold(pl_module, "val")
         if trainer.state.fn == "fit":
             self.history[trainer.current_epoch] = metrics
             train = f" | train loss {metrics['train/loss']:.3f}" if "train/loss" in metrics else ""
@@ -80,7 +82,7 @@ class RunLog(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            threshold = _threshold(pl_module)
+            threshold = _threshold(pl_module, "test")
             metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
             log.info("test of %s: %s", trainer.ckpt_path or "the given weights", describe_metrics(metrics, "test", threshold))
 
@@ -91,7 +93,7 @@ class RunLog(pl.Callback):
         lines = [f"training finished: {trainer.current_epoch} epochs, {trainer.global_step} steps in "
                  f"{minutes} min {seconds} s"]
         checkpoint = trainer.checkpoint_callback
-        threshold = _threshold(pl_module)
+        threshold = _threshold(pl_module, "val")
         if isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor and self.history:
             scored = {epoch: m[checkpoint.monitor] for epoch, m in self.history.items() if checkpoint.monitor in m}
             if scored:

@@ -4,7 +4,7 @@
     python -m luna.crossval --folds 0,3 ...          # only some folds (the others can run later)
     python -m luna.crossval --merge_only --output DIR   # score what the folds have predicted so far
 
-Fold K trains on the nine other subsets (``--data.split_by=subset --data.val_subset=K``) and then
+Fold K trains on the nine other subsets (``--data.split_by=fold --data.val_fold=K``) and then
 predicts every candidate of ``subsetK`` with its final weights (``last.ckpt``: the held-out fold
 chooses nothing, so its score is not optimistic). The ten prediction files are merged into one
 submission over all scans and scored once, as LUNA16 results are (FROC, CPM with its bootstrap
@@ -26,11 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from luna.cli.console import setup_logging
+from luna.data.files import write_atomic, write_json_atomic
 from luna.luna16.report import summary, table, write_report
 from luna.luna16.scoring import evaluate_submission
 
@@ -43,7 +46,7 @@ PREDICTIONS = "predictions.csv"
 
 def fold_arguments(fold: int, fold_dir: Path) -> list[str]:
     """The ``luna.fit`` arguments that make a run fold ``fold`` of the cross-validation."""
-    return ["--data.split_by=subset", f"--data.val_subset={fold}", f"--trainer.default_root_dir={fold_dir}"]
+    return ["--data.split_by=fold", f"--data.val_fold={fold}", f"--trainer.default_root_dir={fold_dir}"]
 
 
 def newest_checkpoint(fold_dir: Path) -> Path | None:
@@ -84,7 +87,7 @@ def run_fold(fold: int, output: Path, fit_args: list[str]) -> Path:
             log.info("fold %d: resuming from %s", fold, resume)
         _luna_fit(["fit", *fit_args, *fold_arguments(fold, fold_dir), *([f"--ckpt_path={resume}"] if resume else [])])
         last = max(fold_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
-        trained.write_text(json.dumps({"checkpoint": str(last)}) + "\n")
+        write_json_atomic(trained, {"checkpoint": str(last)})
     checkpoint = json.loads(trained.read_text())["checkpoint"]
     log.info("fold %d: predicting subset%d with %s", fold, fold, checkpoint)
     _luna_fit(["predict", *fit_args, *fold_arguments(fold, fold_dir), f"--ckpt_path={checkpoint}",
@@ -103,16 +106,15 @@ def predicted_data_dir(fold_predictions: Path) -> Path:
 
 def merge(fold_predictions: dict[int, Path], merged: Path) -> None:
     """Concatenate the folds' prediction files (same header) into one submission, atomically."""
-    temporary = merged.with_name(f".{merged.name}.tmp")
-    with temporary.open("w") as out:
-        for k, (fold, path) in enumerate(sorted(fold_predictions.items())):
-            with path.open() as handle:
+    def concatenate(out) -> None:
+        for k, (_, path) in enumerate(sorted(fold_predictions.items())):
+            with path.open("rb") as handle:
                 header = handle.readline()
                 if k == 0:
                     out.write(header)
-                for line in handle:
-                    out.write(line)
-    temporary.replace(merged)
+                shutil.copyfileobj(handle, out)
+
+    write_atomic(merged, concatenate, sum(path.stat().st_size for path in fold_predictions.values()))
 
 
 def score(output: Path, bootstrap: int, seed: int) -> dict:
@@ -140,7 +142,7 @@ def score(output: Path, bootstrap: int, seed: int) -> dict:
         "per_fold": {str(fold): {"cpm": result.cpm, "scans": result.counts.scans, "nodules": result.counts.nodules,
                                  "detected": result.counts.detected} for fold, result in per_fold.items()},
     }
-    (output / "crossval.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_json_atomic(output / "crossval.json", record, indent=1)
     lines = [table(evaluation, f"{merged} ({len(done)} folds merged)"), "", "per-fold CPM (each fold's scans alone):"]
     lines += [f"  fold {fold}: CPM {result.cpm:.3f} over {result.counts.scans} scans, {result.counts.detected}/"
               f"{result.counts.nodules} nodules detected" for fold, result in sorted(per_fold.items())]
@@ -169,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge_only", action="store_true", help="only merge and score the folds' predictions")
     parser.add_argument("--no_merge", action="store_true", help="only run the folds (a SLURM array task)")
     args, fit_args = parser.parse_known_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(message)s")
-    logging.getLogger("luna").setLevel(logging.INFO)
+    setup_logging()
     try:
         if not args.merge_only:
             for fold in args.folds:

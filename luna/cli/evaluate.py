@@ -16,11 +16,12 @@ listed in FILE instead (e.g. a validation split).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from luna.cli.console import setup_logging
 from luna.data.csvfile import CsvFormatError
+from luna.data.files import writable_problem
 from luna.luna16.report import table, write_report
 from luna.luna16.scoring import evaluate_submission
 
@@ -48,8 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.bootstrap < 0:
         parser.error(f"--bootstrap={args.bootstrap}: must be 0 or more")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(levelname)s: %(message)s")
+    setup_logging()
+    output = args.output or args.predictions.parent
+    problem = writable_problem(output)
+    if problem:
+        print(f"error: --output {output}: cannot write froc.json and froc.png there: {problem}", file=sys.stderr)
+        return 2
     try:
         evaluation = evaluate_submission(args.predictions, args.data_dir, args.subsets, args.bootstrap, args.seed, args.series)
     except (FileNotFoundError, CsvFormatError) as error:
@@ -59,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the {evaluation.result.counts.scans} evaluated scans hold no nodule of "
               f"{args.data_dir / 'annotations.csv'}: sensitivity and CPM are undefined", file=sys.stderr)
         return 2
-    output = args.output or args.predictions.parent
     json_path, png_path = write_report(evaluation, output, f"FROC: {args.predictions.name}")
     print(table(evaluation, str(args.predictions)))
     print(f"\nwrote {json_path} and {png_path}")

@@ -12,63 +12,55 @@ Without a subcommand, ``fit`` is meant. ``configs/default.yaml`` is always read 
 from __future__ import annotations
 
 import difflib
-import logging
-import os
 import signal
 import sys
 import warnings
 from importlib import resources
 from typing import NoReturn
 
-from pytorch_lightning import Trainer
-from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
+from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from luna.callbacks.checkpoint import RunCheckpoint
+from luna.callbacks.evaluation import EvaluationSettings
 from luna.callbacks.figures import ValidationFigures
+from luna.callbacks.learning_rate import LearningRateLog
 from luna.callbacks.predictions import PredictionCsvWriter
 from luna.callbacks.run_log import RunLog
+from luna.cli.console import setup_logging
+from luna.cli.errors import option_error, run
 from luna.cli.run_folder import LoggerName, run_loggers
 from luna.data.cache.read import CacheBuildError
 from luna.data.datamodule import CropDataModule
+from luna.data.files import DiskFullError
 from luna.data.volume import ScanReadError
-from luna.training.finetuning import UntrustedCheckpointError
+from luna.training.checkpoints import CheckpointError, read_checkpoint
 from luna.training.module import DivergenceError, LunaClassifier
 
 DEFAULT_CONFIG = resources.files("luna.configs") / "default.yaml"  # configs/, installed as package data
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-# model options that describe how to evaluate, not what was trained: a checkpoint does not override them
-EVALUATION_OPTIONS = ("tta_flips", "threshold", "prior_correction", "mistakes_shown", "compile")
 USAGE = "python -m luna.fit [fit|validate|test|predict] [--config FILE ...] [--section.key=VALUE ...]"
 # what a user can cause and fix: shown as one line by `cli`
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CacheBuildError, ScanReadError,
-               UntrustedCheckpointError, DivergenceError)
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CacheBuildError, ScanReadError, CheckpointError,
+               DivergenceError, DiskFullError, PermissionError)
 
 
 class LunaArgumentParser(LightningArgumentParser):
-    """Errors in one short paragraph instead of a page of usage, with the likely key when a
-    ``--section.key`` is mistyped."""
+    """Errors in one line instead of a page of usage (``luna.cli.errors``): the likely key when a
+    ``--section.key`` is mistyped, the new name when it was renamed. Prefixes of an option are not
+    taken for it (``--trainer.max_epoch`` is an error, not ``max_epochs``)."""
 
     argv: list[str] = []  # the command line being parsed (set by ``main``), to name a mistyped key
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        lines = [f"error: {message.strip().splitlines()[0]}"]
-        if "not accepted" in message or "nrecognized arguments" in message:
-            known = self._known_keys()  # this parser's keys: a subclass's parser knows them without its section
-            given = [arg[2:].split("=")[0] for arg in self.argv if arg.startswith("--") and "." in arg]
-            for key in given:
-                section, _, tail = key.partition(".")
-                if key in known or tail in known:
-                    continue
-                if any(k.startswith(f"{section}.") for k in known):
-                    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-                else:
-                    close = [f"{section}.{match}" for match in difflib.get_close_matches(tail, known, n=3, cutoff=0.6)]
-                hint = f": did you mean {' or '.join('--' + k for k in close)}?" if close else ""
-                lines.append(f"  --{key} is not an option{hint}")
-        lines.append("  (python -m luna.fit --help lists every option)")
-        print("\n".join(lines), file=sys.stderr)
+        known = self._known_keys()
+        print(option_error(message, self.argv, known, lambda key: _close_keys(key, known)), file=sys.stderr)
+        print("  (python -m luna.fit --help lists every option)", file=sys.stderr)
         sys.exit(2)
 
     def _known_keys(self) -> list[str]:
@@ -81,6 +73,14 @@ class LunaArgumentParser(LightningArgumentParser):
             return [prefix[:-1]]
 
         return sorted(walk("", self.get_defaults().as_dict()))
+
+
+def _close_keys(key: str, known: list[str]) -> list[str]:
+    """Options like ``key``; a subclass's parser knows its keys without their section."""
+    section, _, tail = key.partition(".")
+    if any(k.startswith(f"{section}.") for k in known):
+        return difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    return [f"{section}.{match}" for match in difflib.get_close_matches(tail, known, n=3, cutoff=0.6)]
 
 
 class RunConfig(SaveConfigCallback):
@@ -105,8 +105,9 @@ class LunaCLI(LightningCLI):
                 "checkpoint.save_last": True,
             }
         )
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(LearningRateLog, "lr_monitor")
         parser.add_lightning_class_args(PredictionCsvWriter, "predictions")
+        parser.add_lightning_class_args(EvaluationSettings, "evaluation")
         parser.add_lightning_class_args(ValidationFigures, "figures")
         parser.add_lightning_class_args(RunLog, "run_log")
         parser.add_argument("--loggers", type=list[LoggerName], default=["csv", "tensorboard"],
@@ -117,25 +118,49 @@ class LunaCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
-    def _parse_ckpt_path(self) -> None:
-        """Lightning rebuilds the model from the checkpoint's hyperparameters for validate, test and
-        predict; how to evaluate (test-time flips, threshold, prior correction, compilation...) is
-        still this command's choice, not the training run's."""
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Parse, then read a ``--ckpt_path`` safely (before Lightning loads its hyperparameters):
+        a missing, empty, truncated or untrusted file is one line here, not a traceback."""
+        super().parse_arguments(parser, args)
+        self._checkpoint_hparams: dict | None = None
         subcommand = self.config.get("subcommand")
-        if not subcommand:
-            return super()._parse_ckpt_path()
-        model = self.config[subcommand].get("model")
-        chosen = {key: model.get(key) for key in EVALUATION_OPTIONS} if model is not None else {}
-        super()._parse_ckpt_path()
-        for key, value in chosen.items():
-            self.config[subcommand]["model"][key] = value
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and path not in ("last", "best", "hpc", "registry"):
+            trusted = "(none: Lightning loads only what torch loads safely)"
+            self._checkpoint_hparams = read_checkpoint(path, trust_option=trusted).get("hyper_parameters", {})
+
+    def before_fit(self) -> None:
+        self._check_checkpoint()
+
+    def before_validate(self) -> None:
+        self._check_checkpoint()
+
+    def before_test(self) -> None:
+        self._check_checkpoint()
+
+    def before_predict(self) -> None:
+        self._check_checkpoint()
+
+    def _check_checkpoint(self) -> None:
+        """A checkpoint trained for other classes or crops than the data gives is one line, not a
+        size mismatch deep inside ``load_state_dict``."""
+        if not self._checkpoint_hparams:
+            return
+        data, path = self.datamodule, self.config_init[self.subcommand].get("ckpt_path")
+        for key, given in (("num_classes", data.num_classes), ("input_widths_irc", data.input_widths_irc)):
+            trained = self._checkpoint_hparams.get(key)
+            if trained is not None and trained != given:
+                raise CheckpointError(f"checkpoint {path} was trained with {key}={trained}, but the data gives "
+                                      f"{given} ({', '.join(data.class_names)}): use a checkpoint of this data")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """One run folder for every logger (see ``luna.cli.run_folder``), and
         ``--trainer.enable_progress_bar=false`` also drops the configured progress bar (for batch jobs)."""
         config = self.config_init[self.subcommand]
         trainer_config = config.get("trainer") or {}
-        if trainer_config.get("logger") is None:
+        if trainer_config.get("fast_dev_run"):
+            kwargs["logger"] = False  # a debug run writes nothing (no run folder either)
+        elif trainer_config.get("logger") is None:
             kwargs["logger"] = run_loggers(trainer_config.get("default_root_dir") or "logs", config["loggers"])
         if trainer_config.get("enable_progress_bar") is False:
             callbacks = trainer_config.get("callbacks") or []
@@ -143,34 +168,10 @@ class LunaCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """A handler that writes to whatever ``sys.stderr`` is when a record comes: Rich's progress bar
-    replaces it while it draws, and lines then appear above the bar instead of through it."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-class _NoAdvertising(logging.Filter):
-    """Drops Lightning's tip to install its cloud logger, printed on every command."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
-def main(args: list[str] | None = None) -> LunaCLI:
-    """Run the CLI on ``args`` (default: the command line), with ``fit`` meant when no subcommand is given."""
-    if not logging.getLogger().handlers:  # show luna's progress (cache builds, splits) like Lightning's own
-        handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logging.getLogger().addHandler(handler)
-    logging.getLogger("luna").setLevel(logging.INFO)
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdvertising())
+def main(args: list[str] | None = None, extra_callbacks: list[Callback] | None = None) -> LunaCLI:
+    """Run the CLI on ``args`` (default: the command line), with ``fit`` meant when no subcommand is
+    given; ``extra_callbacks`` join the configured ones (``luna.tune`` adds its pruning this way)."""
+    setup_logging()
     # By design the module, not the DataModule, gives batches their final form on the device.
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
     # Lightning 2.6's own use of torch's pytree API, on every command: nothing a user can act on
@@ -188,6 +189,7 @@ def main(args: list[str] | None = None) -> LunaCLI:
         save_config_kwargs={"overwrite": True},
         parser_class=LunaArgumentParser,
         auto_configure_optimizers=False,  # the module's own --model.optimizer, not a second top-level one
+        trainer_defaults={"callbacks": list(extra_callbacks)} if extra_callbacks else None,
         parser_kwargs={"prog": "python -m luna.fit", "usage": USAGE,
                        **{subcommand: {"default_config_files": [str(DEFAULT_CONFIG)], "usage": USAGE,
                                        "prog": f"python -m luna.fit {subcommand}"} for subcommand in SUBCOMMANDS}},
@@ -200,22 +202,9 @@ def cli() -> None:
     run) reported in one line instead of a traceback (``LUNA_TRACEBACK=1`` shows it), and exit
     statuses a scheduler understands: 2 for such errors, 143 when stopped by SIGTERM."""
     try:
-        main()
+        run(main, USER_ERRORS)
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)
-    except USER_ERRORS as error:
-        if os.environ.get("LUNA_TRACEBACK"):
-            raise
-        print(f"error: {_reason(error)}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _reason(error: BaseException) -> str:
-    """The line of an error that says what is wrong: jsonargparse wraps a constructor's own message
-    ("batch_size=-1: must be ...") in a list of the union's subtypes it tried."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    reasons = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
-    return reasons[0] if reasons else (lines[0] if lines else type(error).__name__)
 
 
 if __name__ == "__main__":

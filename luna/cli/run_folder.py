@@ -31,6 +31,23 @@ def next_version(root: str | Path) -> int:
     return max(numbers, default=-1) + 1
 
 
+def claim_version(root: str | Path) -> int:
+    """Create the next ``version_N`` folder under ``root`` and return N.
+
+    The folder is made with an exclusive ``mkdir``: two runs started at the same moment with the
+    same ``root`` get two folders, never one shared (interleaved metrics, one config for two runs).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    version = next_version(root)
+    while True:
+        try:
+            (root / f"version_{version}").mkdir()
+            return version
+        except FileExistsError:
+            version += 1
+
+
 def run_loggers(root: str | Path, names: list[LoggerName], project: str = "luna") -> list[Logger]:
     """The loggers of a new run under ``root``, sharing one version; the CSV logger comes first.
 
@@ -43,14 +60,12 @@ def run_loggers(root: str | Path, names: list[LoggerName], project: str = "luna"
     if unknown:
         raise ValueError(f"loggers={names}: unknown {unknown}; choose among csv, tensorboard, wandb")
     root = Path(root)
-    version = next_version(root) if getattr(rank_zero_only, "rank", 0) == 0 else 0
+    version = claim_version(root) if getattr(rank_zero_only, "rank", 0) == 0 else 0
     loggers: list[Logger] = [CSVLogger(root, name="", version=version)]
     if "tensorboard" in names:
         loggers.append(TensorBoardLogger(root, name="", version=version, sub_dir="tensorboard", default_hp_metric=False))
     if "wandb" in names:
         folder = root / f"version_{version}"
-        if getattr(rank_zero_only, "rank", 0) == 0:
-            folder.mkdir(parents=True, exist_ok=True)
         # offline unless WANDB_MODE=online (after `wandb login`); `wandb sync` uploads offline runs later
         loggers.append(WandbLogger(project=project, name=f"{root.name}/version_{version}", save_dir=str(folder),
                                    offline=os.environ.get("WANDB_MODE", "offline") != "online"))

@@ -9,6 +9,7 @@ deep inside numpy.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,14 @@ from pathlib import Path
 import numpy as np
 
 XYZ_COLUMNS = ("coordX", "coordY", "coordZ")
+# a predictions CSV (LUNA16's submission format): what is predicted, then one column per probability
+PREDICTION_ID_COLUMNS = ("seriesuid", *XYZ_COLUMNS)
+PROBABILITY_COLUMN = "probability"
+
+
+def probability_columns(class_names: list[str]) -> list[str]:
+    """``probability`` for two classes (P(class 1), LUNA16's column), else ``probability_<class>`` each."""
+    return [PROBABILITY_COLUMN] if len(class_names) == 2 else [f"{PROBABILITY_COLUMN}_{name}" for name in class_names]
 
 
 class CsvFormatError(ValueError):
@@ -78,17 +87,26 @@ class CsvColumns:
 def read_columns(path: str | Path, columns: Sequence[str], description: str = "CSV file") -> CsvColumns:
     """Read ``columns`` (found by header name, in any order) after checking the header and every row's width.
 
-    Blank lines are skipped. Extra columns are allowed and ignored.
+    The file is UTF-8 text (a byte-order mark, as spreadsheet programs write, is ignored); line
+    ends may be LF or CRLF; blank lines are skipped; extra columns are allowed and ignored.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the message says it was expected as ``description``).
-        CsvFormatError: the file is empty, a column is missing or a row has the wrong number of values.
+        CsvFormatError: the file is empty, not UTF-8 text, holds a malformed or oversized field,
+            lacks a column (or names one twice), or a row has the wrong number of values.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"expected the {description} {path}, but it does not exist")
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise CsvFormatError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); save the file "
+                             "as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
         header = next(reader, None)
         if header is None:
             raise CsvFormatError(f"{path}: the file is empty; expected a header {','.join(columns)}")
@@ -99,10 +117,17 @@ def read_columns(path: str | Path, columns: Sequence[str], description: str = "C
                 f"{path}, line 1: missing column(s) {', '.join(missing)}; "
                 f"expected a header with {','.join(columns)}, found {','.join(header)}"
             )
-        rows = list(reader)
+        twice = sorted({name for name in columns if header.count(name) > 1})
+        if twice:
+            raise CsvFormatError(f"{path}, line 1: column(s) {', '.join(twice)} appear more than once in the header")
+        rows = []
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as error:
+        raise CsvFormatError(f"{path}, line {reader.line_num}: {error}") from None
     width = len(header)
-    line_numbers = [number for number, row in enumerate(rows, start=2) if row]
-    rows = [row for row in rows if row]
+    line_numbers = [number for number, row in rows if row]
+    rows = [row for _, row in rows if row]
     for line_number, row in zip(line_numbers, rows):
         if len(row) != width:
             raise CsvFormatError(f"{path}, line {line_number}: expected {width} values, found {len(row)}")

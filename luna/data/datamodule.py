@@ -64,12 +64,11 @@ class CropDataModule(pl.LightningDataModule):
             view (``luna.models.MultiViewLunaModel`` by default).
         intensity_window: values are clipped to this window (CT: [-1000, 1000] HU)...
         intensity_scale: ...then multiplied by this and rounded to int16 (1 for CT's integer HU).
-        split_by: ``"series"`` strides over the split groups sorted by id (LUNA16: scans; no scan
-            in both sets, the book's chapter 14), ``"candidate"`` over the rows (chapter 11: scans
-            in both sets) or ``"subset"`` (validation = the images of fold ``val_subset``: LUNA16's
-            ten subsets).
+        split_by: ``"group"`` strides over the split groups sorted by id (LUNA16: scans; no scan
+            in both sets, the book's chapter 14), ``"row"`` over the rows (chapter 11: scans in both
+            sets) or ``"fold"`` (validation = the images of fold ``val_fold``: LUNA16's ten subsets).
         val_stride: every ``val_stride``-th group (or row) goes to validation (90/10 at 10).
-        val_subset: the validation fold for ``split_by="subset"``, e.g. 0 for LUNA16's ``subset0``.
+        val_fold: the validation fold for ``split_by="fold"``, e.g. 0 for LUNA16's ``subset0``.
         batch_size: samples per batch on each device (the global batch is devices x this).
         num_workers: DataLoader worker processes per device.
         negatives_per_positive: N > 0 draws N negatives per positive in each training epoch
@@ -77,7 +76,7 @@ class CropDataModule(pl.LightningDataModule):
             often. 0 keeps the natural class ratio.
         samples_per_epoch: training samples per epoch over all devices; None = the training split.
         seed: seeds the epoch orders (the splits themselves are deterministic).
-        eval_series: image ids (LUNA16: series uids) served by test and predict, or ``"all"`` for
+        eval_images: image ids (LUNA16: series uids) served by test and predict, or ``"all"`` for
             every crop of the cache; None serves the validation split.
         build_processes: volumes read in parallel while building the cache.
         skip_bad_scans: warn about unreadable volumes and build without them instead of failing.
@@ -94,15 +93,15 @@ class CropDataModule(pl.LightningDataModule):
         extra_views: list[View] | None = None,
         intensity_window: tuple[float, float] = HU_WINDOW,
         intensity_scale: float = 1.0,
-        split_by: SplitBy = "series",
+        split_by: SplitBy = "group",
         val_stride: int = 10,
-        val_subset: int = 0,
+        val_fold: int = 0,
         batch_size: int = 32,
         num_workers: int = 2,
         negatives_per_positive: int = 0,
         samples_per_epoch: int | None = None,
         seed: int = 0,
-        eval_series: list[str] | Literal["all"] | None = None,
+        eval_images: list[str] | Literal["all"] | None = None,
         build_processes: int = 2,
         skip_bad_scans: bool = False,
         shared_cache: bool = False,
@@ -121,10 +120,10 @@ class CropDataModule(pl.LightningDataModule):
                  *(f"data.extra_views[{k}]" for k in range(len(self.views) - 1)))
         self.settings = CacheSettings(tuple(View(view.cached_irc, view.spacing_mm) for view in self.views),
                                       tuple(intensity_window), float(intensity_scale), names)
-        self.split_by, self.val_stride, self.val_subset = split_by, val_stride, val_subset
+        self.split_by, self.val_stride, self.val_fold = split_by, val_stride, val_fold
         self.batch_size, self.num_workers = batch_size, num_workers
         self.negatives_per_positive, self.samples_per_epoch, self.seed = negatives_per_positive, samples_per_epoch, seed
-        self.eval_series, self.build_processes = eval_series, build_processes
+        self.eval_images, self.build_processes = eval_images, build_processes
         self.skip_bad_scans = skip_bad_scans
         self.prepare_data_per_node = not shared_cache
         self.cache: CropCache | None = None
@@ -157,9 +156,13 @@ class CropDataModule(pl.LightningDataModule):
         and checkpoints keep as plain data)."""
         return [list(view.width_irc) for view in self.views]
 
-    def froc_reference(self, stage: str) -> Reference | None:
-        """What a LUNA16 FROC scores a stage against; None (the default): no FROC for this data."""
+    def evaluation_reference(self, stage: str) -> Reference | None:
+        """What a FROC analysis scores a stage against; None (the default): no FROC for this data."""
         return None
+
+    def describe_inputs(self) -> dict[str, str | None]:
+        """Where the data came from (recorded beside predictions); subclasses name their inputs."""
+        return {}
 
     def prepare_inputs(self) -> None:
         """Hook run by ``prepare_data`` before the cache is built (the phantom generators use it)."""
@@ -195,7 +198,7 @@ class CropDataModule(pl.LightningDataModule):
         groups = np.asarray(self.cache.groups)[self.cache.image_of]
         folds = self.cache.folds[self.cache.image_of]
         self.train_positions, self.val_positions = split_items(groups, folds, self.split_by, self.val_stride,
-                                                               self.val_subset)
+                                                               self.val_fold)
         labels = self.cache.labels
         if len(self.train_positions) == 0 or len(self.val_positions) == 0:
             raise ValueError(
@@ -230,21 +233,21 @@ class CropDataModule(pl.LightningDataModule):
 
     @property
     def eval_dataset(self) -> CropDataset:
-        """The test/predict set: ``eval_series`` if given, else the validation split."""
-        if self.eval_series is None:
+        """The test/predict set: ``eval_images`` if given, else the validation split."""
+        if self.eval_images is None:
             return self.val_dataset
-        if self.eval_series == "all":
+        if self.eval_images == "all":
             return self._dataset("eval", np.arange(len(self.cache)))
         known = {image_id: k for k, image_id in enumerate(self.cache.image_ids)}
-        unknown = sorted(set(self.eval_series) - set(known))
+        unknown = sorted(set(self.eval_images) - set(known))
         if unknown:
-            raise ValueError(f"eval_series not in the crop cache (no volume or no row): {unknown}")
-        wanted = np.isin(self.cache.image_of, [known[image_id] for image_id in self.eval_series])
+            raise ValueError(f"eval_images not in the crop cache (no volume or no row): {unknown}")
+        wanted = np.isin(self.cache.image_of, [known[image_id] for image_id in self.eval_images])
         return self._dataset("eval", np.flatnonzero(wanted))
 
     @property
-    def series_uids(self) -> list[str]:
-        """The id of each image number in batches (``batch["series"]``; LUNA16: series uids)."""
+    def image_ids(self) -> list[str]:
+        """The id of each image number in batches (``batch["image"]``; LUNA16: series uids)."""
         return self.cache.image_ids
 
     def identify(self, indices: np.ndarray) -> tuple[list[str], np.ndarray]:

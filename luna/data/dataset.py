@@ -44,7 +44,7 @@ class CropSample(TypedDict):
     crop: np.ndarray  # int16 [I, R, C], a read-only view of the cache
     label: int
     index: int  # the candidate's row in the cache
-    series: int  # the candidate's image (LUNA16: series) number in the cache
+    image: int  # the candidate's image (LUNA16: series) number in the cache
     center_xyz: np.ndarray  # float64 [3], millimetres
     offset_irc: np.ndarray  # int64 [3], the candidate's voxel inside ``crop``
     window_irc: np.ndarray  # int64 [3], start of the model's crop inside ``crop`` (0 when served exactly)
@@ -67,7 +67,7 @@ class CropBatch(TypedDict):
     crop: torch.Tensor  # int16 [B, 1, I, R, C]
     label: torch.Tensor  # int64 [B]
     index: torch.Tensor  # int64 [B]
-    series: torch.Tensor  # int64 [B]
+    image: torch.Tensor  # int64 [B], each candidate's image number in the cache
     center_xyz: torch.Tensor  # float64 [B, 3]
     offset_irc: torch.Tensor  # int64 [B, 3]
     window_irc: torch.Tensor  # int64 [B, 3]
@@ -122,7 +122,7 @@ class CropDataset(Dataset):
         return self._labels
 
     @property
-    def series(self) -> np.ndarray:
+    def images(self) -> np.ndarray:
         """The image (LUNA16: series) number of every sample."""
         return np.asarray(self.cache.image_of[self.positions], dtype=np.int64)
 
@@ -157,7 +157,7 @@ class CropDataset(Dataset):
             **first,
             "label": int(labels[k]),
             "index": k,
-            "series": image,
+            "image": image,
             "center_xyz": center_xyz[k],
             "extra_views": [self._view(view, k, item, image) for view in range(1, len(self.widths_irc))],
         }
@@ -190,7 +190,7 @@ def collate_crops(samples: list[CropSample]) -> CropBatch:
         **_collate_view(samples),
         "label": torch.tensor([sample["label"] for sample in samples], dtype=torch.int64),
         "index": torch.tensor([sample["index"] for sample in samples], dtype=torch.int64),
-        "series": torch.tensor([sample["series"] for sample in samples], dtype=torch.int64),
+        "image": torch.tensor([sample["image"] for sample in samples], dtype=torch.int64),
         "center_xyz": _stack([sample["center_xyz"] for sample in samples], np.float64),
         "extra_views": [_collate_view([sample["extra_views"][view] for sample in samples])
                         for view in range(len(samples[0]["extra_views"]))],

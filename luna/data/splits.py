@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-SplitBy = Literal["series", "candidate", "subset"]
+SplitBy = Literal["group", "row", "fold"]
 
 
 def stride_split(count: int, val_stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,31 +29,31 @@ def split_items(
     fold_of_item: np.ndarray,
     split_by: SplitBy,
     val_stride: int = 10,
-    val_subset: int = 0,
+    val_fold: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split items (crops in table order) into ``(train, val)`` item positions.
 
     Args:
         group_of_item: for each item, its split group (LUNA16: its series uid).
         fold_of_item: for each item, its fold (LUNA16: its subset number; -1 for none).
-        split_by: ``"series"`` strides over the groups sorted by id; ``"candidate"`` over the
-            items; ``"subset"`` puts the items of fold ``val_subset`` in validation (LUNA16's folds).
+        split_by: ``"group"`` strides over the groups sorted by id; ``"row"`` over the items;
+            ``"fold"`` puts the items of fold ``val_fold`` in validation (LUNA16's subsets).
         val_stride: every ``val_stride``-th group or item goes to validation.
-        val_subset: the validation fold when ``split_by="subset"``.
+        val_fold: the validation fold when ``split_by="fold"``.
     """
-    if split_by == "candidate":
+    if split_by == "row":
         return stride_split(len(group_of_item), val_stride)
-    if split_by == "series":
+    if split_by == "group":
         groups = np.unique(group_of_item)  # sorted
         _, val_groups = stride_split(len(groups), val_stride)
         is_val = np.isin(group_of_item, groups[val_groups])
-    elif split_by == "subset":
+    elif split_by == "fold":
         folds = sorted(set(np.asarray(fold_of_item).tolist()) - {-1})
-        if val_subset not in folds:
-            raise ValueError(f"val_subset={val_subset}: no image with rows lies in that fold; the folds are {folds}")
-        is_val = np.asarray(fold_of_item) == val_subset
+        if val_fold not in folds:
+            raise ValueError(f"val_fold={val_fold}: no image with rows lies in that fold; the folds are {folds}")
+        is_val = np.asarray(fold_of_item) == val_fold
     else:
-        raise ValueError(f"split_by={split_by!r}: expected 'series', 'candidate' or 'subset'")
+        raise ValueError(f"split_by={split_by!r}: expected 'group', 'row' or 'fold'")
     positions = np.arange(len(group_of_item))
     return positions[~is_val], positions[is_val]
 

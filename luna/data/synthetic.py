@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 
@@ -74,27 +69,6 @@ def ellipsoid(volume, center_irc, semi_mm, value, spacing_irc, edge_mm):
     cz, cy, cx = center_irc * spacing_irc
     scaled = np.sqrt(((z - cz) / semi_mm[0]) ** 2 + ((y - cy) / semi_mm[1]) ** 2 + ((x - cx) / semi_mm[2]) ** 2)
     _paint(volume, box, scaled * semi_mm.min(), semi_mm.min(), value, edge_mm)
-
-
-def write_folder_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write`` on a staging folder beside ``out_dir`` and rename it when complete.
-
-    An interrupted run leaves no half-written dataset, and an existing ``out_dir`` is never
-    touched: it must not exist yet.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} already exists; phantom data is only written to a new folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    staging.chmod(0o755)
-    try:
-        write(staging)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
 
 
 def spec_digest(spec: object) -> str:

@@ -13,7 +13,9 @@ Voxels are kept as int16: ``round(clip(value, window) * scale)``. For CT the win
 
 from __future__ import annotations
 
+import logging
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from luna.data.crops import DEFAULT_WIDTH_IRC, crop_start
+
+log = logging.getLogger(__name__)
 
 HU_MIN = -1000
 HU_MAX = 1000
@@ -94,43 +98,108 @@ def stored_values(values: np.ndarray, window: Sequence[float], scale: float) -> 
     return np.rint(np.clip(values, low, high) * scale).astype(np.int16)
 
 
-def read_mhd_header(mhd_path: Path) -> dict[str, str]:
-    """The ``key = value`` fields of a MetaImage header."""
-    fields = {}
-    for line in mhd_path.read_text(errors="replace").splitlines():
-        key, _, value = line.partition("=")
-        fields[key.strip()] = value.strip()
-    return fields
+@dataclass(frozen=True)
+class MetaHeader:
+    """What luna needs from a MetaImage (``.mhd``) header, parsed once.
+
+    Attributes:
+        fields: every ``key = value`` line.
+        data_file: the voxel file it names (resolved beside the header), or None for data inside
+            the header (``LOCAL``) or spread over several files (``LIST``, a pattern).
+        compressed: ``CompressedData = True`` (the voxel file is a zlib stream).
+    """
+
+    fields: dict[str, str]
+    data_file: Path | None
+    compressed: bool
+
+    @classmethod
+    def read(cls, mhd_path: Path) -> MetaHeader:
+        fields = {}
+        for line in mhd_path.read_text(errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            fields[key.strip()] = value.strip()
+        name = fields.get("ElementDataFile", "")
+        data_file = None if name in ("", "LOCAL", "LIST") or "%" in name else mhd_path.parent / name
+        return cls(fields, data_file, fields.get("CompressedData", "False").lower() == "true")
+
+    def geometry_problem(self) -> str | None:
+        """Why the header's own origin, spacing or direction cannot place its voxels (checked
+        before SimpleITK reads them: it rejects some with a bare number, and accepts others)."""
+        def numbers(*keys: str) -> list[float] | None:
+            text = next((self.fields[key] for key in keys if key in self.fields), None)
+            try:
+                return None if text is None else [float(value) for value in text.split()]
+            except ValueError:
+                return [float("nan")]
+
+        origin = numbers("Offset", "Origin", "Position") or [0.0] * 3
+        spacing = numbers("ElementSpacing") or [1.0] * 3
+        direction = numbers("TransformMatrix", "Rotation", "Orientation") or np.eye(3).ravel().tolist()
+        if len(direction) != 9:
+            return None  # not a 3D header: SimpleITK says so when it reads it
+        return _geometry_problem(origin, spacing, direction)
 
 
-def mhd_data_file(mhd_path: Path) -> Path | None:
-    """The uncompressed voxel file of a MetaImage header, or None (compressed, inline or multi-file data)."""
-    fields = read_mhd_header(mhd_path)
-    data_file = fields.get("ElementDataFile", "")
-    if fields.get("CompressedData", "False").lower() == "true" or data_file in ("", "LOCAL", "LIST") or "%" in data_file:
-        return None
-    return mhd_path.parent / data_file
-
-
-def _raw_size_problem(mhd_path: Path) -> str | None:
-    """For a MetaImage header: why its voxel file does not hold exactly the voxels the header says."""
-    raw = mhd_data_file(mhd_path)
-    if raw is None:
-        return None  # SimpleITK checks compressed and inline data itself
-    if not raw.is_file():
-        return f"its voxel file {raw} does not exist"
-    fields = read_mhd_header(mhd_path)
+def _meta_problem(mhd_path: Path) -> str | None:
+    """For a MetaImage header: why its voxel file does not hold exactly the voxels the header says
+    (missing, of the wrong size, or compressed data that is damaged or not compressed at all)."""
+    header = MetaHeader.read(mhd_path)
+    problem = header.geometry_problem()
+    if problem:
+        return problem
+    data = header.data_file
+    if data is None:
+        return None  # data inside the header or over several files: SimpleITK checks them as it reads
+    if data.resolve().parent != mhd_path.resolve().parent:
+        log.warning("the header %s reads its voxels from %s, outside its own folder", mhd_path, data.resolve())
+    if not data.is_file():
+        return f"its voxel file {data} does not exist"
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(mhd_path))
     reader.ReadImageInformation()
     one_voxel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())  # its numpy dtype gives the value size
     bytes_per_value = sitk.GetArrayViewFromImage(one_voxel).dtype.itemsize
-    header_size = int(fields.get("HeaderSize", "0") or 0)
-    expected = math.prod(reader.GetSize()) * reader.GetNumberOfComponents() * bytes_per_value + max(header_size, 0)
-    actual = raw.stat().st_size
-    if header_size >= 0 and actual != expected:
-        return (f"its voxel file {raw.name} holds {actual:,} bytes but the header (DimSize "
-                f"{' '.join(map(str, reader.GetSize()))}, {fields.get('ElementType', '?')}) needs {expected:,}")
+    voxels = math.prod(reader.GetSize()) * reader.GetNumberOfComponents() * bytes_per_value
+    shape = f"DimSize {' '.join(map(str, reader.GetSize()))}, {header.fields.get('ElementType', '?')}"
+    if header.compressed:
+        return _zlib_problem(data, voxels, shape)
+    header_size = int(header.fields.get("HeaderSize", "0") or 0)
+    actual = data.stat().st_size
+    if header_size >= 0 and actual != voxels + max(header_size, 0):
+        return f"its voxel file {data.name} holds {actual:,} bytes but the header ({shape}) needs {voxels + header_size:,}"
+    return None
+
+
+def _zlib_problem(data: Path, expected: int, shape: str) -> str | None:
+    """Why a zlib-compressed voxel file does not decompress to exactly ``expected`` bytes (its own
+    Adler-32 check included); SimpleITK only prints such failures and returns a volume anyway."""
+    inflater, produced = zlib.decompressobj(), 0
+    try:
+        with data.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                produced += len(inflater.decompress(chunk))
+                if inflater.eof:
+                    break
+            produced += len(inflater.flush())
+    except zlib.error as error:
+        return f"its compressed voxel file {data.name} is damaged or not compressed (zlib: {error})"
+    if not inflater.eof:
+        return f"its compressed voxel file {data.name} ends early: {produced:,} of {expected:,} bytes"
+    if produced != expected:
+        return f"its compressed voxel file {data.name} holds {produced:,} bytes but the header ({shape}) needs {expected:,}"
+    return None
+
+
+def _geometry_problem(origin: Sequence[float], spacing: Sequence[float], direction: Sequence[float]) -> str | None:
+    """Why a volume's geometry cannot place its voxels (non-finite origin, spacing <= 0, a singular direction)."""
+    if not np.isfinite(origin).all():
+        return f"its origin {list(origin)} is not finite"
+    if not (np.isfinite(spacing).all() and (np.asarray(spacing) > 0).all()):
+        return f"its spacing {list(spacing)} is not positive and finite"
+    matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(matrix).all() or abs(np.linalg.det(matrix)) < 1e-6:
+        return f"its direction (TransformMatrix) {matrix.ravel().tolist()} is not a rotation: it cannot place the voxels"
     return None
 
 
@@ -169,12 +238,18 @@ class Geometry:
             image = _read_image(path)
             size, origin, spacing, direction = image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection()
         else:
+            problem = MetaHeader.read(path).geometry_problem() if path.suffix.lower() == ".mhd" else None
+            if problem:
+                raise RuntimeError(problem)
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
             size, origin, spacing, direction = reader.GetSize(), reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection()
         if len(size) != 3:
             raise RuntimeError(f"a 3D volume is needed, this one is {len(size)}D")
+        problem = _geometry_problem(origin, spacing, direction)
+        if problem:
+            raise RuntimeError(problem)
         return cls(tuple(size[::-1]), np.array(origin), np.array(spacing), np.array(direction).reshape(3, 3))
 
     def inside(self, centers_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,10 +292,13 @@ class Volume:
         name = path.name.removesuffix(".gz").removesuffix(".nii") if path.name.endswith(".nii.gz") else path.stem
         try:
             if path.suffix.lower() == ".mhd" and path.is_file():
-                problem = _raw_size_problem(path)
+                problem = _meta_problem(path)
                 if problem:
                     raise ScanReadError(f"cannot read scan {name} ({path}): {problem}")
             image = _read_image(path)
+            problem = _geometry_problem(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+            if problem:
+                raise ScanReadError(f"cannot read scan {name} ({path}): {problem}")
         except RuntimeError as error:
             if isinstance(error, ScanReadError):
                 raise

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from luna.evaluation.froc import FrocResult
     from luna.metrics.stage import EvaluationOutcome
 
-SeriesName = Callable[[int], str]
+ImageName = Callable[[int], str]
 OPERATING_POINTS = ("1/8", "1/4", "1/2", "1", "2", "4", "8")
 
 
@@ -28,7 +28,7 @@ def _title(outcome: EvaluationOutcome, what: str) -> str:
     return f"{outcome.stage} {what}, epoch {outcome.epoch}"
 
 
-def pr_curve_figure(outcome: EvaluationOutcome, series_name: SeriesName | None = None) -> Figure | None:
+def pr_curve_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure | None:
     """Precision against recall, with the average precision and the operating point at the threshold."""
     if outcome.pr_curve is None:
         return None
@@ -55,7 +55,7 @@ def pr_curve_figure(outcome: EvaluationOutcome, series_name: SeriesName | None =
     return fig
 
 
-def confusion_figure(outcome: EvaluationOutcome, series_name: SeriesName | None = None) -> Figure:
+def confusion_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure:
     """Counts per (true, predicted) class, with row-normalised shading."""
     matrix = outcome.confusion
     names = outcome.class_names
@@ -75,7 +75,7 @@ def confusion_figure(outcome: EvaluationOutcome, series_name: SeriesName | None 
     return fig
 
 
-def reliability_figure(outcome: EvaluationOutcome, series_name: SeriesName | None = None) -> Figure:
+def reliability_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure:
     """Observed rate against mean confidence per non-empty bin, with bin counts and the ECE."""
     bins = outcome.reliability
     count, confidence, rate = bins["count"], bins["confidence"], bins["rate"]
@@ -100,7 +100,7 @@ def reliability_figure(outcome: EvaluationOutcome, series_name: SeriesName | Non
     return fig
 
 
-def mistakes_figure(outcome: EvaluationOutcome, series_name: SeriesName | None = None) -> Figure | None:
+def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure | None:
     """The most confident mistakes of each true class: the slice through the candidate (marked),
     the probability the model gave, the series and the centre in millimetres."""
     rows = [(true_class, mistakes) for true_class, mistakes in enumerate(outcome.mistakes) if len(mistakes["score"])]
@@ -110,7 +110,7 @@ def mistakes_figure(outcome: EvaluationOutcome, series_name: SeriesName | None =
     columns = max(len(mistakes["score"]) for _, mistakes in rows)
     fig = Figure(figsize=(2.3 * columns + 0.6, 2.9 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), columns, squeeze=False)
-    name = series_name or (lambda series: f"series #{series}")
+    name = image_name or (lambda image: f"image #{image}")
     for row, (true_class, mistakes) in enumerate(rows):
         for column in range(columns):
             ax = axes[row, column]
@@ -127,7 +127,7 @@ def mistakes_figure(outcome: EvaluationOutcome, series_name: SeriesName | None =
                 said = f"P({names[1]}) = {p_positive:.2f}"
             else:
                 said = f"P({predicted}) = {mistakes['score'][column]:.2f}"
-            ax.set_title(f"{said}\n{name(int(mistakes['series'][column]))}\n({x:.0f}, {y:.0f}, {z:.0f}) mm", fontsize=8)
+            ax.set_title(f"{said}\n{name(int(mistakes['image'][column]))}\n({x:.0f}, {y:.0f}, {z:.0f}) mm", fontsize=8)
         label = f"true {names[true_class]}"
         if outcome.binary:
             label = "false positives" if true_class == 0 else "false negatives"
@@ -137,7 +137,7 @@ def mistakes_figure(outcome: EvaluationOutcome, series_name: SeriesName | None =
     return fig
 
 
-def froc_evaluation_figure(outcome: EvaluationOutcome, series_name: SeriesName | None = None) -> Figure | None:
+def froc_evaluation_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure | None:
     """The FROC of this evaluation, when its data defines evaluated scans."""
     if outcome.froc is None:
         return None

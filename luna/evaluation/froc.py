@@ -308,14 +308,31 @@ def froc(
     return result
 
 
-def _bootstrap(entries: _Entries, scan_count: int, samples: int, seed: int, chunk: int = 32) -> Bootstrap:
-    """Resample the scans with replacement; each resample's entries are weighted by its draw counts."""
+def cpm_resamples(marks: Marks, reference: Reference, samples: int = 1000, seed: int = 0,
+                  max_marks: int = MAX_MARKS_PER_SCAN) -> np.ndarray:
+    """The CPM of ``samples`` bootstrap resamples of the scans, in draw order (NaN where a resample
+    holds no nodule).
+
+    The draws depend only on ``seed`` and the number of scans, so two systems scored on the same
+    reference with the same seed are resampled alike: their CPMs pair up row by row, and the
+    spread of a difference (or of a mean over seeds) comes out right.
+    """
+    marks, _ = cap_marks(marks, len(reference.scans), max_marks)
+    entries, _ = _entries(marks, reference.nodules, reference.irrelevant, len(reference.scans))
+    at_points, _ = _resampled(entries, len(reference.scans), samples, seed, band_x=None)
+    return at_points.mean(axis=1)
+
+
+def _resampled(entries: _Entries, scan_count: int, samples: int, seed: int, band_x: np.ndarray | None,
+               chunk: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+    """The seven sensitivities ``[samples, 7]`` (and the band ``[samples, len(band_x)]``) of each
+    resample of the scans, NaN where no nodule was drawn; a resample's entries are weighted by
+    its draw counts."""
     rng = np.random.default_rng(seed)
     order, ends = _threshold_order(entries.probability)
     scan, label = entries.scan[order], entries.label[order]
-    band_x = np.linspace(FP_PER_SCAN[0], FP_PER_SCAN[-1], BAND_POINTS)
     at_points = np.empty((samples, len(FP_PER_SCAN)))
-    band = np.empty((samples, BAND_POINTS))
+    band = None if band_x is None else np.empty((samples, len(band_x)))
     for first in range(0, samples, chunk):
         rows = min(chunk, samples - first)
         draws = rng.integers(0, scan_count, size=(rows, scan_count))
@@ -327,10 +344,20 @@ def _bootstrap(entries: _Entries, scan_count: int, samples: int, seed: int, chun
         fp_per_scan, sensitivity = _curve(true_positives, false_positives, scan_count, nodules[:, None])
         for row in range(rows):
             if nodules[row] == 0:  # no nodule drawn: sensitivity is undefined
-                at_points[first + row], band[first + row] = np.nan, np.nan
+                at_points[first + row] = np.nan
+                if band is not None:
+                    band[first + row] = np.nan
                 continue
             at_points[first + row] = _read_off(fp_per_scan[row], sensitivity[row], FP_PER_SCAN)
-            band[first + row] = _read_off(fp_per_scan[row], sensitivity[row], band_x)
+            if band is not None:
+                band[first + row] = _read_off(fp_per_scan[row], sensitivity[row], band_x)
+    return at_points, band
+
+
+def _bootstrap(entries: _Entries, scan_count: int, samples: int, seed: int) -> Bootstrap:
+    """The interval: order statistics of the resamples (as the official script)."""
+    band_x = np.linspace(FP_PER_SCAN[0], FP_PER_SCAN[-1], BAND_POINTS)
+    at_points, band = _resampled(entries, scan_count, samples, seed, band_x)
     defined = np.isfinite(at_points[:, 0])
     cpm = np.sort(at_points[defined].mean(axis=1))
     at_points, band = np.sort(at_points[defined], axis=0), np.sort(band[defined], axis=0)

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from luna.data.csvfile import CsvFormatError, read_columns
+from luna.luna16.annotations import read_annotations
 
 log = logging.getLogger(__name__)
 
-ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
 
 
@@ -49,16 +49,6 @@ class Candidate:
 def reference_sort_key(candidate: Candidate) -> tuple:
     """The book's namedtuple order: (is_nodule, diameter_mm, series_uid, center_xyz)."""
     return (candidate.is_nodule, candidate.diameter_mm, candidate.series_uid, candidate.center_xyz)
-
-
-def read_annotations(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``annotations.csv`` as ``{series_uid: (centers_xyz [m, 3], diameters_mm [m])}``, rows in file order."""
-    table = read_columns(path, ANNOTATION_COLUMNS, "LUNA16 CSV file")
-    centers, diameters = table.xyz(), table.numbers("diameter_mm")
-    rows: dict[str, list[int]] = defaultdict(list)
-    for row, uid in enumerate(table.columns["seriesuid"]):
-        rows[uid].append(row)
-    return {uid: (centers[picked], diameters[picked]) for uid, picked in rows.items()}
 
 
 def matching_diameters(centers_xyz: np.ndarray, annotation_xyz: np.ndarray, annotation_diameters: np.ndarray) -> np.ndarray:
@@ -131,13 +121,15 @@ def load_candidate_arrays(
 
 
 def _load_candidates(annotations_csv: Path, candidates_csv: Path, series_uids: set[str] | None) -> CandidateArrays:
-    annotations = read_annotations(annotations_csv)
+    annotations = read_annotations(annotations_csv).by_series()
     table = read_columns(candidates_csv, CANDIDATE_COLUMNS, "LUNA16 CSV file")
+    if not len(table):
+        raise CsvFormatError(f"{table.path}: no candidate rows after the header")
     labels = [label.strip() for label in table.columns["class"]]
     for line_number, label in zip(table.line_numbers, labels):
         if label not in ("0", "1"):
             raise CsvFormatError(f"{table.path}, line {line_number}, column class: {label!r} is not 0 or 1")
-    uids, centers = table.columns["seriesuid"], table.xyz()
+    uids, centers = table.text("seriesuid"), table.xyz()
     rows_by_series: dict[str, list[int]] = defaultdict(list)
     for row, uid in enumerate(uids):
         if series_uids is None or uid in series_uids:

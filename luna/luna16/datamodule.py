@@ -37,6 +37,9 @@ class _Luna16DataModule(CropDataModule):
             if self.cache_dir is None:  # beside the data: on its (large) disk, out of the code checkout
                 self.cache_dir = self.data_dir.parent / f"{self.data_dir.name}-luna-cache"
 
+    def describe_inputs(self) -> dict[str, str | None]:
+        return {"data_dir": str(self.data_dir.resolve())}
+
     def prepare_inputs(self) -> None:
         """Generate the phantom into its folder when no ``data_dir`` was given and it is not there yet."""
         if self.generates_phantom and not (self.data_dir / MARKER).is_file():
@@ -46,7 +49,7 @@ class _Luna16DataModule(CropDataModule):
 
 class LunaDataModule(_Luna16DataModule):
     """LUNA16 candidates (nodule or not) as batches of cached crops; validation and test score
-    LUNA16's FROC (``val/cpm``) over the scans they hold, unless ``split_by="candidate"``.
+    LUNA16's FROC (``val/cpm``) over the scans they hold, unless ``split_by="row"``.
 
     Args:
         data_dir: the LUNA16 folder (``subset*/<uid>.mhd``, ``annotations.csv``, the candidates
@@ -75,21 +78,21 @@ class LunaDataModule(_Luna16DataModule):
         return Candidate(cache.image_ids[int(cache.image_of[index])], tuple(np.asarray(cache.center_xyz[index]).tolist()),
                          bool(cache.labels[index]), float(cache.column("diameter_mm")[index]))
 
-    def froc_reference(self, stage: str) -> Reference | None:
+    def evaluation_reference(self, stage: str) -> Reference | None:
         """The scans and findings LUNA16's FROC scores a stage against, or None when it means nothing.
 
         ``val`` evaluates the scans of the validation split, ``test`` (and predict) those of the
-        evaluation set. With ``split_by="candidate"`` the same scans are in training and
+        evaluation set. With ``split_by="row"`` the same scans are in training and
         validation, so no FROC is scored.
         """
         if stage not in self._references:
-            if self.split_by == "candidate":
-                log.info("split_by='candidate' puts scans in both training and validation: CPM would be "
+            if self.split_by == "row":
+                log.info("split_by='row' puts scans in both training and validation: CPM would be "
                          "meaningless, so it is not computed")
                 self._references[stage] = None
             else:
                 dataset = self.val_dataset if stage == "val" else self.eval_dataset
-                scans = [self.cache.image_ids[s] for s in np.unique(dataset.series).tolist()]
+                scans = [self.cache.image_ids[s] for s in np.unique(dataset.images).tolist()]
                 self._references[stage] = read_reference(self.data_dir, scans, self.annotations_file)
         return self._references[stage]
 

@@ -14,7 +14,13 @@ out exactly like it. ``generate_phantom`` writes such a folder::
     OUT_DIR/phantom.json                    the parameters (written last: the folder is complete)
 
 Each scan holds a body, two lungs, vessels (tubes: the hard negatives, round in a single slice
-like a nodule), 1-5 nodules of 3-30 mm, noise and out-of-field padding (-3024 or -2000 HU).
+like a nodule), 1-5 nodules, noise and out-of-field padding (-3024 or -2000 HU).
+
+Two geometries: ``simple`` (the default job and the tests: ``shape_irc`` voxels of 0.9-1.3 mm
+in-plane and 1-2.5 mm slices, nodules of 3-30 mm, log-uniform) and ``luna16`` (spacings drawn
+like LUNA16's: 0.46-0.98 mm in-plane, slices at the common reconstruction intervals 0.625-2.5 mm;
+the shape follows from a fixed ``field_of_view_mm``; nodule diameters 3.25-32 mm with a median
+near 6.4 mm as in ``annotations.csv``; and blobs on the pleura as hard negatives).
 Nodules are benign or malignant as a radiologist would judge them: malignancy grows with size,
 malignant nodules are lobulated and spiculated, and some benign ones are calcified (dense).
 Irrelevant findings, as in ``annotations_excluded.csv``, are nodules under 3 mm and unsized
@@ -32,11 +38,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 
-from luna.data.synthetic import ball, ellipsoid, tube, write_folder_atomically
+from luna.data.files import write_folder_atomically
+from luna.data.synthetic import ball, ellipsoid, tube
 from luna.data.volume import irc_to_xyz
 
 log = logging.getLogger("luna.luna16.phantom")  # not __name__: this module also runs as __main__
@@ -46,6 +54,13 @@ UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
 # A non-symmetric rotation (90 degrees about z): catches code that assumes an identity direction.
 ROTATED_DIRECTION = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 FLIPPED_DIRECTION = np.diag([-1.0, -1.0, 1.0])
+# LUNA16's slice spacings cluster at the reconstruction intervals of its scanners; the weights are
+# our estimate of their shares (2.5 and 1.25 mm the most common), not counts from the release
+SLICE_SPACINGS_MM = (0.625, 0.7, 0.75, 0.8, 1.0, 1.25, 1.5, 1.8, 2.0, 2.5)
+SLICE_SPACING_WEIGHTS = (0.07, 0.01, 0.02, 0.03, 0.12, 0.24, 0.01, 0.02, 0.15, 0.33)
+IN_PLANE_MM = (0.46, 0.98, 0.69, 0.08)  # range, and the mean and spread of a clipped normal
+DIAMETER_MM = (3.25, 32.0, 6.4, 0.6)  # range, and the median and log-spread of a clipped log-normal
+Geometry = Literal["simple", "luna16"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,10 @@ class PhantomSpec:
         subsets: number of ``subsetK`` folders the scans are spread over.
         missing_series: extra series that appear in the CSVs but not on disk.
         noise_hu: standard deviation of the Gaussian noise.
+        geometry: ``simple`` (``shape_irc`` voxels of 0.9-1.3 x 1-2.5 mm, nodules of 3-30 mm) or
+            ``luna16`` (LUNA16's spacings and nodule sizes, pleural blobs; the shape follows from
+            ``field_of_view_mm``).
+        field_of_view_mm: the extent of a ``luna16`` scan along I, R, C in millimetres.
     """
 
     series: int = 40
@@ -67,12 +86,15 @@ class PhantomSpec:
     subsets: int = 10
     missing_series: int = 2
     noise_hu: float = 30.0
+    geometry: Geometry = "simple"
+    field_of_view_mm: tuple[float, float, float] = (90.0, 120.0, 120.0)
 
     @classmethod
     def read(cls, marker: Path) -> PhantomSpec:
         """The spec recorded in a phantom folder's ``phantom.json``."""
         fields = json.loads(marker.read_text())
-        return cls(**{**fields, "shape_irc": tuple(fields["shape_irc"])})
+        tuples = {name: tuple(fields[name]) for name in ("shape_irc", "field_of_view_mm") if name in fields}
+        return cls(**{**fields, **tuples})
 
 
 @dataclass
@@ -97,10 +119,28 @@ def _inside_ellipsoid(point: np.ndarray, center: np.ndarray, semi_axes: np.ndarr
     return float((((point - center) / semi_axes) ** 2).sum()) < 1.0
 
 
+def _spacing_and_shape(spec: PhantomSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A scan's voxel size (x, y, z) and shape (I, R, C), drawn as ``spec.geometry`` says."""
+    if spec.geometry == "simple":
+        spacing_xyz = np.array([rng.uniform(0.9, 1.3), 0.0, rng.uniform(1.0, 2.5)])
+        spacing_xyz[1] = spacing_xyz[0]
+        return spacing_xyz, np.array(spec.shape_irc)
+    low, high, mean, spread = IN_PLANE_MM
+    in_plane = float(np.clip(rng.normal(mean, spread), low, high))
+    slices = float(rng.choice(SLICE_SPACINGS_MM, p=np.array(SLICE_SPACING_WEIGHTS) / sum(SLICE_SPACING_WEIGHTS)))
+    spacing_xyz = np.array([in_plane, in_plane, slices])
+    return spacing_xyz, np.round(np.array(spec.field_of_view_mm) / spacing_xyz[::-1]).astype(int)
+
+
+def _nodule_diameter(spec: PhantomSpec, rng: np.random.Generator) -> float:
+    if spec.geometry == "simple":
+        return float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
+    low, high, median, spread = DIAMETER_MM
+    return float(np.clip(median * np.exp(rng.normal(0.0, spread)), low, high))
+
+
 def _make_scan(spec: PhantomSpec, index: int, rng: np.random.Generator) -> _Scan:
-    shape = np.array(spec.shape_irc)
-    spacing_xyz = np.array([rng.uniform(0.9, 1.3), 0.0, rng.uniform(1.0, 2.5)])
-    spacing_xyz[1] = spacing_xyz[0]
+    spacing_xyz, shape = _spacing_and_shape(spec, rng)
     spacing_irc = spacing_xyz[::-1].astype(np.float32)
     extent_mm = shape * spacing_irc
     edge_mm = float(spacing_irc.min())
@@ -124,7 +164,9 @@ def _make_scan(spec: PhantomSpec, index: int, rng: np.random.Generator) -> _Scan
 
     scan = _Scan(_series_uid(rng), volume, spacing_xyz, origin_xyz, direction, lung_mask)
     vessel_points = _draw_vessels(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
-    _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
+    _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm, spec)
+    if spec.geometry == "luna16":
+        vessel_points += _draw_pleural_blobs(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
     _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing_irc, body)
     _draw_irrelevant(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
 
@@ -164,9 +206,9 @@ def _draw_vessels(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> l
     return points
 
 
-def _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> None:
+def _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm, spec: PhantomSpec) -> None:
     for _ in range(rng.integers(1, 6)):
-        diameter = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
+        diameter = _nodule_diameter(spec, rng)
         center_mm = _random_lung_point(rng, lung_centers, lung_semi, shrink=0.75)
         malignant = bool(rng.random() < 1 / (1 + np.exp(-(diameter - 12.0) / 4.0)))
         calcified = not malignant and rng.random() < 0.3
@@ -186,6 +228,19 @@ def _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> N
                 end = center_mm + direction * diameter * rng.uniform(0.8, 1.3)
                 tube(scan.hu, start / spacing_irc, end / spacing_irc, rng.uniform(0.4, 0.8), density, spacing_irc, edge_mm)
         scan.nodules.append((center_irc, diameter, malignant))
+
+
+def _draw_pleural_blobs(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> list[np.ndarray]:
+    """Soft-tissue bumps on the lung wall (hard negatives: round, nodule-dense, at the pleura);
+    returns their centres (IRC)."""
+    points = []
+    for _ in range(3):
+        center = lung_centers[rng.integers(0, 2)]
+        heading = rng.normal(size=3)
+        on_wall = center + heading / np.sqrt((((heading / lung_semi) ** 2).sum()))
+        ball(scan.hu, on_wall / spacing_irc, rng.uniform(2.0, 5.0), rng.uniform(0.0, 80.0), spacing_irc, edge_mm)
+        points.append(on_wall / spacing_irc)
+    return points
 
 
 def _draw_irrelevant(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -> None:
@@ -303,6 +358,8 @@ def main() -> None:
     """``python -m luna.luna16.phantom OUT_DIR [--series N] [--seed S] [--shape_irc I R C] ...``."""
     import argparse
 
+    from luna.cli.console import setup_logging
+
     defaults = PhantomSpec()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path, help="folder to create (must not exist)")
@@ -314,10 +371,14 @@ def main() -> None:
     parser.add_argument("--missing_series", type=int, default=defaults.missing_series,
                         help="series listed in the CSVs but not written")
     parser.add_argument("--noise_hu", type=float, default=defaults.noise_hu)
+    parser.add_argument("--geometry", choices=("simple", "luna16"), default=defaults.geometry,
+                        help="simple: --shape_irc voxels of about 1 mm; luna16: LUNA16's spacings and nodule sizes")
+    parser.add_argument("--field_of_view_mm", type=float, nargs=3, default=defaults.field_of_view_mm,
+                        metavar=("I", "R", "C"), help="extent of a luna16-geometry scan")
     args = vars(parser.parse_args())
     out_dir = args.pop("out_dir")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args["shape_irc"] = tuple(args["shape_irc"])
+    setup_logging()
+    args["shape_irc"], args["field_of_view_mm"] = tuple(args["shape_irc"]), tuple(args["field_of_view_mm"])
     generate_phantom(out_dir, PhantomSpec(**args))
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from luna.data.files import write_atomic, write_json_atomic
 from luna.evaluation.froc import BAND_POINTS
 from luna.luna16.scoring import Evaluation
 
@@ -71,6 +71,7 @@ def write_report(evaluation: Evaluation, output: Path, title: str) -> tuple[Path
 
     output.mkdir(parents=True, exist_ok=True)
     json_path, png_path = output / "froc.json", output / "froc.png"
-    json_path.write_text(json.dumps(summary(evaluation), indent=1) + "\n")
-    froc_figure(evaluation.result, title).savefig(png_path, dpi=120)
+    write_json_atomic(json_path, summary(evaluation), indent=1)
+    figure = froc_figure(evaluation.result, title)
+    write_atomic(png_path, lambda handle: figure.savefig(handle, format="png", dpi=120))
     return json_path, png_path

@@ -15,16 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from luna.data.csvfile import CsvFormatError, read_columns
+from luna.data.csvfile import PREDICTION_ID_COLUMNS, PROBABILITY_COLUMN, CsvFormatError, read_columns
 from luna.evaluation.froc import Findings, FrocResult, Marks, Reference, froc
+from luna.luna16.annotations import ANNOTATIONS, IRRELEVANT_FINDINGS, read_annotations
 from luna.luna16.release import find_scans
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
-FINDING_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
-ANNOTATIONS = "annotations.csv"
-IRRELEVANT_FINDINGS = "annotations_excluded.csv"
+PREDICTION_COLUMNS = (*PREDICTION_ID_COLUMNS, PROBABILITY_COLUMN)
 SERIES_LIST = "seriesuids.csv"
 
 
@@ -101,23 +99,6 @@ def read_series_list(path: str | Path) -> list[str]:
     return [uid for _, uid in lines]
 
 
-def read_findings(path: str | Path, scan_index: dict[str, int]) -> Findings:
-    """Findings of an annotations CSV that lie in the evaluated scans, in file order.
-
-    ``diameter_mm`` may be negative (unknown: 10 mm), as for most irrelevant findings of the
-    release, but must be a finite number, like the coordinates.
-    """
-    table = read_columns(path, FINDING_COLUMNS, "LUNA16 annotations CSV")
-    uids = table.text("seriesuid")
-    centers, diameters = table.xyz(), table.numbers("diameter_mm")
-    rows = np.array([k for k, uid in enumerate(uids) if uid in scan_index], dtype=np.int64)
-    return Findings(
-        scan=np.array([scan_index[uids[k]] for k in rows], dtype=np.int64),
-        center_xyz=centers[rows].reshape(-1, 3),
-        diameter_mm=diameters[rows],
-    )
-
-
 def read_reference(data_dir: str | Path, scans: list[str], annotations_file: str = ANNOTATIONS,
                    irrelevant_file: str = IRRELEVANT_FINDINGS) -> Reference:
     """The findings of ``scans`` in a LUNA16 folder: ``annotations.csv`` and, when present,
@@ -125,10 +106,10 @@ def read_reference(data_dir: str | Path, scans: list[str], annotations_file: str
     as false positives and CPM is lower than the official one)."""
     data_dir = Path(data_dir)
     scan_index = {uid: k for k, uid in enumerate(scans)}
-    nodules = read_findings(data_dir / annotations_file, scan_index)
+    nodules = read_annotations(data_dir / annotations_file).findings(scan_index)
     excluded_path = data_dir / irrelevant_file
     if excluded_path.is_file():
-        irrelevant = read_findings(excluded_path, scan_index)
+        irrelevant = read_annotations(excluded_path, unknown_diameters=True).findings(scan_index)
     else:
         log.warning("%s not found: marks on irrelevant findings count as false positives, so this CPM is lower "
                     "than the official one", excluded_path)

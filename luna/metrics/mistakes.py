@@ -18,7 +18,7 @@ class ConfidentMistakes(Metric):
     """
 
     full_state_update = False
-    PARTS = ("score", "predicted", "index", "series", "center", "marker", "slice")
+    PARTS = ("score", "predicted", "index", "image", "center", "marker", "slice")
 
     def __init__(self, num_classes: int = 2, slice_shape: tuple[int, int] = (48, 48), k: int = 8) -> None:
         super().__init__()
@@ -33,12 +33,12 @@ class ConfidentMistakes(Metric):
                 for part in self.PARTS}
 
     def update(self, predicted: torch.Tensor, score: torch.Tensor, label: torch.Tensor, index: torch.Tensor,
-               series: torch.Tensor, center_xyz: torch.Tensor, marker_rc: torch.Tensor, slices: torch.Tensor) -> None:
+               image: torch.Tensor, center_xyz: torch.Tensor, marker_rc: torch.Tensor, slices: torch.Tensor) -> None:
         """Per sample: ``predicted`` class and its probability ``score``, true ``label``, and what
-        identifies and shows it (cache ``index``, ``series``, ``center_xyz``, the candidate's
+        identifies and shows it (cache ``index``, ``image``, ``center_xyz``, the candidate's
         ``marker_rc`` in its ``slices`` [B, R, C])."""
         wrong = predicted != label
-        new = {"score": score, "predicted": predicted, "index": index, "series": series, "center": center_xyz,
+        new = {"score": score, "predicted": predicted, "index": index, "image": image, "center": center_xyz,
                "marker": marker_rc, "slice": slices.flatten(1)}
         for true_class in range(self.num_classes):
             picked = wrong & (label == true_class)
@@ -56,7 +56,7 @@ class ConfidentMistakes(Metric):
             order = parts["score"].argsort(descending=True)[: self.k]
             picked = {part: value[order].cpu().numpy() for part, value in parts.items()}
             picked["slice"] = picked["slice"].reshape(-1, *self.slice_shape)
-            for part in ("predicted", "index", "series", "marker"):
+            for part in ("predicted", "index", "image", "marker"):
                 picked[part] = picked[part].astype(np.int64)
             result.append(picked)
         return result

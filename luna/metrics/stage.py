@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -45,6 +46,26 @@ from luna.metrics.mistakes import ConfidentMistakes
 from luna.metrics.reliability import RELIABILITY_BINS, ReliabilityBins
 
 log = logging.getLogger(__name__)
+
+@runtime_checkable
+class Evaluated(Protocol):
+    """A LightningModule that publishes what each validation and test produced (``LunaClassifier``):
+    what the figures and the console read, instead of recomputing it."""
+
+    evaluations: dict[str, EvaluationOutcome]
+
+
+def evaluation_of(pl_module: object, stage: str) -> EvaluationOutcome | None:
+    """What the module's last ``stage`` evaluation produced (None before the first one).
+
+    Raises:
+        TypeError: the module does not publish its evaluations (``luna.metrics.stage.Evaluated``).
+    """
+    if not isinstance(pl_module, Evaluated):
+        raise TypeError(f"{type(pl_module).__name__} does not publish its evaluations (luna.metrics.stage.Evaluated); "
+                        "luna's figures and console need LunaClassifier or a module that does")
+    return pl_module.evaluations.get(stage)
+
 
 @dataclass
 class EvaluationOutcome:
@@ -146,10 +167,10 @@ class StageMetrics(nn.Module):
             self.mistakes = ConfidentMistakes(num_classes, slice_shape, mistakes)
             self.froc = FrocMetric() if self.binary else None
 
-    def set_froc_reference(self, reference: Reference | None, series_uids: list[str]) -> None:
+    def set_froc_reference(self, reference: Reference | None, image_ids: list[str]) -> None:
         """Score the FROC against ``reference`` (None: no CPM for this stage)."""
         if self.curves and self.froc is not None:
-            self.froc.set_reference(reference, series_uids)
+            self.froc.set_reference(reference, image_ids)
 
     @property
     def scores_froc(self) -> bool:
@@ -170,7 +191,7 @@ class StageMetrics(nn.Module):
             probabilities: ``[B, C]`` class probabilities.
             label: ``[B]`` true classes.
             loss: ``[B]`` per-sample loss.
-            identity: ``index``, ``series`` ``[B]`` and ``center_xyz`` ``[B, 3]`` of each sample
+            identity: ``index``, ``image`` ``[B]`` and ``center_xyz`` ``[B, 3]`` of each sample
                 (for the mistakes and the FROC).
             slices, marker_rc: the slice through each candidate ``[B, R, C]`` and its (row, column).
 
@@ -200,10 +221,10 @@ class StageMetrics(nn.Module):
         if identity is not None:
             identity = {name: value[finite] for name, value in identity.items()}
             if self.scores_froc:
-                self.froc.update(identity["series"], identity["center_xyz"], scores)
+                self.froc.update(identity["image"], identity["center_xyz"], scores)
             if slices is not None and marker_rc is not None:
                 chosen = probabilities.gather(1, predicted[:, None])[:, 0]
-                self.mistakes.update(predicted, chosen, label, identity["index"], identity["series"],
+                self.mistakes.update(predicted, chosen, label, identity["index"], identity["image"],
                                      identity["center_xyz"], marker_rc[finite], slices[finite].float())
 
     def compute_scalars(self) -> dict[str, float]:
@@ -243,9 +264,8 @@ class StageMetrics(nn.Module):
             f1_best, threshold = _best_f1(precision, recall, thresholds)
             scalars[f"{self.stage}/f1_best"], scalars[f"{self.stage}/f1_best_threshold"] = f1_best, threshold
         if self.scores_froc:
-            outcome.froc = self.froc.result()
-            if outcome.froc is not None:
-                scalars[f"{self.stage}/cpm"] = outcome.froc.cpm
+            scalars[f"{self.stage}/cpm"] = float(self.froc.compute())
+            outcome.froc = self.froc.analysis
         return outcome
 
     def reset(self) -> None:

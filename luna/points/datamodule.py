@@ -36,6 +36,9 @@ class PointsDataModule(CropDataModule):
         if not self.generates_phantom and self.cache_dir is None:  # beside the data, out of the code checkout
             self.cache_dir = self.points_csv.parent / "luna-cache"
 
+    def describe_inputs(self) -> dict[str, str | None]:
+        return {"points_csv": str(self.points_csv.resolve())}
+
     def prepare_inputs(self) -> None:
         """Generate the phantom when no ``points_csv`` was given and it is not there yet."""
         if self.generates_phantom and not self.points_csv.is_file():

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from luna.data.synthetic import ball, write_folder_atomically
+from luna.data.files import write_folder_atomically
+from luna.data.synthetic import ball
 from luna.data.volume import irc_to_xyz
 
 log = logging.getLogger("luna.points.phantom")  # not __name__: this module also runs as __main__
@@ -32,6 +33,10 @@ class PointsPhantomSpec:
         findings_per_image: the most findings in a volume (at least 2).
         seed: everything follows from it.
         shape_irc: volume shape (slices, rows, columns).
+        class_names: the three kinds of finding, in label order.
+        in_plane_mm, slice_mm: the range of the in-plane and slice spacings, drawn uniformly per
+            volume; e.g. ``(0.5, 1.0)`` and ``(0.5, 3.0)`` mix MRI-like thick slices with
+            isotropic volumes.
     """
 
     patients: int = 30
@@ -39,6 +44,8 @@ class PointsPhantomSpec:
     seed: int = 0
     shape_irc: tuple[int, int, int] = (48, 96, 96)
     class_names: tuple[str, ...] = ("calcified", "cavity", "solid")
+    in_plane_mm: tuple[float, float] = (0.7, 1.0)
+    slice_mm: tuple[float, float] = (0.9, 1.5)
 
 
 def generate_points_phantom(out_dir: str | Path, spec: PointsPhantomSpec = PointsPhantomSpec()) -> Path:
@@ -55,7 +62,7 @@ def _write_points_phantom(folder: Path, spec: PointsPhantomSpec) -> None:
     shape = np.array(spec.shape_irc)
     for index in range(2 * spec.patients):
         rng = np.random.default_rng(seeds[index])
-        spacing_xyz = np.array([rng.uniform(0.7, 1.0), 0.0, rng.uniform(0.9, 1.5)])
+        spacing_xyz = np.array([rng.uniform(*spec.in_plane_mm), 0.0, rng.uniform(*spec.slice_mm)])
         spacing_xyz[1] = spacing_xyz[0]
         spacing_irc = spacing_xyz[::-1].astype(np.float32)
         origin_xyz = np.array([rng.uniform(-200, -100), rng.uniform(-200, -100), rng.uniform(-300, -100)])
@@ -93,13 +100,15 @@ def main() -> None:
     """``python -m luna.points.phantom OUT_DIR [--patients N] [--seed S]``."""
     import argparse
 
+    from luna.cli.console import setup_logging
+
     defaults = PointsPhantomSpec()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path, help="folder to create (must not exist)")
     parser.add_argument("--patients", type=int, default=defaults.patients, help="patients written (two volumes each)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     generate_points_phantom(args.out_dir, PointsPhantomSpec(patients=args.patients, seed=args.seed))
 
 

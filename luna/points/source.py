@@ -12,7 +12,7 @@
 * ``label``: an integer class, or a class name; names are numbered in sorted order, and the
   mapping (``class_names``) is saved with the run and in the crop cache.
 * ``group`` (optional): the split group (e.g. the patient), so that no patient is in two sets;
-  default: the image. ``fold`` (optional): an integer fold for ``split_by=subset``.
+  default: the image. ``fold`` (optional): an integer fold for ``split_by=fold``.
 
     python -m luna.fit --config configs/points.yaml --data.points_csv=PATH
 

@@ -8,23 +8,17 @@ tail batchnorm, block1-4, head). Depth counts units from the head: depth 1 is th
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
 from torch.optim import Optimizer
 
 from luna.models.luna_model import book_state_dict
-from luna.training.augment import Augmentation
+from luna.training.checkpoints import read_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-class UntrustedCheckpointError(RuntimeError):
-    """A checkpoint that holds pickled objects torch will not load with ``weights_only=True``."""
 
 
 def trainable_units(network: nn.Module) -> list[nn.Module]:
@@ -71,21 +65,12 @@ def load_network_weights(network: nn.Module, path: str | Path, trust: bool = Fal
     weights are taken (the ``network.*`` entries of a Lightning checkpoint).
 
     Raises:
+        CheckpointError: the file is missing, empty, damaged or not a checkpoint.
         UntrustedCheckpointError: the file needs full unpickling; pass ``trust=True``
             (``--model.trust_checkpoint=true``) only for files you trust.
     """
-    try:
-        with torch.serialization.safe_globals([Augmentation]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if not trust:
-            raise UntrustedCheckpointError(
-                f"{path} holds pickled objects that torch does not load safely ({str(error).splitlines()[0]}); "
-                "loading it could run code. If you trust this file, pass --model.trust_checkpoint=true"
-            ) from None
-        log.warning("loading %s with full unpickling (trust_checkpoint=true)", path)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+    checkpoint = read_checkpoint(path, trust)
+    if "state_dict" in checkpoint:
         state = {k.removeprefix("network."): v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
     else:
         state = book_state_dict(checkpoint, path)

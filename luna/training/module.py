@@ -19,11 +19,13 @@ from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
+from luna.data.contract import crop_data
 from luna.data.crops import DEFAULT_WIDTH_IRC
 from luna.data.dataset import CropBatch
 from luna.metrics.stage import EvaluationOutcome, StageMetrics
 from luna.models.luna_model import LunaModel, MultiViewLunaModel, Network
 from luna.training.augment import Augmentation, ViewCrops, augment_views, flip, mixup, window_crop
+from luna.training.evaluation import Evaluation
 from luna.training.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
 
 log = logging.getLogger(__name__)
@@ -33,19 +35,6 @@ Schedule = Literal["constant", "one_cycle", "cosine"]
 
 class DivergenceError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-def check_flips(tta_flips: list[list[int]] | None) -> list[tuple[int, ...]]:
-    """Validated test-time flips: each a list of distinct axes among 0 (I), 1 (R), 2 (C)."""
-    if not tta_flips:
-        return [()]
-    flips = []
-    for dims in tta_flips:
-        if any(not isinstance(d, int) or isinstance(d, bool) or d not in (0, 1, 2) for d in dims) or len(set(dims)) != len(dims):
-            raise ValueError(f"tta_flips={tta_flips}: each flip is a list of distinct axes among 0 (I), 1 (R) and 2 (C); "
-                             f"{list(dims)} is not")
-        flips.append(tuple(dims))
-    return flips
 
 
 def default_network(input_widths_irc: list[tuple[int, int, int]], num_classes: int) -> nn.Module:
@@ -85,26 +74,19 @@ class LunaClassifier(pl.LightningModule):
         input_widths_irc: the crop the network sees of each view (linked to the data by the CLI).
         num_classes: classes of the data (linked to the data by the CLI); 2 for LUNA16 candidates.
         class_names: one name per class for logs and figures; default from the data.
-        threshold: binary runs: the decision threshold on P(class 1) at which accuracy, precision,
-            recall, F1 and the confusion matrix are taken (``f1_best`` reports the best one).
-        prior_correction: shift the logits by ``log(natural / sampled)`` class frequencies of the
-            training data, so that a model trained on balanced epochs gives probabilities at the
-            natural class ratio (validation, test, predict; not the training loss).
         augmentation: random training transforms, applied to the batch on the device.
-        tta_flips: test-time augmentation for validate/test/predict: the probability is the mean
-            over these flips (each a list of axes, 0 = I, 1 = R, 2 = C; ``[]`` is no flip).
         mixup_alpha: mixup of training crops with Beta(alpha, alpha) weights; 0 disables it.
         label_smoothing: cross-entropy label smoothing epsilon for training.
         channels_last: run the network on ``channels_last_3d`` tensors (the layout oneDNN and cuDNN 3D convolutions prefer).
         compile: run the network through ``torch.compile`` (the weights and checkpoints stay the
             plain network's). The first steps compile (a minute or more); worth it for long GPU runs.
+            A choice of the command, like the precision: not saved with the weights.
         init_checkpoint: start from the network weights of a luna ``.ckpt`` or a book checkpoint.
         trust_checkpoint: allow ``init_checkpoint`` to be fully unpickled (only for trusted files).
         finetune_depth: train only the last K parameterised units of the network (LunaModel:
             1 = head only, 2 = block4 + head, ... as the book's ``--finetune-depth``); None trains all.
         lr_decay_per_unit: discriminative learning rates: each unit's rate is this factor times
             the rate of the unit after it (the head gets the optimizer's rate); 1.0 disables it.
-        mistakes_shown: most confident mistakes per true class in the validation montage.
     """
 
     def __init__(
@@ -115,10 +97,7 @@ class LunaClassifier(pl.LightningModule):
         input_widths_irc: list[list[int]] | None = None,
         num_classes: int = 2,
         class_names: list[str] | None = None,
-        threshold: float = 0.5,
-        prior_correction: bool = False,
         augmentation: Augmentation = Augmentation(),
-        tta_flips: list[list[int]] | None = None,
         mixup_alpha: float = 0.0,
         label_smoothing: float = 0.0,
         channels_last: bool = True,
@@ -127,45 +106,51 @@ class LunaClassifier(pl.LightningModule):
         trust_checkpoint: bool = False,
         finetune_depth: int | None = None,
         lr_decay_per_unit: float = 1.0,
-        mistakes_shown: int = 8,
     ) -> None:
         super().__init__()
         input_widths_irc = [[int(w) for w in width] for width in (input_widths_irc or [DEFAULT_WIDTH_IRC])]
-        self.save_hyperparameters(ignore=["network", "optimizer"])  # plain lists: hparams.yaml stays safe-loadable
+        # plain lists: hparams.yaml stays safe-loadable; compile is the command's choice, not the checkpoint's
+        self.save_hyperparameters(ignore=["network", "optimizer", "compile"])
+        self.compile = compile
         self.input_widths_irc = [tuple(width) for width in input_widths_irc]
         self.network = network if network is not None else default_network(self.input_widths_irc, num_classes)
         check_network_views(self.network, self.input_widths_irc)
         self.optimizer_factory = optimizer
         self.augmentation = augmentation
-        self.tta_flips = check_flips(tta_flips)
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
         if init_checkpoint:
             load_network_weights(self.network, init_checkpoint, trust=trust_checkpoint)
         if finetune_depth is not None:
             freeze_all_but_last(self.network, finetune_depth)
-        names = class_names or (["non-nodule", "nodule"] if num_classes == 2 else None)
-        options = {"num_classes": num_classes, "class_names": names, "threshold": threshold}
-        shown = {"curves": True, "slice_shape": self.input_widths_irc[0][1:], "mistakes": mistakes_shown}
-        self.train_metrics = StageMetrics("train", **options)
-        self.val_metrics = StageMetrics("val", **options, **shown)
-        self.test_metrics = StageMetrics("test", **options, **shown)
+        self.class_names = class_names or (["non-nodule", "nodule"] if num_classes == 2 else None)
         self.register_buffer("logit_shift", torch.zeros(num_classes), persistent=False)
+        self.configure_evaluation(Evaluation())
         self.evaluations: dict[str, EvaluationOutcome] = {}
         example = [torch.zeros(1, 1, *width) for width in self.input_widths_irc]  # for the model summary
         self.example_input_array = example[0] if len(example) == 1 else (example,)
         self._checkpoint_epoch = 0
         self._first_nonfinite_step = None
 
-    # ------------------------------------------------------------------ data and priors
+    # ------------------------------------------------------------------ evaluation and priors
+    def configure_evaluation(self, evaluation: Evaluation) -> None:
+        """Evaluate with ``evaluation`` from now on: its threshold and mistakes in fresh metrics,
+        its test-time flips and prior correction in ``probabilities``."""
+        self.evaluation = evaluation
+        options = {"num_classes": self.hparams.num_classes, "class_names": self.class_names,
+                   "threshold": evaluation.threshold}
+        shown = {"curves": True, "slice_shape": self.input_widths_irc[0][1:], "mistakes": evaluation.mistakes_shown}
+        self.train_metrics = StageMetrics("train", **options)
+        self.val_metrics = StageMetrics("val", **options, **shown)
+        self.test_metrics = StageMetrics("test", **options, **shown)
+        if not evaluation.prior_correction:
+            self.logit_shift = torch.zeros_like(self.logit_shift)
+
     def setup(self, stage: str) -> None:
         """Take the prior correction from the training data, when asked for."""
-        if not self.hparams.prior_correction:
+        if not self.evaluation.prior_correction:
             return
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
-        if datamodule is None or not hasattr(datamodule, "class_frequencies"):
-            raise ValueError("prior_correction=true needs a DataModule with class_frequencies() (the training data's)")
-        natural, sampled = datamodule.class_frequencies()
+        natural, sampled = crop_data(self.trainer).class_frequencies()
         shift = np.log(natural) - np.log(sampled)
         self.logit_shift = torch.as_tensor(shift, dtype=torch.float32, device=self.logit_shift.device)
         log.info("prior correction: logits shifted by %s (natural class frequencies %s, sampled %s)",
@@ -207,7 +192,7 @@ class LunaClassifier(pl.LightningModule):
     def _runnable_network(self) -> nn.Module:
         """The network, or its compiled twin (same parameters; kept off the module tree so that
         state dicts and checkpoints hold the plain network's keys)."""
-        if not self.hparams.compile:
+        if not self.compile:
             return self.network
         compiled = self.__dict__.get("_compiled")
         if compiled is None:
@@ -219,7 +204,7 @@ class LunaClassifier(pl.LightningModule):
         """Class probabilities ``[B, num_classes]``: prior-corrected, averaged over the test-time
         flips (every view flipped along the same axes)."""
         runs = []
-        for dims in self.tta_flips:
+        for dims in self.evaluation.flips:
             flipped = flip(crops, dims) if isinstance(crops, torch.Tensor) else [flip(view, dims) for view in crops]
             runs.append(F.softmax(self(flipped).float() + self.logit_shift, dim=1))
         return torch.stack(runs).mean(0)
@@ -251,7 +236,7 @@ class LunaClassifier(pl.LightningModule):
         offset = batch["offset_irc"] - batch["window_irc"]
         rows = torch.arange(len(labels), device=crops.device)
         slices = crops[rows, 0, offset[:, 0].clamp(0, crops.shape[2] - 1)]
-        identity = {"index": batch["index"], "series": batch["series"], "center_xyz": batch["center_xyz"]}
+        identity = {"index": batch["index"], "image": batch["image"], "center_xyz": batch["center_xyz"]}
         metrics.update(probabilities, labels, losses, identity, slices, offset[:, 1:])
 
     def validation_step(self, batch: CropBatch, batch_idx: int) -> None:
@@ -304,15 +289,14 @@ class LunaClassifier(pl.LightningModule):
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == TrainerFn.FITTING:
             self._raise_if_diverged()  # before validation, so that no checkpoint holds diverged weights
-        self._set_froc_reference(self.val_metrics, "val")
+        self._set_evaluation_reference(self.val_metrics, "val")
 
     def on_test_start(self) -> None:
-        self._set_froc_reference(self.test_metrics, "test")
+        self._set_evaluation_reference(self.test_metrics, "test")
 
-    def _set_froc_reference(self, metrics: StageMetrics, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        reference = datamodule.froc_reference(stage) if hasattr(datamodule, "froc_reference") else None
-        metrics.set_froc_reference(reference, datamodule.series_uids if reference is not None else [])
+    def _set_evaluation_reference(self, metrics: StageMetrics, stage: str) -> None:
+        data = crop_data(self.trainer)
+        metrics.set_froc_reference(data.evaluation_reference(stage), data.image_ids)
 
     def on_validation_epoch_end(self) -> None:
         self._end_evaluation(self.val_metrics)

@@ -19,18 +19,14 @@ read-only storage is used as it is.
 from __future__ import annotations
 
 import ctypes
-import errno
 import gc
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
-import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -54,13 +50,14 @@ from luna.data.cache.read import (
 )
 from luna.data.crops import View
 from luna.data.cutting import cut_crops
+from luna.data.files import DiskFullError, remove_stale_temporaries, writable_problem, write_atomic
 from luna.data.table import CropSource, CropTable, file_name_of
 from luna.data.volume import (
     HU_WINDOW,
+    MetaHeader,
     ScanReadError,
     Volume,
     check_intensity,
-    read_mhd_header,
     xyz_to_irc_many,
 )
 
@@ -103,31 +100,14 @@ class CacheSettings:
             + [list(self.intensity_window), self.intensity_scale]
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-def _temporary_name(path: Path) -> Path:
-    """A temporary sibling of ``path`` that names its writer (host, pid) so stale ones can be found."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-
+# --------------------------------------------------------------------------- writes
 
 def _write_atomic(path: Path, write: Callable[[object], None], size_hint: int) -> None:
-    """Write through a temporary file, fsync, rename; a full disk is reported with what it needed."""
-    temporary = _temporary_name(path)
+    """``luna.data.files.write_atomic``, a full disk reported as a cache build error."""
     try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        full = error.errno == errno.ENOSPC or (error.errno is None and "requested and" in str(error))
-        if not full:
-            raise
-        free = shutil.disk_usage(path.parent).free
-        raise CacheBuildError(f"no space left on the device for {path}: it needs {size_hint:,} bytes, "
-                              f"{free:,} are free in {path.parent}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
+        write_atomic(path, write, size_hint)
+    except DiskFullError as error:
+        raise CacheBuildError(error.strerror) from None
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -137,26 +117,6 @@ def _write_json(path: Path, payload: dict) -> None:
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
     _write_atomic(path, lambda handle: np.save(handle, array, allow_pickle=False), array.nbytes + 128)
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files left by dead processes of this host (a killed build)."""
-    host = socket.gethostname()
-    for temporary in folder.glob(".*.tmp"):
-        _, _, tail = temporary.name.rpartition(f".{host}.")
-        pid = tail.removesuffix(".tmp")
-        if pid.isdigit() and not _process_alive(int(pid)):
-            temporary.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- key
@@ -171,10 +131,9 @@ def file_identity(path: Path) -> str:
     stat = path.stat()
     identity = f"{stat.st_size}:{stat.st_mtime_ns}"
     if path.suffix.lower() == ".mhd":  # the header holds the geometry and type; the voxels are beside it
-        data_file = read_mhd_header(path).get("ElementDataFile", "LOCAL")
-        raw = path.parent / data_file
-        raw_stamp = f"{raw.stat().st_size}:{raw.stat().st_mtime_ns}" if data_file != "LOCAL" and raw.is_file() else data_file
-        identity = f"{hashlib.sha256(path.read_bytes()).hexdigest()}:{raw_stamp}"
+        data = MetaHeader.read(path).data_file
+        stamp = f"{data.stat().st_size}:{data.stat().st_mtime_ns}" if data is not None and data.is_file() else "inline"
+        identity = f"{hashlib.sha256(path.read_bytes()).hexdigest()}:{stamp}"
     return identity
 
 
@@ -278,12 +237,9 @@ def _run_jobs(jobs: list[tuple], processes: int) -> None:
 
 def check_writable(folder: Path) -> None:
     """Fail fast, before any work, when the cache folder cannot be created or written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise CacheBuildError(f"cache folder {folder} is not writable: {error.strerror or error}") from None
+    problem = writable_problem(folder)
+    if problem:
+        raise CacheBuildError(f"cache folder {problem}")
 
 
 def build_cache(
@@ -368,12 +324,13 @@ def _image_file_sound(path: Path, entry: dict, view: int) -> bool:
 
 def _build(source: CropSource, path: Path, settings: CacheSettings, processes: int, skip_bad_scans: bool) -> Path:
     check_writable(path.parent)
+    check_writable(path)  # the folder itself: an incomplete cache on read-only storage cannot be finished
     images_dir = path / IMAGES
     images_dir.mkdir(parents=True, exist_ok=True)
     (path / FAILURE).unlink(missing_ok=True)
     (path / MANIFEST).unlink(missing_ok=True)  # rewritten last, once every part is sound
     for folder in (path, images_dir, path / COLUMNS_DIR):
-        _remove_stale_temporaries(folder)
+        remove_stale_temporaries(folder)
     table = source.table()
     order, starts = table.rows_of_image()
     files = [file_name_of(image_id) for image_id in table.image_ids]

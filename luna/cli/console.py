@@ -1,0 +1,40 @@
+"""What every luna command prints besides its result: luna's own log lines, on stderr, one line each.
+
+Every command calls ``setup_logging`` once, so that the cache builder, the phantom generators
+and the CLI speak the same way whichever command runs them; library code only logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record comes: Rich's progress bar
+    replaces it while it draws, and lines then appear above the bar instead of through it."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _NoAdvertising(logging.Filter):
+    """Drops Lightning's tip to install its cloud logger, printed on every command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def setup_logging() -> None:
+    """luna's INFO lines (and warnings) on stderr as plain messages; a caller's own setup is kept."""
+    if not logging.getLogger().handlers:
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger().addHandler(handler)
+    logging.getLogger("luna").setLevel(logging.INFO)
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdvertising())

@@ -1,0 +1,63 @@
+"""Reading a checkpoint file safely, with errors that say what is wrong with it.
+
+Every checkpoint luna reads (``--ckpt_path``, ``--model.init_checkpoint``, a book checkpoint, the
+members of an ensemble) is read here first: with ``weights_only=True`` unless the user trusts the
+file, and a missing, empty, truncated or foreign file is named in one line, not a traceback
+from deep inside torch's unpickler.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from luna.training.augment import Augmentation
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names it and says why."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint that holds pickled objects torch will not load with ``weights_only=True``."""
+
+
+def read_checkpoint(path: str | Path, trust: bool = False, trust_option: str = "--model.trust_checkpoint") -> dict:
+    """The contents of a checkpoint (a Lightning ``.ckpt`` or a book ``torch.save`` file), on the CPU.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: it is empty, truncated or not a torch file.
+        UntrustedCheckpointError: it needs full unpickling and ``trust`` is false (``trust_option``
+            is the option that would allow it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the run that wrote it was stopped, or it was "
+                              "not copied; use another checkpoint (checkpoints/last.ckpt or best-*.ckpt)")
+    try:
+        with torch.serialization.safe_globals([Augmentation]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not trust:
+            raise UntrustedCheckpointError(
+                f"{path} holds pickled objects that torch does not load safely ({str(error).splitlines()[0]}); "
+                f"loading it could run code. If you trust this file, pass {trust_option}=true"
+            ) from None
+        log.warning("loading %s with full unpickling (%s=true)", path, trust_option)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} is damaged or not a torch checkpoint ({detail}); was it copied "
+                              "completely?") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
+    return checkpoint
