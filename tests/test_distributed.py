@@ -161,6 +161,15 @@ def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
         assert (tmp_path / "python.args").read_text().split() == [
             "-m", "luna.crossval", "--merge_only", "--output", str(tmp_path / "runs" / "crossval"), "--config", "x.yaml"]
         return
+    if script.name == "tune.sbatch":  # every array task is a worker of one study: record what it runs
+        stub(bin_dir, "srun", f'while [[ "$1" == --* ]]; do shift; done\necho "$@" > {tmp_path / "srun.args"}\n')
+        done = subprocess.run(["bash", str(script), "--search", "s.yaml", "--trials", "8"], cwd=ROOT,
+                              env=slurm_env(tmp_path, bin_dir, directives), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        args = (tmp_path / "srun.args").read_text().split()
+        assert args[:3] == ["python", "-m", "luna.tune"] and args[-4:] == ["--search", "s.yaml", "--trials", "8"]
+        assert f"--trainer.default_root_dir={tmp_path / 'runs'}" in args  # the study lives on LUNA_RUNS
+        return
     assert directives["signal"] == "SIGUSR1@90"
     # Run the script as SLURM would, with `srun` replaced by a stub that prints the config luna.fit gets.
     if script.name == "crossval.sbatch":  # the fold task runs luna.crossval: record what it is given
@@ -186,6 +195,23 @@ def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
     assert config["trainer"]["strategy"] == "ddp"
     assert config["trainer"]["default_root_dir"].startswith(str(tmp_path / "runs"))
     assert config["trainer"]["logger"] is None  # the run's loggers follow default_root_dir
+
+
+def test_a_sweep_is_submitted_as_one_array_of_workers(tmp_path):
+    bin_dir = tmp_path / "bin"
+    calls = tmp_path / "sbatch.calls"
+    stub(bin_dir, "sbatch", f'echo "$@" >> {calls}\necho 4321\n')
+    if shutil.which("shellcheck"):
+        subprocess.run(["shellcheck", "-x", "scripts/slurm/tune.sh"], check=True, cwd=ROOT)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "scripts/slurm/tune.sh", "3", "--search", "s.yaml", "--trials", "9"], cwd=ROOT,
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().split() == ["--parsable", "--array=0-2", str(ROOT / "scripts/slurm/tune.sbatch"),
+                                         "--search", "s.yaml", "--trials", "9"]
+    refused = subprocess.run(["bash", "scripts/slurm/tune.sh", "zero"], cwd=ROOT, capture_output=True, text=True,
+                             env=env)
+    assert refused.returncode == 2 and "WORKERS must be a positive number" in refused.stderr
 
 
 def test_crossval_submission_makes_the_merge_wait_for_every_fold(tmp_path):

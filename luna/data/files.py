@@ -69,11 +69,12 @@ def remove_stale_temporaries(folder: Path) -> None:
     for temporary in folder.glob(".*.tmp"):
         _, _, tail = temporary.name.rpartition(f".{host}.")
         pid = tail.removesuffix(".tmp")
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             temporary.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with ``pid`` exists (the writer of a temporary, a sweep's worker)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
