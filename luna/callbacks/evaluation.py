@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+
 import pytorch_lightning as pl
 
+from luna.training.checkpoints import CheckpointError
 from luna.training.evaluation import Evaluation
+from luna.training.finetuning import load_network_weights
 from luna.training.module import LunaClassifier
+
+log = logging.getLogger(__name__)
 
 
 class EvaluationSettings(pl.Callback):
@@ -18,13 +25,34 @@ class EvaluationSettings(pl.Callback):
             probability is their mean.
         prior_correction: give probabilities at the natural class ratio of the training data.
         mistakes_shown: most confident mistakes per true class in the montage.
+        ensemble: more checkpoints of the same model (the folds of a cross-validation, the seeds
+            of a configuration): validate, test and predict average their probabilities with the
+            evaluated one's (``--ckpt_path``).
     """
 
     def __init__(self, threshold: float = 0.5, tta_flips: list[list[int]] | None = None,
-                 prior_correction: bool = False, mistakes_shown: int = 8) -> None:
+                 prior_correction: bool = False, mistakes_shown: int = 8, ensemble: list[str] | None = None) -> None:
         self.evaluation = Evaluation(threshold, tta_flips, prior_correction, mistakes_shown)
+        self.ensemble = list(ensemble or [])
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not isinstance(pl_module, LunaClassifier):
             raise TypeError(f"the evaluation settings configure a LunaClassifier, not {type(pl_module).__name__}")
         pl_module.configure_evaluation(self.evaluation)
+        if not self.ensemble:
+            return
+        if stage == "fit":
+            raise ValueError("evaluation.ensemble averages trained models in validate, test and predict; fit trains "
+                             "one model (leave evaluation.ensemble out)")
+        members = []
+        for path in self.ensemble:
+            member = copy.deepcopy(pl_module.network)
+            try:
+                load_network_weights(member, path)
+            except RuntimeError as error:  # a size mismatch: another model's checkpoint
+                raise CheckpointError(f"evaluation.ensemble: {path} is not a checkpoint of this model "
+                                      f"({str(error).splitlines()[0]})") from None
+            members.append(member)
+        pl_module.set_ensemble(members)
+        log.info("evaluating an ensemble of %d models: the evaluated checkpoint and %s", len(members) + 1,
+                 ", ".join(map(str, self.ensemble)))

@@ -3,6 +3,8 @@
     python -m luna.crossval --config configs/luna16.yaml --data.data_dir=/data/LUNA16 --output logs/crossval
     python -m luna.crossval --folds 0,3 ...          # only some folds (the others can run later)
     python -m luna.crossval --merge_only --output DIR   # score what the folds have predicted so far
+    python -m luna.crossval --ensemble --output DIR --data.data_dir=/data/other --data.eval_images=all
+                                                     # predict other data with all fold models together
 
 Fold K trains on the nine other subsets (``--data.split_by=fold --data.val_fold=K``) and then
 predicts every candidate of ``subsetK`` with its final weights (``last.ckpt``: the held-out fold
@@ -15,6 +17,7 @@ interval), with each fold's own CPM beside it::
     OUTPUT/predictions.csv            the merged submission
     OUTPUT/froc.json, froc.png        its FROC analysis
     OUTPUT/crossval.json              per-fold and merged CPM
+    OUTPUT/ensemble/predictions.csv   with --ensemble: the mean probability of the trained folds' models
 
 Every other argument goes to ``python -m luna.fit`` unchanged. The command is resumable: a fold
 with predictions is skipped, a fold whose training was cut off resumes from its newest checkpoint
@@ -95,6 +98,21 @@ def run_fold(fold: int, output: Path, fit_args: list[str]) -> Path:
     return predictions
 
 
+def predict_with_ensemble(output: Path, fit_args: list[str]) -> Path:
+    """Predict with the trained models of every fold at once (their mean probability), on the data
+    the other arguments name; returns the predictions file."""
+    checkpoints = [json.loads((output / f"fold{fold}" / TRAINED).read_text())["checkpoint"] for fold in FOLDS
+                   if (output / f"fold{fold}" / TRAINED).is_file()]
+    if not checkpoints:
+        raise FileNotFoundError(f"no fold of {output} is trained yet (fold*/{TRAINED}): run the folds first")
+    predictions = output / "ensemble" / PREDICTIONS
+    log.info("predicting with the ensemble of %d fold models", len(checkpoints))
+    _luna_fit(["predict", *fit_args, f"--trainer.default_root_dir={output / 'ensemble'}",
+               f"--ckpt_path={checkpoints[0]}", f"--evaluation.ensemble={json.dumps(checkpoints[1:])}",
+               f"--predictions.path={predictions}"])
+    return predictions
+
+
 def predicted_data_dir(fold_predictions: Path) -> Path:
     """The data folder a fold's predictions are about (recorded beside them by ``luna.fit predict``)."""
     about = fold_predictions.with_suffix(".json")
@@ -170,9 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--merge_only", action="store_true", help="only merge and score the folds' predictions")
     parser.add_argument("--no_merge", action="store_true", help="only run the folds (a SLURM array task)")
+    parser.add_argument("--ensemble", action="store_true", help="predict with every trained fold's model at once "
+                        "(the mean probability) on the data the other arguments give; nothing is trained")
     args, fit_args = parser.parse_known_args(argv)
     setup_logging()
     try:
+        if args.ensemble:
+            print(f"wrote {predict_with_ensemble(args.output, fit_args)}")
+            return 0
         if not args.merge_only:
             for fold in args.folds:
                 run_fold(fold, args.output, fit_args)

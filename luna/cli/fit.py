@@ -16,13 +16,15 @@ import signal
 import sys
 import warnings
 from importlib import resources
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from luna.callbacks.candidate_table import CandidateTable
 from luna.callbacks.checkpoint import RunCheckpoint
 from luna.callbacks.evaluation import EvaluationSettings
 from luna.callbacks.figures import ValidationFigures
@@ -84,11 +86,17 @@ def _close_keys(key: str, known: list[str]) -> list[str]:
 
 
 class RunConfig(SaveConfigCallback):
-    """Writes the resolved ``config.yaml`` into the run folder, except for a ``fast_dev_run`` (which writes nothing)."""
+    """Writes the resolved ``config.yaml`` into the run folder (and into the W&B run's config),
+    except for a ``fast_dev_run`` (which writes nothing)."""
 
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
         if not trainer.fast_dev_run:
             super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Trainer, pl_module, stage: str) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update({"config": self.config.as_dict()}, allow_val_change=True)
 
 
 class LunaCLI(LightningCLI):
@@ -114,6 +122,10 @@ class LunaCLI(LightningCLI):
                             help="loggers of the run, all in <trainer.default_root_dir>/version_N/ "
                                  "(csv is required; wandb is offline unless WANDB_MODE=online). An explicit "
                                  "--trainer.logger replaces them.")
+        parser.add_argument("--wandb_checkpoints", type=bool | Literal["all"], default=False,
+                            help="with the wandb logger: upload checkpoints as W&B artifacts (true: the best and last "
+                                 "at the end; all: every one as it is written)")
+        parser.add_lightning_class_args(CandidateTable, "candidate_table")
         parser.link_arguments("data.input_widths_irc", "model.input_widths_irc", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
@@ -161,7 +173,8 @@ class LunaCLI(LightningCLI):
         if trainer_config.get("fast_dev_run"):
             kwargs["logger"] = False  # a debug run writes nothing (no run folder either)
         elif trainer_config.get("logger") is None:
-            kwargs["logger"] = run_loggers(trainer_config.get("default_root_dir") or "logs", config["loggers"])
+            kwargs["logger"] = run_loggers(trainer_config.get("default_root_dir") or "logs", config["loggers"],
+                                           wandb_checkpoints=config["wandb_checkpoints"])
         if trainer_config.get("enable_progress_bar") is False:
             callbacks = trainer_config.get("callbacks") or []
             kwargs["callbacks"] = [c for c in callbacks if not isinstance(c, ProgressBar)]

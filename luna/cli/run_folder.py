@@ -48,7 +48,8 @@ def claim_version(root: str | Path) -> int:
             version += 1
 
 
-def run_loggers(root: str | Path, names: list[LoggerName], project: str = "luna") -> list[Logger]:
+def run_loggers(root: str | Path, names: list[LoggerName], project: str = "luna",
+                wandb_checkpoints: bool | Literal["all"] = False) -> list[Logger]:
     """The loggers of a new run under ``root``, sharing one version; the CSV logger comes first.
 
     The version is chosen by global rank 0 (read from the environment, as Lightning does before any
@@ -66,7 +67,12 @@ def run_loggers(root: str | Path, names: list[LoggerName], project: str = "luna"
         loggers.append(TensorBoardLogger(root, name="", version=version, sub_dir="tensorboard", default_hp_metric=False))
     if "wandb" in names:
         folder = root / f"version_{version}"
-        # offline unless WANDB_MODE=online (after `wandb login`); `wandb sync` uploads offline runs later
+        # W&B stages tables, their images and checkpoints as artifacts in its data folder until they are
+        # synced: keep them with the runs instead of in the home folder
+        os.environ.setdefault("WANDB_DATA_DIR", str((root / "wandb-data").resolve()))
+        # offline unless WANDB_MODE=online (after `wandb login`); `wandb sync` uploads offline runs later, with
+        # the artifacts (tables, checkpoints) staged meanwhile: wandb's own mode, so Lightning stages those too
+        os.environ.setdefault("WANDB_MODE", "offline")
         loggers.append(WandbLogger(project=project, name=f"{root.name}/version_{version}", save_dir=str(folder),
-                                   offline=os.environ.get("WANDB_MODE", "offline") != "online"))
+                                   log_model=wandb_checkpoints))
     return loggers

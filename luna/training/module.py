@@ -202,12 +202,32 @@ class LunaClassifier(pl.LightningModule):
 
     def probabilities(self, crops: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Class probabilities ``[B, num_classes]``: prior-corrected, averaged over the test-time
-        flips (every view flipped along the same axes)."""
+        flips (every view flipped along the same axes) and over the members of an ensemble."""
         runs = []
         for dims in self.evaluation.flips:
             flipped = flip(crops, dims) if isinstance(crops, torch.Tensor) else [flip(view, dims) for view in crops]
             runs.append(F.softmax(self(flipped).float() + self.logit_shift, dim=1))
+            for member in self.ensemble_members():
+                out = member(flipped)
+                logits = out[0] if isinstance(out, (tuple, list)) else out
+                runs.append(F.softmax(logits.float() + self.logit_shift, dim=1))
         return torch.stack(runs).mean(0)
+
+    def set_ensemble(self, networks: list[nn.Module]) -> None:
+        """Evaluate as the mean of this module's network and ``networks`` (trained copies of it:
+        the folds of a cross-validation, the seeds of a configuration). They are kept off the
+        module tree, so that checkpoints and state dicts hold only this module's own weights."""
+        for network in networks:
+            network.eval().requires_grad_(False)
+        object.__setattr__(self, "_members", list(networks))
+
+    def ensemble_members(self) -> list[nn.Module]:
+        """The other members of the ensemble, on this module's device (none unless ``set_ensemble``)."""
+        members = self.__dict__.get("_members", [])
+        for member in members:
+            if next(member.parameters()).device != self.device:
+                member.to(self.device)
+        return members
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: CropBatch, batch_idx: int) -> torch.Tensor:
@@ -228,7 +248,7 @@ class LunaClassifier(pl.LightningModule):
         self.log("train/loss_step", loss, prog_bar=True, batch_size=len(labels))
         return loss
 
-    def _evaluate(self, batch: CropBatch, metrics: StageMetrics) -> None:
+    def _evaluate(self, batch: CropBatch, metrics: StageMetrics) -> dict[str, torch.Tensor]:
         crops, labels = batch["crop"], batch["label"]
         probabilities = self.probabilities(self.network_input(batch))
         losses = -torch.log(probabilities.gather(1, labels[:, None])[:, 0].clamp_min(1e-12))
@@ -238,12 +258,14 @@ class LunaClassifier(pl.LightningModule):
         slices = crops[rows, 0, offset[:, 0].clamp(0, crops.shape[2] - 1)]
         identity = {"index": batch["index"], "image": batch["image"], "center_xyz": batch["center_xyz"]}
         metrics.update(probabilities, labels, losses, identity, slices, offset[:, 1:])
+        return {"probabilities": probabilities.detach()}
 
-    def validation_step(self, batch: CropBatch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
+    def validation_step(self, batch: CropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The batch's probabilities, for callbacks (``CandidateTable``); the metrics keep the rest."""
+        return self._evaluate(batch, self.val_metrics)
 
-    def test_step(self, batch: CropBatch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+    def test_step(self, batch: CropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch, self.test_metrics)
 
     def predict_step(self, batch: CropBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, np.ndarray]:
         """Each sample's cache ``index`` and class ``probabilities``, as numpy copies (no shared memory kept)."""

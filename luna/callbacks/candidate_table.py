@@ -1,0 +1,150 @@
+"""A table of the evaluated candidates in Weights & Biases: the crop beside the prediction.
+
+After every validation and test, with a W&B logger in the run, one ``wandb.Table`` per stage
+(``val/candidates``, ``test/candidates``): a row per candidate with its image, centre, label,
+prediction, probability and whether it was right, and its three middle slices (axial, coronal,
+sagittal through the candidate) as images. The table is capped: every positive (a class other
+than the first), the most confident mistakes, and a random sample of the rest, so that it stays
+small at LUNA16's size; the random part is seeded. Under DDP every rank keeps its own share and
+global rank 0 merges them.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+
+from luna.data.contract import crop_data
+
+HU_SHOWN = (-1000.0, 400.0)  # the window of the slices (lung)
+COLUMNS = ["image_id", "x_mm", "y_mm", "z_mm", "label", "predicted", "probability", "correct", "axial", "coronal",
+           "sagittal"]
+
+
+@dataclass
+class _Row:
+    index: int
+    label: int
+    predicted: int
+    probability: float  # of the predicted class
+    slices: tuple[np.ndarray, np.ndarray, np.ndarray]  # uint8 axial, coronal, sagittal
+
+
+def _slices(crop: torch.Tensor, at: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three planes through voxel ``at`` (I, R, C) of a crop ``[I, R, C]``, as uint8 in ``HU_SHOWN``."""
+    i, r, c = (int(v) for v in at.clamp(min=0).tolist())
+    i, r, c = min(i, crop.shape[0] - 1), min(r, crop.shape[1] - 1), min(c, crop.shape[2] - 1)
+    low, high = HU_SHOWN
+    planes = (crop[i], crop[:, r], crop[:, :, c])
+    return tuple(((plane.float().clamp(low, high) - low) / (high - low) * 255).round().byte().cpu().numpy()
+                 for plane in planes)
+
+
+class CandidateTable(pl.Callback):
+    """A ``wandb.Table`` of candidates after each validation and test (only when a W&B logger is on).
+
+    Args:
+        max_rows: the most rows of one table (positives first, then mistakes, then a sample).
+        mistakes: the most confident mistakes kept.
+        seed: seeds the random sample of the other candidates.
+    """
+
+    def __init__(self, max_rows: int = 300, mistakes: int = 50, seed: int = 0) -> None:
+        if max_rows < 1 or mistakes < 0:
+            raise ValueError(f"max_rows={max_rows}, mistakes={mistakes}: expected max_rows >= 1 and mistakes >= 0")
+        self.max_rows, self.mistakes, self.seed = max_rows, mistakes, seed
+        self._reset()
+
+    def _reset(self) -> None:
+        self._positives: list[_Row] = []
+        self._mistakes: list[tuple[float, int, _Row]] = []  # a heap of the most confident
+        self._sample: list[_Row] = []
+        self._seen = self._offered = 0
+        self._rng = np.random.default_rng(self.seed)
+
+    @staticmethod
+    def _active(trainer: pl.Trainer) -> bool:
+        return any(isinstance(logger, WandbLogger) for logger in trainer.loggers) and not trainer.sanity_checking
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._active(trainer) and outputs is not None:
+            self._keep(batch, outputs["probabilities"])
+
+    on_test_batch_end = on_validation_batch_end
+
+    def _keep(self, batch: dict, probabilities: torch.Tensor) -> None:
+        confidence, predicted = probabilities.max(dim=1)
+        inside = batch["offset_irc"] - batch["window_irc"]
+        for row in range(len(batch["label"])):
+            kept = _Row(int(batch["index"][row]), int(batch["label"][row]), int(predicted[row]),
+                        float(confidence[row]), _slices(batch["crop"][row, 0], inside[row]))
+            if kept.label != 0:
+                self._positives.append(kept)
+                continue
+            if kept.predicted != kept.label and self.mistakes:  # the most confident stay; the others join the rest
+                self._seen += 1
+                entry = (kept.probability, self._seen, kept)
+                if len(self._mistakes) < self.mistakes:
+                    heapq.heappush(self._mistakes, entry)
+                    continue
+                kept = heapq.heappushpop(self._mistakes, entry)[2]
+            self._sample_rest(kept)
+
+    def _sample_rest(self, row: _Row) -> None:
+        """Reservoir sampling of everything that is neither a positive nor a kept mistake."""
+        self._offered += 1
+        if len(self._sample) < self.max_rows:
+            self._sample.append(row)
+            return
+        slot = int(self._rng.integers(0, self._offered))
+        if slot < self.max_rows:
+            self._sample[slot] = row
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, "test")
+
+    def _log(self, trainer: pl.Trainer, stage: str) -> None:
+        """Merge every rank's rows (on global rank 0) and send the table."""
+        if not self._active(trainer):
+            return
+        parts = (self._positives, [entry[2] for entry in self._mistakes], self._sample)
+        if trainer.world_size > 1:
+            gathered = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, parts)
+        else:
+            gathered = [parts]
+        if not trainer.is_global_zero:
+            return
+        positives = [row for part in gathered for row in part[0]]
+        mistakes = sorted((row for part in gathered for row in part[1]), key=lambda row: -row.probability)
+        sample = [row for part in gathered for row in part[2]]
+        self._rng.shuffle(sample)
+        rows = (positives + mistakes[: self.mistakes])[: self.max_rows]
+        rows += sample[: self.max_rows - len(rows)]
+        self._send(trainer, stage, rows)
+
+    def _send(self, trainer: pl.Trainer, stage: str, rows: list[_Row]) -> None:
+        import wandb
+
+        source = crop_data(trainer)
+        names = source.class_names
+        ids, centers = source.identify(np.array([row.index for row in rows], dtype=np.int64))
+        data = [[image_id, x, y, z, names[row.label], names[row.predicted], row.probability,
+                 row.label == row.predicted, *(wandb.Image(plane) for plane in row.slices)]
+                for row, image_id, (x, y, z) in zip(rows, ids, centers.tolist())]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(f"{stage}/candidates", columns=COLUMNS, data=data, step=trainer.global_step)
