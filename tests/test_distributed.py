@@ -50,10 +50,12 @@ def trained(phantom_dir, cache_root, tmp_path_factory):
 def test_ddp_evaluation_equals_one_process(trained, tmp_path, stage):
     config, checkpoint = trained
     results = {}
+    evaluations = checkpoint.parent.parent / stage  # in the checkpoint's own run
     for processes, extra in ((1, []), (2, DDP)):
-        runs = tmp_path / f"p{processes}"
-        luna(stage, "--config", str(config), f"--ckpt_path={checkpoint}", f"--trainer.default_root_dir={runs}", *extra)
-        results[processes] = last_metrics(runs / "version_0", "val" if stage == "validate" else "test")
+        before = set(evaluations.glob("version_*"))
+        luna(stage, "--config", str(config), f"--ckpt_path={checkpoint}", *extra)
+        (folder,) = set(evaluations.glob("version_*")) - before
+        results[processes] = last_metrics(folder, "val" if stage == "validate" else "test")
     one, two = results[1], results[2]
     assert one["samples"] == two["samples"] == split_size(config)
     for name in SCALARS:

@@ -1,6 +1,7 @@
 """The command line as users run it: `python -m luna.fit` (LightningCLI) on phantom data."""
 
 import csv
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -91,28 +92,33 @@ def test_last_checkpoint_is_the_last_epoch_when_the_monitor_never_improves(confi
     assert [p.name for p in checkpoints.glob("best-*.ckpt")] == ["best-epoch000-step2.ckpt"]
 
 
-def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(config, tmp_path, phantom_dir):
-    from luna.luna16.scoring import evaluate_submission
+def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(config, tmp_path, phantom_dir, caplog):
+    from luna.luna16.scoring import evaluate_submission, predicted_scans
 
     main(["--config", str(config), "--checkpoint.monitor=val/cpm", "--checkpoint.mode=max"])
-    checkpoints = run_dir(tmp_path) / "checkpoints"
-    assert list(checkpoints.glob("best-epoch000-*.ckpt"))
-    checkpoint = checkpoints / "last.ckpt"
-    cli = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}"])
+    run = run_dir(tmp_path)
+    assert list((run / "checkpoints").glob("best-epoch000-*.ckpt"))
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    with caplog.at_level(logging.INFO):
+        cli = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}"])
     cpm = float(cli.trainer.callback_metrics["val/cpm"])
-    predictions = tmp_path / "val_predictions.csv"
-    cli = main(["predict", "--config", str(config), f"--ckpt_path={checkpoint}", f"--predictions.path={predictions}"])
+    validation = run / "validate" / "version_0"  # in the checkpoint's own run
+    assert (validation / "figures" / "val_froc-epoch000.png").is_file() and (validation / "metrics.csv").is_file()
+    assert any(f"written to {validation}" in record.getMessage() for record in caplog.records)
+    cli = main(["predict", "--config", str(config), f"--ckpt_path={checkpoint}"])
+    predictions = run / "predictions.csv"
     reference = cli.datamodule.evaluation_reference("test")
-    listed = tmp_path / "listed"
-    listed.mkdir()
-    for name in ("annotations.csv", "annotations_excluded.csv"):
-        (listed / name).write_bytes((phantom_dir / name).read_bytes())
-    (listed / "seriesuids.csv").write_text("".join(f"{uid}\n" for uid in reference.scans))
-    evaluation = evaluate_submission(predictions, listed, bootstrap_samples=0)
+    predicted = predicted_scans(predictions)  # what predict recorded beside the CSV: the validation scans
+    assert predicted is not None and sorted(predicted[0]) == sorted(reference.scans)
+    evaluation = evaluate_submission(predictions, phantom_dir, bootstrap_samples=0, predicted=predicted)
     assert evaluation.result.cpm == pytest.approx(cpm, abs=1e-6)
     assert 0 <= cpm <= 1 and evaluation.result.counts.nodules > 0
-    figures = run_dir(tmp_path, 1) / "figures"
-    assert (figures / "val_froc-epoch000.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0"]  # no run folder of its own
+    with caplog.at_level(logging.WARNING):  # scored against every scan of the folder instead: said loudly
+        whole = evaluate_submission(predictions, phantom_dir, bootstrap_samples=0)
+    assert whole.result.counts.scans > evaluation.result.counts.scans
+    assert any("have no row in" in record.getMessage() and "count as missed" in record.getMessage()
+               for record in caplog.records)
 
 
 def test_candidate_split_logs_no_cpm(config, tmp_path):
@@ -127,8 +133,10 @@ def test_every_output_of_a_run_lands_in_one_folder_under_default_root_dir(config
                                                 "tensorboard"}
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     main(["predict", "--config", str(config), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
-    assert (run_dir(tmp_path, 1) / "predictions.csv").is_file()
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0", "version_1"]
+    assert (run / "predictions.csv").is_file() and (run / "predictions.json").is_file()  # beside its checkpoint
+    main(["test", "--config", str(config), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    assert (run / "test" / "version_0" / "metrics.csv").is_file()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0"]
     with pytest.raises(ValueError, match="'csv' is required"):
         main(["--config", str(config), "--loggers=[tensorboard]"])
 

@@ -31,9 +31,13 @@ def test_head_follows_the_crop_width():
         LunaModel(width_irc=(30, 48, 48))
 
 
-def test_kaiming_fan_out_initialisation():
+def test_kaiming_fan_out_initialisation_and_a_head_that_starts_at_chance():
     torch.manual_seed(1)
     model = LunaModel()
+    logits, probabilities = model(torch.randn(3, 1, 32, 48, 48) * 300)
+    assert torch.equal(logits, torch.zeros(3, 2)) and torch.allclose(probabilities, torch.full((3, 2), 0.5))
+    book = LunaModel(head_init="kaiming")
+    assert book.head_linear.weight.std().item() == pytest.approx(math.sqrt(2 / 2), rel=0.1)  # fan_out = 2 classes
     for conv in (model.block3.conv2, model.block4.conv1, model.block4.conv2):
         fan_out = conv.out_channels * 27
         assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.05)

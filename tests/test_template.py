@@ -108,9 +108,11 @@ def test_ddp_multiclass_metrics_equal_one_process(points_dir, tmp_path):
     run("fit")
     checkpoint = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
     results = {}
-    for name, extra in (("one", []), ("two", ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"])):
-        run("validate", f"--ckpt_path={checkpoint}", f"--trainer.default_root_dir={tmp_path / name}", *extra)
-        logged = [r for r in rows_of(tmp_path / name / "version_0" / "metrics.csv") if r.get("val/f1")][-1]
+    for number, (name, extra) in enumerate((("one", []), ("two", ["--trainer.strategy=ddp", "--trainer.accelerator=cpu",
+                                                                   "--trainer.devices=2"]))):
+        run("validate", f"--ckpt_path={checkpoint}", *extra)
+        validated = tmp_path / "runs" / "version_0" / "validate" / f"version_{number}"  # in the checkpoint's run
+        logged = [r for r in rows_of(validated / "metrics.csv") if r.get("val/f1")][-1]
         results[name] = {k: float(v) for k, v in logged.items() if k.startswith("val/") and v}
     assert results["one"]["val/samples"] == results["two"]["val/samples"] > 0
     assert set(results["one"]) == set(results["two"]) and "val/recall/cavity" in results["one"]

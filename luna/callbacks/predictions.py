@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from luna.data.contract import crop_data
@@ -28,20 +29,23 @@ log = logging.getLogger(__name__)
 class PredictionCsvWriter(BasePredictionWriter):
     """Writes each sample's probabilities during ``predict`` as batches finish, one row per sample.
 
-    Each process appends its share to a part file as its batches end (nothing is kept in memory);
-    after the last batch, global rank 0 concatenates the parts in rank order (each rank holds one
-    contiguous block of the evaluation set, so the rows come out in candidate order) into ``path``,
-    and writes beside it (``.json``) the row count, the class names, the checkpoint and the data
-    folder the predictions are about.
+    Each process appends its share to a part file as its batches end (nothing is kept in memory
+    but the ids of the images seen); after the last batch, global rank 0 concatenates the parts in
+    rank order (each rank holds one contiguous block of the evaluation set, so the rows come out
+    in candidate order) into ``path``, and writes beside it (``.json``) the row count, the class
+    names, the checkpoint, the data the predictions are about and the images predicted (what
+    ``luna.evaluate`` scores by default).
 
     Args:
-        path: the CSV to write; relative paths are under the run's log folder.
+        path: the CSV to write; a relative path is under the run folder of the checkpoint (or
+            ``trainer.default_root_dir`` when it is not in one).
     """
 
     def __init__(self, path: str = "predictions.csv") -> None:
         super().__init__(write_interval="batch")
         self.path = Path(path)
         self.rows_written = 0
+        self._images: set[str] = set()
         self._resolved: Path | None = None
 
     def resolved_path(self, trainer: pl.Trainer) -> Path:
@@ -65,7 +69,7 @@ class PredictionCsvWriter(BasePredictionWriter):
             raise ValueError(f"predictions.path={self.path}: cannot write the predictions there: {problem}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self._part(trainer, trainer.global_rank).write_text("")
-        self.rows_written = 0
+        self.rows_written, self._images = 0, set()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         uids, centers = crop_data(trainer).identify(prediction["index"])
@@ -77,9 +81,15 @@ class PredictionCsvWriter(BasePredictionWriter):
             for uid, xyz, values in zip(uids, centers.tolist(), probabilities.astype(np.float64).tolist()):
                 writer.writerow([uid, *map(repr, xyz), *map(repr, values)])
         self.rows_written += len(uids)
+        self._images.update(uids)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.strategy.barrier("prediction parts written")
+        images = self._images
+        if trainer.world_size > 1:
+            gathered = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, sorted(self._images))
+            images = {image for part in gathered for image in part}
         if trainer.is_global_zero:
             path = self.resolved_path(trainer)
             parts = [self._part(trainer, rank) for rank in range(trainer.world_size)]
@@ -98,7 +108,8 @@ class PredictionCsvWriter(BasePredictionWriter):
                 part.unlink()
             with path.open() as handle:
                 rows = sum(1 for _ in handle) - 1
-            about = {"rows": rows, "class_names": names, "checkpoint": trainer.ckpt_path, **data.describe_inputs()}
+            about = {"rows": rows, "class_names": names, "checkpoint": trainer.ckpt_path, **data.describe_inputs(),
+                     "images": sorted(images)}
             write_json_atomic(path.with_suffix(".json"), about, indent=1)
             log.info("predictions: %d rows written to %s", rows, path)
         trainer.strategy.barrier("predictions merged")

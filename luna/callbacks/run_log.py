@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -53,6 +54,7 @@ class RunLog(pl.Callback):
 
     def __init__(self) -> None:
         self.history: dict[int, dict[str, float]] = {}
+        self._pending: int | None = None  # an epoch whose line waits for its training loss
         self._started = time.monotonic()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -66,19 +68,46 @@ class RunLog(pl.Callback):
         log.info("global batch: %d processes x %d = %d samples per step (learning rate not rescaled)",
                  world, batch_size, world * batch_size)
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.fast_dev_run:  # a batch of one class: torchmetrics warns that AUROC is undefined, and it is
+            warnings.filterwarnings("ignore", message=r".*No (negative|positive) samples in targets.*")
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Keep the epoch's validation (its line is printed once the epoch's training loss is logged);
+        outside of fit, print it with where it was written."""
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-        threshold = _threshold(pl_module, "val")
         if trainer.state.fn == "fit":
             self.history[trainer.current_epoch] = metrics
-            train = f" | train loss {metrics['train/loss']:.3f}" if "train/loss" in metrics else ""
-            log.info("epoch %d/%d: val %s%s", trainer.current_epoch, trainer.max_epochs - 1,
-                     describe_metrics(metrics, "val", threshold), train)
-        else:
-            log.info("validation of %s: %s", trainer.ckpt_path or "the given weights",
-                     describe_metrics(metrics, "val", threshold))
+            self._pending = trainer.current_epoch
+            return
+        if trainer.fast_dev_run:
+            log.info("validation (debug run: one batch; its metrics mean nothing)")
+            return
+        written = f"; written to {trainer.loggers[0].log_dir}" if trainer.loggers else ""
+        log.info("validation of %s: %s%s", trainer.ckpt_path or "the given weights",
+                 describe_metrics(metrics, "val", _threshold(pl_module, "val")), written)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._print_epoch(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._print_epoch(trainer, pl_module)
+
+    def _print_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The line of the last finished epoch: its validation and its own training loss (logged at
+        the end of the epoch, after validation ran)."""
+        epoch, self._pending = self._pending, None
+        if epoch is None or not trainer.is_global_zero:
+            return
+        if trainer.fast_dev_run:
+            log.info("epoch %d: debug run (one batch of training and validation): its metrics mean nothing", epoch)
+            return
+        loss = trainer.callback_metrics.get("train/loss")
+        train = f" | train loss {float(loss):.3f}" if loss is not None else ""
+        log.info("epoch %d/%d: val %s%s", epoch, trainer.max_epochs - 1,
+                 describe_metrics(self.history[epoch], "val", _threshold(pl_module, "val")), train)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:

@@ -41,6 +41,8 @@ from luna.luna16.report import summary, table, write_report
 from luna.luna16.scoring import evaluate_submission
 
 log = logging.getLogger("luna.crossval")  # not __name__: this module runs as __main__
+DESCRIPTION = ("LUNA16's ten-fold cross-validation: each fold trains on nine subsets and predicts the tenth; "
+               "the predictions are merged and scored once (FROC, CPM). Resumable; --ensemble predicts with all folds.")
 
 FOLDS = tuple(range(10))
 TRAINED = "trained.json"
@@ -180,10 +182,11 @@ def _folds(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m luna.crossval", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m luna.crossval", description=DESCRIPTION,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="Every other argument is passed to python -m luna.fit.", allow_abbrev=False)
     parser.add_argument("--output", type=Path, default=Path("logs/crossval"), help="folder of the folds and the merge")
-    parser.add_argument("--folds", type=_folds, default=list(FOLDS), help="folds to run, e.g. 0,3 (default: all ten)")
+    parser.add_argument("--folds", type=_folds, default=list(FOLDS), help="folds to run, e.g. 0,3")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the merged CPM interval")
     parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--merge_only", action="store_true", help="only merge and score the folds' predictions")

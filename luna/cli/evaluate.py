@@ -7,10 +7,11 @@ Scores a predictions CSV (``seriesuid,coordX,coordY,coordZ,probability``, e.g. f
     python -m luna.evaluate logs/crossval/predictions.csv --data_dir /data/LUNA16 --output logs/crossval
 
 prints the sensitivity at 1/8 ... 8 false positives per scan, CPM and its 95 % interval, and
-writes ``OUTPUT/froc.json`` and ``OUTPUT/froc.png``. The evaluated scans are ``DIR/seriesuids.csv``
-when present (as in the release), otherwise the scans under ``DIR/subset*/``; ``--subsets 0,3``
-keeps only those folders' scans (one cross-validation fold), and ``--series FILE`` evaluates the scans
-listed in FILE instead (e.g. a validation split).
+writes ``OUTPUT/froc.json`` and ``OUTPUT/froc.png``. The evaluated scans are those ``luna.fit
+predict`` recorded beside the predictions (``PREDICTIONS.json``: a validation split, a fold), else
+``DIR/seriesuids.csv`` when present (as in the release), otherwise the scans under
+``DIR/subset*/``; ``--subsets 0,3`` keeps only those folders' scans (one cross-validation fold), and
+``--series FILE`` evaluates the scans listed in FILE instead.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from luna.cli.console import setup_logging
 from luna.data.csvfile import CsvFormatError
 from luna.data.files import writable_problem
 from luna.luna16.report import table, write_report
-from luna.luna16.scoring import evaluate_submission
+from luna.luna16.scoring import evaluate_submission, predicted_scans
+
+DESCRIPTION = ("FROC and CPM of a LUNA16 submission, scored as LUNA16's official evaluation script does, with a "
+               "seeded bootstrap interval. Writes froc.json and froc.png.")
 
 
 def _subsets(text: str) -> list[int]:
@@ -35,12 +39,13 @@ def _subsets(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m luna.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m luna.evaluate", description=DESCRIPTION,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("predictions", type=Path, help="CSV with seriesuid,coordX,coordY,coordZ,probability")
     parser.add_argument("--data_dir", type=Path, required=True,
                         help="LUNA16 folder: annotations.csv, annotations_excluded.csv, seriesuids.csv or subset*/")
     parser.add_argument("--output", type=Path, default=None, help="where froc.json and froc.png go "
-                        "(default: the predictions' folder)")
+                        "(none given: the predictions' folder)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% interval (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--subsets", type=_subsets, default=None, help="evaluate only the scans of these subsets, e.g. 0,3")
@@ -56,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --output {output}: cannot write froc.json and froc.png there: {problem}", file=sys.stderr)
         return 2
     try:
-        evaluation = evaluate_submission(args.predictions, args.data_dir, args.subsets, args.bootstrap, args.seed, args.series)
+        predicted = predicted_scans(args.predictions) if args.subsets is None else None
+        evaluation = evaluate_submission(args.predictions, args.data_dir, args.subsets, args.bootstrap, args.seed,
+                                         args.series, predicted)
     except (FileNotFoundError, CsvFormatError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import signal
 import sys
 import warnings
 from importlib import resources
+from pathlib import Path
 from typing import Literal, NoReturn
 
 from pytorch_lightning import Callback, Trainer
@@ -85,12 +86,22 @@ def _close_keys(key: str, known: list[str]) -> list[str]:
     return [f"{section}.{match}" for match in difflib.get_close_matches(tail, known, n=3, cutoff=0.6)]
 
 
+def run_of_checkpoint(ckpt_path: str | None) -> Path | None:
+    """The luna run folder a checkpoint was written in (``<run>/checkpoints/x.ckpt`` beside
+    ``<run>/config.yaml``), or None (no checkpoint, or one from elsewhere)."""
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+        return None
+    folder = Path(ckpt_path).resolve().parent
+    return folder.parent if folder.name == "checkpoints" and (folder.parent / "config.yaml").is_file() else None
+
+
 class RunConfig(SaveConfigCallback):
     """Writes the resolved ``config.yaml`` into the run folder (and into the W&B run's config),
-    except for a ``fast_dev_run`` (which writes nothing)."""
+    except for a ``fast_dev_run`` (which writes nothing) and ``predict`` (its ``.json`` says what it
+    predicted with)."""
 
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
-        if not trainer.fast_dev_run:
+        if not trainer.fast_dev_run and stage != "predict":
             super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module, stage: str) -> None:
@@ -166,15 +177,27 @@ class LunaCLI(LightningCLI):
                                       f"{given} ({', '.join(data.class_names)}): use a checkpoint of this data")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        """One run folder for every logger (see ``luna.cli.run_folder``), and
-        ``--trainer.enable_progress_bar=false`` also drops the configured progress bar (for batch jobs)."""
+        """One run folder for every logger (see ``luna.cli.run_folder``); the evaluations of a
+        checkpoint in the run it came from; and ``--trainer.enable_progress_bar=false`` also drops the
+        configured progress bar (for batch jobs).
+
+        Where a command writes: ``fit`` a new ``<default_root_dir>/version_N``; ``validate`` and
+        ``test`` of a run's checkpoint ``<run>/validate/version_N`` (``test/``), of any other
+        checkpoint (or none) a new ``<default_root_dir>/version_N``; ``predict`` only its CSV and
+        ``.json``, relative paths under the checkpoint's run (else ``default_root_dir``).
+        """
         config = self.config_init[self.subcommand]
         trainer_config = config.get("trainer") or {}
-        if trainer_config.get("fast_dev_run"):
-            kwargs["logger"] = False  # a debug run writes nothing (no run folder either)
+        root = Path(trainer_config.get("default_root_dir") or "logs")
+        run = run_of_checkpoint(config.get("ckpt_path")) if self.subcommand != "fit" else None
+        if trainer_config.get("fast_dev_run") or self.subcommand == "predict":
+            kwargs["logger"] = False  # a debug run writes nothing; predict writes its CSV only
+            kwargs["default_root_dir"] = str(run or root)
         elif trainer_config.get("logger") is None:
-            kwargs["logger"] = run_loggers(trainer_config.get("default_root_dir") or "logs", config["loggers"],
-                                           wandb_checkpoints=config["wandb_checkpoints"])
+            if run is not None:
+                root = run / self.subcommand
+                kwargs["default_root_dir"] = str(root)
+            kwargs["logger"] = run_loggers(root, config["loggers"], wandb_checkpoints=config["wandb_checkpoints"])
         if trainer_config.get("enable_progress_bar") is False:
             callbacks = trainer_config.get("callbacks") or []
             kwargs["callbacks"] = [c for c in callbacks if not isinstance(c, ProgressBar)]

@@ -51,6 +51,8 @@ from luna.cli.errors import reason_of
 from luna.data.files import process_alive, write_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("luna.tune")  # not __name__: this module runs as __main__
+DESCRIPTION = ("Hyperparameter sweeps (Optuna) over any luna.fit option, resumable and shared by parallel "
+               "workers; or a configuration repeated over seeds.")
 
 STUDY_FILE = "study.log"
 TRIAL_ENV = "LUNA_TUNE_TRIAL"  # the trial a DDP rank started by Lightning belongs to
@@ -400,18 +402,19 @@ def _int_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m luna.tune", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m luna.tune", description=DESCRIPTION,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="Every other argument is passed to each trial's python -m luna.fit.",
                                      allow_abbrev=False)
     parser.add_argument("--search", type=Path, help="the search file (configs/search/*.yaml)")
     parser.add_argument("--seeds", type=_int_list, help="instead of a search: run the configuration once per seed, "
                         "e.g. 0,1,2, and report the mean and spread of the metric")
-    parser.add_argument("--study", default=None, help="the study's name and folder (default: the search file's "
-                        "name, or 'seeds')")
+    parser.add_argument("--study", default=None, help="the study's name and folder (none given: the search "
+                        "file's name, or 'seeds')")
     parser.add_argument("--trials", type=int, default=None, help="finished trials wanted in the study, counted over "
-                        "every worker (default: 20; with --seeds, one per seed)")
+                        "every worker (none given: 20; with --seeds, one per seed)")
     parser.add_argument("--max_failures", type=int, default=None, help="stop after this many failed trials "
-                        "(default: --trials)")
+                        "(none given: --trials)")
     parser.add_argument("--sampler_seed", type=int, default=0, help="seed of the TPE sampler")
     parser.add_argument("--stale_minutes", type=float, default=10.0, help="a trial of another host with no "
                         "heartbeat for this long is taken as dead")

@@ -237,7 +237,7 @@ def _draw_pleural_blobs(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm
     for _ in range(3):
         center = lung_centers[rng.integers(0, 2)]
         heading = rng.normal(size=3)
-        on_wall = center + heading / np.sqrt((((heading / lung_semi) ** 2).sum()))
+        on_wall = center + heading / np.sqrt(((heading / lung_semi) ** 2).sum())
         ball(scan.hu, on_wall / spacing_irc, rng.uniform(2.0, 5.0), rng.uniform(0.0, 80.0), spacing_irc, edge_mm)
         points.append(on_wall / spacing_irc)
     return points

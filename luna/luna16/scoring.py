@@ -9,6 +9,7 @@ them with ``luna.evaluation.froc``.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,19 +118,36 @@ def read_reference(data_dir: str | Path, scans: list[str], annotations_file: str
     return Reference(list(scans), nodules, irrelevant)
 
 
+def predicted_scans(predictions: str | Path) -> tuple[list[str], Path] | None:
+    """The scans ``luna.fit predict`` recorded beside a predictions CSV (its ``.json``), or None."""
+    about = Path(predictions).with_suffix(".json")
+    if not about.is_file():
+        return None
+    try:
+        images = json.loads(about.read_text()).get("images")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (list(images), about) if isinstance(images, list) and images else None
+
+
 def evaluated_scans(data_dir: str | Path, subsets: list[int] | None = None,
-                    series_list: str | Path | None = None) -> tuple[list[str], str]:
+                    series_list: str | Path | None = None,
+                    predicted: tuple[list[str], Path] | None = None) -> tuple[list[str], str]:
     """The evaluated scans of a LUNA16 folder, and where the list came from.
 
     ``series_list`` (a file like ``seriesuids.csv``, e.g. the scans of a validation split) when
-    given, else ``seriesuids.csv`` when present, else the scans under ``subset*/``. ``subsets``
-    keeps only the scans found in those ``subsetK`` folders (e.g. one cross-validation fold).
+    given; else ``predicted`` (the scans ``luna.fit predict`` recorded: a validation split, a
+    fold) when given; else ``seriesuids.csv`` when present, else the scans under ``subset*/``.
+    ``subsets`` keeps only the scans found in those ``subsetK`` folders (e.g. one
+    cross-validation fold).
     """
     data_dir = Path(data_dir)
     listed = Path(series_list) if series_list is not None else data_dir / SERIES_LIST
     if series_list is not None and not listed.is_file():
         raise FileNotFoundError(f"series list {listed} not found")
-    if listed.is_file():
+    if series_list is None and predicted is not None:
+        scans, source = predicted[0], f"the {len(predicted[0])} scans predicted, listed in {predicted[1]}"
+    elif listed.is_file():
         scans, source = read_series_list(listed), str(listed)
     else:
         scans, source = sorted(find_scans(data_dir)), f"the scans under {data_dir}/subset*/"
@@ -152,6 +170,7 @@ def evaluate_submission(
     bootstrap_samples: int = 1000,
     seed: int = 0,
     series_list: str | Path | None = None,
+    predicted: tuple[list[str], Path] | None = None,
 ) -> Evaluation:
     """Score a predictions CSV against the findings of a LUNA16 folder, as the official script.
 
@@ -164,10 +183,12 @@ def evaluate_submission(
         seed: seeds the bootstrap.
         series_list: evaluate only the scans listed in this file (one uid per line, no header),
             instead of ``seriesuids.csv`` or the ``subset*`` folders.
+        predicted: the scans a ``predict`` run recorded (``predicted_scans``): evaluated instead of
+            ``seriesuids.csv`` or the ``subset*`` folders, unless ``series_list`` is given.
     """
     data_dir = Path(data_dir)
     submission = predictions if isinstance(predictions, Submission) else read_predictions(predictions)
-    scans, scans_from = evaluated_scans(data_dir, subsets, series_list)
+    scans, scans_from = evaluated_scans(data_dir, subsets, series_list, predicted)
     reference = read_reference(data_dir, scans)
     scan_index = reference.scan_index()
     scan = np.fromiter((scan_index.get(uid, -1) for uid in submission.series_uid), dtype=np.int64, count=len(submission))
@@ -179,6 +200,13 @@ def evaluate_submission(
                     submission.path, len(outside))
     if not evaluated.any():
         log.warning("%s has no row for the %d evaluated scans: every nodule is missed", submission.path, len(scans))
+    else:
+        silent = len(scans) - len(np.unique(scan[evaluated]))
+        if silent > len(scans) / 2:
+            log.warning("%d of the %d evaluated scans (%s) have no row in %s: their nodules count as missed and CPM "
+                        "is low for that reason. To score only the predicted scans, pass --series FILE, or keep the "
+                        ".json that luna.fit predict writes beside the predictions", silent, len(scans), scans_from,
+                        submission.path)
     marks = Marks(
         scan=scan[evaluated],
         center_xyz=submission.center_xyz[evaluated].reshape(-1, 3),
