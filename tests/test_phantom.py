@@ -7,7 +7,7 @@ import numpy as np
 from luna.data.cache.build import build_cache
 from luna.data.cache.read import CropCache
 from luna.data.volume import Geometry
-from luna.luna16.phantom import PhantomSpec, generate_phantom
+from luna.luna16.phantom import PhantomSpec, _make_scan, generate_phantom
 from luna.luna16.release import find_scans
 from luna.luna16.sources import Luna16Candidates
 from tests.conftest import SETTINGS
@@ -87,3 +87,29 @@ def test_command_line(tmp_path):
     )
     assert len(find_scans(out)) == 2
     build_cache(Luna16Candidates(out), tmp_path / "cache", SETTINGS)
+
+
+def test_the_luna16_geometry_has_luna16s_spacings_nodule_sizes_and_pleural_blobs(tmp_path):
+    from luna.luna16.phantom import SLICE_SPACINGS_MM
+
+    spec = PhantomSpec(series=16, seed=5, subsets=2, geometry="luna16", field_of_view_mm=(60.0, 80.0, 80.0))
+    folder = generate_phantom(tmp_path / "luna16", spec)
+    geometries = [Geometry.read(path) for path in find_scans(folder).values()]
+    in_plane = np.array([g.spacing_xyz[0] for g in geometries])
+    slices = np.array([g.spacing_xyz[2] for g in geometries])
+    assert ((in_plane >= 0.46) & (in_plane <= 0.98)).all() and in_plane.std() > 0.02
+    assert set(slices.round(4)) <= set(SLICE_SPACINGS_MM) and len(set(slices)) >= 3
+    for g in geometries:  # the same field of view in millimetres, whatever the spacing
+        extent = np.array(g.shape_irc) * g.spacing_xyz[::-1]
+        assert np.allclose(extent, spec.field_of_view_mm, atol=g.spacing_xyz.max())
+    diameters = [float(r["diameter_mm"]) for r in csv.DictReader(open(folder / "annotations.csv"))]
+    on_disk = [d for d in diameters if d != 6.5]  # the missing series' nodules are written at 6.5 mm
+    assert min(on_disk) >= 3.25 and max(on_disk) <= 32 and 4.5 < float(np.median(on_disk)) < 9
+    scan = _make_scan(spec, 3, np.random.default_rng(0))  # every pleural blob is a negative candidate, on a lung wall
+    spacing = scan.spacing_xyz[::-1]
+    extent = np.array(scan.hu.shape) * spacing
+    semi = np.array([0.44, 0.28, 0.18]) * extent
+    centers = [extent * np.array([0.5, 0.48, 0.5 + side * 0.21]) for side in (-1, 1)]
+    on_wall = [point for point in scan.negatives_irc
+               if any(abs((((point * spacing - c) / semi) ** 2).sum() - 1) < 1e-6 for c in centers)]
+    assert len(on_wall) >= 2  # three blobs, less any that fell within reach of a nodule

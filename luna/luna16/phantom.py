@@ -165,9 +165,9 @@ def _make_scan(spec: PhantomSpec, index: int, rng: np.random.Generator) -> _Scan
     scan = _Scan(_series_uid(rng), volume, spacing_xyz, origin_xyz, direction, lung_mask)
     vessel_points = _draw_vessels(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
     _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm, spec)
-    if spec.geometry == "luna16":
-        vessel_points += _draw_pleural_blobs(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
-    _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing_irc, body)
+    blobs = _draw_pleural_blobs(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) \
+        if spec.geometry == "luna16" else []
+    _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing_irc, body, blobs)
     _draw_irrelevant(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
 
     volume += rng.normal(0.0, spec.noise_hu, size=volume.shape).astype(np.float32)
@@ -254,10 +254,11 @@ def _draw_irrelevant(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) -
         scan.irrelevant.append((scan.negatives_irc[0], -1.0))  # the first negative is on a vessel
 
 
-def _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing_irc, body) -> None:
+def _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing_irc, body, blobs) -> None:
+    """Negative candidates: points on vessels, in the lungs, in the body, near every face, and every blob."""
     shape = np.array(scan.hu.shape)
     picks = rng.permutation(len(vessel_points))[:12]
-    negatives = [vessel_points[k] for k in picks]
+    negatives = [vessel_points[k] for k in picks] + list(blobs)
     negatives += [_random_lung_point(rng, lung_centers, lung_semi) / spacing_irc for _ in range(6)]
     body_voxels = np.argwhere(body & ~scan.lung_mask[shape[0] // 2])
     for k in rng.choice(len(body_voxels), size=4, replace=False):
