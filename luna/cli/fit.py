@@ -115,10 +115,8 @@ class LunaCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
-        parser.set_defaults(
+        parser.set_defaults(  # what to monitor is configs/default.yaml's (val/cpm), a dataset config's otherwise
             {
-                "checkpoint.monitor": "val/f1",
-                "checkpoint.mode": "max",
                 "checkpoint.filename": "best-epoch{epoch:03d}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
                 "checkpoint.save_last": True,
@@ -220,7 +218,7 @@ def main(args: list[str] | None = None, extra_callbacks: list[Callback] | None =
         LunaClassifier,
         CropDataModule,
         subclass_mode_data=True,
-        seed_everything_default=1234,
+        seed_everything_default=True,  # the seed itself is configs/default.yaml's
         save_config_callback=RunConfig,
         save_config_kwargs={"overwrite": True},
         parser_class=LunaArgumentParser,

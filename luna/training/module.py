@@ -123,7 +123,7 @@ class LunaClassifier(pl.LightningModule):
             load_network_weights(self.network, init_checkpoint, trust=trust_checkpoint)
         if finetune_depth is not None:
             freeze_all_but_last(self.network, finetune_depth)
-        self.class_names = class_names or (["non-nodule", "nodule"] if num_classes == 2 else None)
+        self.class_names = class_names  # from the data (linked by the CLI); None: class0, class1, ...
         self.register_buffer("logit_shift", torch.zeros(num_classes), persistent=False)
         self.configure_evaluation(Evaluation())
         self.evaluations: dict[str, EvaluationOutcome] = {}
