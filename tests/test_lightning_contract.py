@@ -1,0 +1,37 @@
+"""The Lightning internals luna leans on, named here: if a Lightning release changes one of them,
+this file fails first, with the member's name, instead of a checkpoint quietly not being written.
+
+luna's RunCheckpoint (``luna/callbacks/checkpoint.py``) writes ``last.ckpt`` after every epoch and
+at the true step of a SIGTERM, which Lightning's public ``ModelCheckpoint`` API cannot do; it uses
+the four private members below. ``pyproject.toml`` pins pytorch-lightning to the releases these
+tests ran on.
+"""
+
+import inspect
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+
+from luna.callbacks.checkpoint import RunCheckpoint
+
+
+def parameters(function) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def test_the_private_modelcheckpoint_members_runcheckpoint_uses_are_there():
+    assert parameters(ModelCheckpoint._should_save_on_train_epoch_end) == ["self", "trainer"]
+    assert parameters(ModelCheckpoint._save_last_checkpoint) == ["self", "trainer", "monitor_candidates"]
+    assert parameters(ModelCheckpoint._monitor_candidates) == ["self", "trainer"]
+    checkpoint = RunCheckpoint(dirpath=".")
+    assert checkpoint._last_global_step_saved == 0  # set by Lightning on every save: luna reads it
+
+
+def test_the_public_hooks_the_cli_overrides_have_their_signatures():
+    assert parameters(LightningCLI.parse_arguments) == ["self", "parser", "args"]
+    assert parameters(LightningCLI.instantiate_trainer) == ["self", "kwargs"]
+    assert "trainer_defaults" in parameters(LightningCLI.__init__)
+    # luna's before_fit/validate/test/predict check --ckpt_path: Lightning must still call them by that name
+    assert 'f"before_{subcommand}"' in inspect.getsource(LightningCLI._run_subcommand)
+    assert pl.__version__.startswith("2.6."), f"tested with pytorch-lightning 2.6, found {pl.__version__}"
