@@ -13,10 +13,10 @@ import pytest
 from luna.data.cache.build import CacheSettings, build_cache, cache_path
 from luna.data.cache.read import CacheBuildError, CropCache, open_built_cache
 from luna.data.volume import HU_WINDOW, ScanReadError, Volume
-from luna.luna16.candidates import load_candidates
 from luna.luna16.release import find_scans
 from luna.luna16.sources import Luna16Candidates
 from tests.conftest import SETTINGS
+from tests.oracles import load_candidates, reference_crop
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -36,7 +36,7 @@ def test_crops_match_the_reference_crop_and_order(phantom_dir, phantom_cache):
         (c.series_uid, c.center_xyz, c.is_nodule, c.diameter_mm) for c in expected]
     for k in range(0, len(cache), 17):
         series_uid, center_xyz = candidate(cache, k)[:2]
-        crop, center_irc = Volume.read(scans[series_uid]).crop(center_xyz)
+        crop, center_irc = reference_crop(Volume.read(scans[series_uid]), center_xyz)
         assert np.array_equal(cache.crop(k), crop)
         assert tuple(cache.column("center_irc")[k]) == center_irc
         assert all(0 <= o < w for o, w in zip(cache.offset_irc()[k], (32, 48, 48)))

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from luna.luna16.candidates import Candidate, CsvFormatError, load_candidates, matching_diameters
+from luna.luna16.candidates import CsvFormatError, matching_diameters
+from tests.oracles import Candidate, load_candidates
 
 UID_A = "1.2.3.100"
 UID_B = "1.2.3.200"

@@ -6,6 +6,7 @@ from luna.data.samplers import EvaluationSampler, TrainingSampler
 from luna.data.splits import epoch_order, stride_split
 from luna.luna16.datamodule import LunaDataModule
 from luna.luna16.phantom import PhantomSpec
+from tests.oracles import candidate_of
 
 
 def make(phantom_dir, cache_root, **kwargs):
@@ -58,7 +59,7 @@ def test_batches_are_int16_crops_with_traceable_candidates(phantom_dir, cache_ro
     assert batch["label"].dtype == torch.int64 and batch["label"].shape == (8,)
     assert batch["crop"].min() >= -1000 and batch["crop"].max() <= 1000
     for row in range(8):
-        candidate = dm.candidate(int(batch["index"][row]))
+        candidate = candidate_of(dm, int(batch["index"][row]))
         assert candidate.series_uid == dm.image_ids[int(batch["image"][row])]
         assert tuple(batch["center_xyz"][row].tolist()) == candidate.center_xyz
         assert int(batch["label"][row]) == candidate.is_nodule

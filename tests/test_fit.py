@@ -12,6 +12,7 @@ import yaml
 
 from luna.cli.fit import main
 from tests.helpers import tiny_config
+from tests.oracles import candidate_of
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def test_validate_test_and_predict_are_subcommands(config, tmp_path, phantom_dir
     dataset = cli.datamodule.eval_dataset
     assert len(rows) == len(dataset)
     assert list(rows[0]) == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
-    expected = [cli.datamodule.candidate(int(k)) for k in dataset.positions]
+    expected = [candidate_of(cli.datamodule, int(k)) for k in dataset.positions]
     assert [(r["seriesuid"], float(r["coordX"]), float(r["coordZ"])) for r in rows] == [
         (c.series_uid, c.center_xyz[0], c.center_xyz[2]) for c in expected
     ]

@@ -23,8 +23,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from luna.data.crops import DEFAULT_WIDTH_IRC, crop_start
-
 log = logging.getLogger(__name__)
 
 HU_MIN = -1000
@@ -332,16 +330,3 @@ class Volume:
     def irc_to_xyz(self, center_irc: Sequence[float]) -> tuple[float, float, float]:
         """Voxel index of this volume to millimetres."""
         return irc_to_xyz(center_irc, self.origin_xyz, self.spacing_xyz, self.direction)
-
-    def crop(
-        self, center_xyz: Sequence[float], width_irc: Sequence[int] = DEFAULT_WIDTH_IRC
-    ) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """The reference crop around a point: ``(int16 view of shape width_irc, center_irc)``.
-
-        Raises:
-            CenterOutsideScanError: the centre lies outside the volume.
-        """
-        center_irc = self.xyz_to_irc(center_xyz)
-        starts = crop_start(center_irc, width_irc, self.voxels.shape)
-        window = tuple(slice(start, start + width) for start, width in zip(starts, width_irc))
-        return self.voxels[window], center_irc

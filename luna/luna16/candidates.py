@@ -29,28 +29,6 @@ log = logging.getLogger(__name__)
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One row of ``candidates.csv`` after the join with ``annotations.csv``.
-
-    Attributes:
-        series_uid: the CT series (the ``.mhd`` file's stem).
-        center_xyz: candidate centre in millimetres, patient coordinates (x, y, z).
-        is_nodule: the ``class`` column (1 = nodule).
-        diameter_mm: diameter of the matching annotation, 0.0 when none matches.
-    """
-
-    series_uid: str
-    center_xyz: tuple[float, float, float]
-    is_nodule: bool
-    diameter_mm: float
-
-
-def reference_sort_key(candidate: Candidate) -> tuple:
-    """The book's namedtuple order: (is_nodule, diameter_mm, series_uid, center_xyz)."""
-    return (candidate.is_nodule, candidate.diameter_mm, candidate.series_uid, candidate.center_xyz)
-
-
 def matching_diameters(centers_xyz: np.ndarray, annotation_xyz: np.ndarray, annotation_diameters: np.ndarray) -> np.ndarray:
     """For each candidate centre ``[n, 3]``, the diameter of the first annotation (file order) whose
     centre is within diameter/4 of it on every axis (inclusive), else 0."""
@@ -80,19 +58,14 @@ class CandidateArrays:
     def __len__(self) -> int:
         return len(self.series)
 
-    def candidates(self) -> list[Candidate]:
-        """The same rows as ``Candidate`` records."""
-        uids = [self.series_uids[s] for s in self.series.tolist()]
-        return [Candidate(uid, tuple(xyz), nodule, diameter) for uid, xyz, nodule, diameter in
-                zip(uids, self.center_xyz.tolist(), self.is_nodule.tolist(), self.diameter_mm.tolist())]
 
-
-def load_candidates(
+def load_candidate_arrays(
     annotations_csv: str | Path,
     candidates_csv: str | Path,
     series_uids: set[str] | None = None,
-) -> list[Candidate]:
-    """Read, join and order the LUNA16 candidate list (``load_candidate_arrays`` as records).
+) -> CandidateArrays:
+    """Read, join and order the LUNA16 candidate list, as columns (no Python object per candidate:
+    755k of them in V2).
 
     Args:
         annotations_csv: ``annotations.csv`` (``seriesuid,coordX,coordY,coordZ,diameter_mm``).
@@ -105,17 +78,9 @@ def load_candidates(
 
     Raises:
         FileNotFoundError: a CSV is missing.
-        CsvFormatError: a header lacks a column, a value is not a finite number, or a class is not 0 or 1.
+        CsvFormatError: a header lacks a column, a value is not a finite number or a diameter not
+            positive, a class is not 0 or 1, or the candidates file has no row.
     """
-    return load_candidate_arrays(annotations_csv, candidates_csv, series_uids).candidates()
-
-
-def load_candidate_arrays(
-    annotations_csv: str | Path,
-    candidates_csv: str | Path,
-    series_uids: set[str] | None = None,
-) -> CandidateArrays:
-    """``load_candidates`` as columns: no Python object per candidate (755k of them in V2)."""
     with _collector_paused():  # millions of new rows and tuples: the cyclic GC would rescan them over and over
         return _load_candidates(Path(annotations_csv), Path(candidates_csv), series_uids)
 
@@ -154,7 +119,8 @@ def reference_order(is_nodule: np.ndarray, diameter_mm: np.ndarray, series_rank:
     """Positions that sort candidates descending on (is_nodule, diameter_mm, series_uid, center_xyz).
 
     ``series_rank`` is each candidate's uid's rank among the sorted uids. This is the order of
-    ``sorted(candidates, key=reference_sort_key, reverse=True)``, computed with ``numpy.lexsort``:
+    ``sorted(candidates, key=lambda c: (c.is_nodule, c.diameter_mm, c.series_uid, c.center_xyz),
+    reverse=True)`` (the book's namedtuple order), computed with ``numpy.lexsort``:
     at LUNA16 scale (755k rows, most sharing the first keys and a long uid prefix) Python's tuple
     comparisons take seconds.
     """

@@ -14,7 +14,6 @@ import numpy as np
 from luna.data.datamodule import CropDataModule
 from luna.data.synthetic import spec_digest
 from luna.evaluation.froc import Reference
-from luna.luna16.candidates import Candidate
 from luna.luna16.phantom import MARKER, PhantomSpec, generate_phantom
 from luna.luna16.scoring import read_reference
 from luna.luna16.sources import MALIGNANCY_FILE, Luna16Candidates, Luna16Malignancy
@@ -71,12 +70,6 @@ class LunaDataModule(_Luna16DataModule):
 
     def make_source(self) -> Luna16Candidates:
         return Luna16Candidates(self.data_dir, self.candidates_file, self.annotations_file)
-
-    def candidate(self, index: int) -> Candidate:
-        """The candidate behind a batch's ``index`` entry, as loaded from the CSVs."""
-        cache = self.cache
-        return Candidate(cache.image_ids[int(cache.image_of[index])], tuple(np.asarray(cache.center_xyz[index]).tolist()),
-                         bool(cache.labels[index]), float(cache.column("diameter_mm")[index]))
 
     def evaluation_reference(self, stage: str) -> Reference | None:
         """The scans and findings LUNA16's FROC scores a stage against, or None when it means nothing.
