@@ -6,16 +6,20 @@ rule, writes the plot (``lr_finder.png``, log-scaled and clipped to the useful r
 numbers (``lr_finder.json``) into the run folder, and ends the run there, so that the chosen rate
 is then set in the config (``model.optimizer.init_args.lr``).
 
-The rule: smooth the recorded loss, keep the part before it starts to diverge (up to its
-minimum), and take the rate where it falls fastest against log(rate). (Lightning's own
-suggestion takes the steepest point of the raw, noisy gradient, and can land far below where the
-loss actually drops.)
+The rule: smooth the recorded loss (each step's own, not the finder's running average), and take
+the rate where it falls fastest against log(rate), looking only at the stretch that leads to its
+lowest point and stays a tenth of its fall (from its starting level, the lowest of its first steps, to
+that lowest point) below the start. A rise at the start (a head whose first logits are far from
+zero) falls back only to the starting level, and
+a flat start has not fallen at all, so neither can be chosen; what diverges after the lowest point
+is not looked at. (Lightning's own suggestion takes the steepest point of the raw, noisy gradient
+anywhere, and can land in such a rise, far below any rate that trains.)
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +28,16 @@ from matplotlib.figure import Figure
 from pytorch_lightning.callbacks import LearningRateFinder
 
 from luna.callbacks.figures import log_figures
+from luna.data.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-RULE = "the steepest descent of the smoothed loss against log(rate), before the loss starts to rise"
+RULE = ("the steepest descent of the smoothed loss against log(rate), on the stretch that leads to its lowest "
+        "point and stays a tenth of its fall below its start")
 
 
 def suggest_learning_rate(lrs: np.ndarray, losses: np.ndarray, window: int = 5) -> float | None:
-    """The rate at which the smoothed loss falls fastest, before its minimum (None without such a fall)."""
+    """The suggested rate (see the module's rule), or None when the loss never clearly falls."""
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     finite = np.isfinite(losses) & (lrs > 0)
     lrs, losses = lrs[finite], losses[finite]
@@ -39,33 +45,40 @@ def suggest_learning_rate(lrs: np.ndarray, losses: np.ndarray, window: int = 5) 
         return None
     smoothed = np.convolve(losses, np.ones(window) / window, mode="valid")
     centre = lrs[window // 2 : window // 2 + len(smoothed)]
-    lowest = int(np.argmin(smoothed))
-    if lowest < 2:
-        return None  # the loss only rises: no rate in this range trains
-    slope = np.gradient(smoothed[: lowest + 1], np.log10(centre[: lowest + 1]))
-    steepest = int(np.argmin(slope))
-    return float(centre[steepest]) if slope[steepest] < 0 else None
+    start, lowest = float(losses[:window].min()), int(np.argmin(smoothed))  # the lowest of the first steps
+    fall = start - float(smoothed[lowest])
+    if fall <= 0.01 * abs(start) or lowest < 2:
+        return None  # the loss never clearly falls: no rate in this range trains
+    above = np.flatnonzero(smoothed[: lowest + 1] > start - 0.1 * fall)
+    begun = int(above[-1]) + 1 if len(above) else 0  # past the last point short of a tenth of the fall
+    slope = np.gradient(smoothed, np.log10(centre))[begun : lowest + 1]
+    return float(centre[begun + int(np.argmin(slope))])
 
 
-def lr_finder_figure(lrs: np.ndarray, losses: np.ndarray, suggestion: float | None) -> Figure:
-    """Loss against learning rate on a log axis, clipped to the range where it is informative."""
+def lr_finder_figure(lrs: np.ndarray, losses: np.ndarray, suggestion: float | None, window: int = 5) -> Figure:
+    """Loss against learning rate on a log axis: every step's loss and its smoothed curve, clipped
+    to the range before the loss diverges."""
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     finite = np.isfinite(losses)
-    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    lrs, losses = lrs[finite], losses[finite]
+    fig = Figure(figsize=(6.5, 4.4), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(lrs[finite], losses[finite], color="C0", label="loss (smoothed by the finder)")
-    if finite.any():
-        low = float(np.min(losses[finite]))
-        start = float(np.median(losses[finite][: max(3, finite.sum() // 10)]))
-        ax.set_ylim(low - 0.1 * (start - low + 1e-9), start + 0.5 * (start - low + 1e-9))  # divergence clipped
-        lowest = int(np.argmin(np.where(finite, losses, np.inf)))
-        ax.axvline(lrs[lowest], color="grey", ls=":", label=f"lowest loss at {lrs[lowest]:.2g}")
+    ax.plot(lrs, losses, color="C0", alpha=0.35, lw=1, label="loss of each step")
+    if len(losses) > window:
+        smoothed = np.convolve(losses, np.ones(window) / window, mode="valid")
+        centre = lrs[window // 2 : window // 2 + len(smoothed)]
+        ax.plot(centre, smoothed, color="C0", lw=2, label=f"smoothed ({window} steps)")
+        lowest = int(np.argmin(smoothed))
+        ax.axvline(centre[lowest], color="grey", ls=":", label=f"lowest smoothed loss at {centre[lowest]:.2g}")
+        top, bottom = float(smoothed[: lowest + 1].max()), float(smoothed[lowest])
+        margin = 0.25 * (top - bottom) + 1e-6
+        ax.set_ylim(min(bottom, float(losses.min())) - margin, top + margin)  # the divergence is clipped away
     if suggestion is not None:
-        ax.axvline(suggestion, color="C3", label=f"suggested {suggestion:.2g} (steepest descent)")
+        ax.axvline(suggestion, color="C3", lw=2, label=f"suggested {suggestion:.2g} (steepest descent)")
     ax.set_xscale("log")
     ax.set(xlabel="learning rate", ylabel="training loss",
            title=f"learning-rate finder: {len(lrs)} steps, {lrs.min():.1g} to {lrs.max():.1g}")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     return fig
 
 
@@ -84,11 +97,26 @@ class LearningRateReport(LearningRateFinder):
         super().__init__(min_lr=min_lr, max_lr=max_lr, num_training_steps=num_training_steps, mode=mode,
                          update_attr=False)
         self._early_exit = True
+        self._raw_losses: list[float] = []
 
     def lr_find(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Sweep, recording each step's own loss (the finder's smoothed loss starts biased low: an
+        average begun at 0), then report."""
+        self._raw_losses = []
+        step = pl_module.training_step
+
+        def recorded(*args, **kwargs):
+            loss = step(*args, **kwargs)
+            self._raw_losses.append(float(loss.detach()))
+            return loss
+
+        pl_module.training_step = recorded  # the sweep runs with its own callbacks only: this sees every step
         try:
-            super().lr_find(trainer, pl_module)
+            with warnings.catch_warnings():  # Lightning restores its own temporary checkpoint without weights_only
+                warnings.filterwarnings("ignore", message=".*`weights_only` was not set.*")
+                super().lr_find(trainer, pl_module)
         finally:
+            del pl_module.training_step
             if self.optimal_lr is not None and trainer.is_global_zero:
                 self._report(trainer)
 
@@ -96,11 +124,12 @@ class LearningRateReport(LearningRateFinder):
         # the first logger's folder: trainer.log_dir would be a collective, and only rank 0 is here
         folder = Path((trainer.loggers[0].log_dir if trainer.loggers else None) or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        results = self.optimal_lr.results
-        lrs, losses = np.array(results["lr"]), np.array(results["loss"])
+        lrs = np.array(self.optimal_lr.results["lr"])
+        losses = np.array(self._raw_losses[: len(lrs)])
+        lrs = lrs[: len(losses)]
         suggestion = suggest_learning_rate(lrs, losses)
-        (folder / "lr_finder.json").write_text(json.dumps(
-            {"suggestion": suggestion, "rule": RULE, "lr": results["lr"], "loss": results["loss"]}, indent=1) + "\n")
+        write_json_atomic(folder / "lr_finder.json", {"suggestion": suggestion, "rule": RULE, "lr": lrs.tolist(),
+                                                      "loss": losses.tolist()}, indent=1)
         fig = lr_finder_figure(lrs, losses, suggestion)
         fig.savefig(folder / "lr_finder.png", dpi=100)
         log_figures(trainer, {"lr_finder": fig}, trainer.current_epoch)
