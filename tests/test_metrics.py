@@ -51,16 +51,22 @@ def test_nonfinite_probabilities_are_left_out_counted_and_never_crash():
     assert all(math.isfinite(outcome.scalars[f"val/{name}"]) for name in ("f1", "auroc", "calibration_error"))
 
 
-def test_the_most_confident_mistakes_come_first_per_true_class():
-    metrics = StageMetrics("val", curves=True, slice_shape=(2, 2), mistakes=2)
-    identity = {"index": torch.arange(8), "image": torch.zeros(8, dtype=torch.long), "center_xyz": torch.zeros(8, 3)}
-    slices = torch.arange(8.0)[:, None, None].expand(8, 2, 2)
-    metrics.update(two_class(P_POSITIVE), LABELS, torch.zeros(8), identity, slices, torch.ones(8, 2, dtype=torch.long))
+def test_the_most_confident_mistakes_come_first_per_true_class_with_three_planes_through_each():
+    metrics = StageMetrics("val", curves=True, crop_shape=(2, 2, 2), mistakes=2)
+    identity = {"index": torch.arange(8), "image": torch.zeros(8, dtype=torch.long), "center_xyz": torch.zeros(8, 3),
+                "voxel_mm": torch.ones(8, 3, dtype=torch.float64)}
+    crops = 100 * torch.arange(8.0)[:, None, None, None] + torch.arange(8.0).reshape(1, 2, 2, 2)
+    marker = torch.tensor([[1, 0, 1]] * 8)
+    marker[2, 0] = 5  # a centre outside its crop is cut at the nearest slice, never an index error
+    metrics.update(two_class(P_POSITIVE), LABELS, torch.zeros(8), identity, crops, marker)
     false_positives, false_negatives = metrics.compute(epoch=0).mistakes
     assert false_positives["index"].tolist() == [3]  # P = 0.6 on a negative
     assert false_negatives["index"].tolist() == [2, 1]  # P(nodule) 0.35 then 0.45: sure it is not, most first
     assert false_negatives["score"].tolist() == pytest.approx([0.65, 0.55])
-    assert false_negatives["slice"][0].tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    assert false_negatives["marker"].tolist() == [[1, 0, 1], [1, 0, 1]]
+    assert false_negatives["axial"][0].tolist() == [[204, 205], [206, 207]]  # crop 2, slice i = 1
+    assert false_negatives["coronal"][0].tolist() == [[200, 201], [204, 205]]  # row r = 0
+    assert false_negatives["sagittal"][0].tolist() == [[201, 203], [205, 207]]  # column c = 1
 
 
 def test_bad_settings_are_named():

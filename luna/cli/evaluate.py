@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the {evaluation.result.counts.scans} evaluated scans hold no nodule of "
               f"{args.data_dir / 'annotations.csv'}: sensitivity and CPM are undefined", file=sys.stderr)
         return 2
-    json_path, png_path = write_report(evaluation, output, f"FROC: {args.predictions.name}")
+    json_path, png_path = write_report(evaluation, output, f"FROC of {Path(*args.predictions.resolve().parts[-3:])}")
     print(table(evaluation, str(args.predictions)))
     print(f"\nwrote {json_path} and {png_path}")
     return 0

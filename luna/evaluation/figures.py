@@ -75,65 +75,103 @@ def confusion_figure(outcome: EvaluationOutcome, image_name: ImageName | None = 
     return fig
 
 
+def wilson_interval(successes: np.ndarray, count: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """The Wilson score interval of a rate (95 % by default): honest for small bins and rates near
+    0 or 1, where the normal approximation's interval leaves [0, 1] or collapses to a point."""
+    count = np.asarray(count, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = successes / count
+        centre = (rate + z**2 / (2 * count)) / (1 + z**2 / count)
+        half = z / (1 + z**2 / count) * np.sqrt(rate * (1 - rate) / count + z**2 / (4 * count**2))
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)  # clipped: rounding at 0 and 1
+
+
 def reliability_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure:
-    """Observed rate against mean confidence per non-empty bin, with bin counts and the ECE."""
+    """Observed rate against mean confidence per non-empty bin, with its 95 % interval (small bins
+    are visibly uncertain), the ECE, and below it how many samples each bin holds."""
     bins = outcome.reliability
     count, confidence, rate = bins["count"], bins["confidence"], bins["rate"]
     filled = count > 0
     edges = np.linspace(0, 1, len(count) + 1)
-    fig = Figure(figsize=(5, 4.8), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(5, 6), layout="constrained")
+    ax, counts_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
-    ax.bar(edges[:-1][filled], rate[filled], width=np.diff(edges)[filled], align="edge", alpha=0.35,
-           edgecolor="k", color="C0", label="observed rate per bin")
-    ax.plot(confidence[filled], rate[filled], "o-", color="C0", label="bin mean")
-    for left, width, height, n in zip(edges[:-1][filled], np.diff(edges)[filled], rate[filled], count[filled]):
-        ax.text(left + width / 2, min(height + 0.02, 0.95), f"n={int(n)}", ha="center", fontsize=7)
+    low, high = wilson_interval(rate[filled] * count[filled], count[filled])
+    ax.errorbar(confidence[filled], rate[filled], yerr=[rate[filled] - low, high - rate[filled]], fmt="o-",
+                color="C0", capsize=3, label="observed rate per bin, 95 % interval")
     if outcome.binary:
         what = f"P({outcome.class_names[1]})", f"fraction that are {outcome.class_names[1]}"
     else:
         what = "confidence of the predicted class", "fraction predicted correctly"
     ece = outcome.scalars.get(f"{outcome.stage}/calibration_error", float("nan"))
-    ax.set(xlabel=what[0], ylabel=what[1], xlim=(0, 1), ylim=(0, 1),
-           title=_title(outcome, f"reliability (ECE {ece:.3f})"))
+    ax.set(ylabel=what[1], xlim=(0, 1), ylim=(0, 1), title=_title(outcome, f"reliability (ECE {ece:.3f})"))
     ax.legend(loc="upper left", fontsize=8)
+    counts_ax.bar(edges[:-1], count, width=np.diff(edges), align="edge", color="C0", alpha=0.5, edgecolor="k")
+    counts_ax.set_yscale("log" if count.max() > 100 * max(count[filled].min(), 1) else "linear")
+    counts_ax.set(xlabel=what[0], ylabel="samples per bin")
     return fig
 
 
+HU_WINDOW = (-1000, 400)  # the lung window: air black, soft tissue and nodules white
+MISTAKES_PER_ROW = 4
+
+
+def _crosshair(ax, row: float, column: float, size: float, aspect: float) -> None:
+    """Four short arms around (row, column), leaving the candidate itself visible; ``size`` in
+    columns, the row arms shortened by the pixels' ``aspect`` so that all four look alike."""
+    xs, ys = [], []
+    for d_row, d_column in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        scale = size / aspect if d_row else size
+        xs += [column + d_column * scale, column + 2 * d_column * scale, np.nan]
+        ys += [row + d_row * scale, row + 2 * d_row * scale, np.nan]
+    ax.plot(xs, ys, color="red", lw=1.2)
+
+
 def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure | None:
-    """The most confident mistakes of each true class: the slice through the candidate (marked),
-    the probability the model gave, the series and the centre in millimetres."""
+    """The most confident mistakes of each true class: axial, coronal and sagittal slices through
+    the candidate (marked, drawn at the crop's true voxel aspect, lung window), the probability the
+    model gave, the series and the centre in millimetres."""
     rows = [(true_class, mistakes) for true_class, mistakes in enumerate(outcome.mistakes) if len(mistakes["score"])]
     if not rows:
         return None
     names = outcome.class_names
-    columns = max(len(mistakes["score"]) for _, mistakes in rows)
-    fig = Figure(figsize=(2.3 * columns + 0.6, 2.9 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), columns, squeeze=False)
+    columns = min(MISTAKES_PER_ROW, max(len(mistakes["score"]) for _, mistakes in rows))
+    blocks = [(true_class, mistakes, start) for true_class, mistakes in rows
+              for start in range(0, len(mistakes["score"]), columns)]
+    fig = Figure(figsize=(4.6 * columns + 0.5, 2.4 * len(blocks) + 0.6), layout="constrained")
+    panels = fig.subfigures(len(blocks), columns, squeeze=False, wspace=0.03, hspace=0.03)
     name = image_name or (lambda image: f"image #{image}")
-    for row, (true_class, mistakes) in enumerate(rows):
+    for block, (true_class, mistakes, start) in enumerate(blocks):
         for column in range(columns):
-            ax = axes[row, column]
-            ax.set_axis_off()
-            if column >= len(mistakes["score"]):
+            panel, k = panels[block, column], start + column
+            if k >= len(mistakes["score"]):
                 continue
-            ax.imshow(mistakes["slice"][column], cmap="gray", vmin=-1000, vmax=400)
-            r, c = mistakes["marker"][column]
-            ax.plot(c, r, marker="o", ms=16, mfc="none", mec="red", mew=1.2)
-            predicted = names[int(mistakes["predicted"][column])]
-            x, y, z = mistakes["center"][column]
+            i, r, c = mistakes["marker"][k]
+            spacing_i, spacing_r, spacing_c = mistakes["voxel_mm"][k]
+            planes = (("axial", r, c, spacing_r / spacing_c), ("coronal", i, c, spacing_i / spacing_c),
+                      ("sagittal", i, r, spacing_i / spacing_r))
+            for ax, (plane, row, col, aspect) in zip(panel.subplots(1, 3), planes):
+                pixels = mistakes[plane][k]
+                ax.imshow(pixels, cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1], aspect=aspect)
+                _crosshair(ax, row, col, size=0.12 * pixels.shape[1], aspect=aspect)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_xlabel(plane, fontsize=8, labelpad=1)
+            predicted = names[int(mistakes["predicted"][k])]
+            x, y, z = mistakes["center"][k]
             if outcome.binary:
-                p_positive = mistakes["score"][column] if true_class == 0 else 1 - mistakes["score"][column]
+                p_positive = mistakes["score"][k] if true_class == 0 else 1 - mistakes["score"][k]
                 said = f"P({names[1]}) = {p_positive:.2f}"
             else:
-                said = f"P({predicted}) = {mistakes['score'][column]:.2f}"
-            ax.set_title(f"{said}\n{name(int(mistakes['image'][column]))}\n({x:.0f}, {y:.0f}, {z:.0f}) mm", fontsize=8)
-        label = f"true {names[true_class]}"
-        if outcome.binary:
-            label = "false positives" if true_class == 0 else "false negatives"
-        axes[row, 0].text(-0.08, 0.5, label, transform=axes[row, 0].transAxes, rotation=90, va="center",
-                          ha="right", fontsize=10)
-    fig.suptitle(_title(outcome, "most confident mistakes (slice through the candidate, circled)"), fontsize=10)
+                said = f"P({predicted}) = {mistakes['score'][k]:.2f}"
+            panel.suptitle(f"{said}   {name(int(mistakes['image'][k]))}\n({x:.0f}, {y:.0f}, {z:.0f}) mm", fontsize=9)
+            if column == 0 and start == 0:
+                label = f"true {names[true_class]}"
+                if outcome.binary:
+                    label = "false positives" if true_class == 0 else "false negatives"
+                panel.supylabel(label, fontsize=11)
+    fig.suptitle(_title(outcome, f"most confident mistakes: three slices through each candidate (marked), "
+                                 f"window {HU_WINDOW[0]} to {HU_WINDOW[1]} HU"), fontsize=11)
     return fig
 
 
@@ -141,13 +179,13 @@ def froc_evaluation_figure(outcome: EvaluationOutcome, image_name: ImageName | N
     """The FROC of this evaluation, when its data defines evaluated scans."""
     if outcome.froc is None:
         return None
-    return froc_figure(outcome.froc, _title(outcome, f"FROC over {outcome.froc.counts.scans} scans"))
+    return froc_figure(outcome.froc, _title(outcome, "FROC"))
 
 
 def froc_figure(result: FrocResult, title: str = "FROC") -> Figure:
     """The FROC curve on a log2 FP/scan axis (1/8 to 8), its seven operating points and CPM, and
     the bootstrap band when the result has one."""
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    fig = Figure(figsize=(6.4, 5.2), layout="constrained")
     ax = fig.add_subplot()
     band = result.bootstrap
     if band is not None:
@@ -162,12 +200,14 @@ def froc_figure(result: FrocResult, title: str = "FROC") -> Figure:
     ax.set_xscale("log", base=2)
     ax.set_xticks(result.fp_per_scan, OPERATING_POINTS)
     ax.set(xlim=(result.fp_per_scan[0] / 1.2, result.fp_per_scan[-1] * 1.2), ylim=(0, 1.05),
-           xlabel="average false positives per scan", ylabel="sensitivity", title=title)
+           xlabel="average false positives per scan", ylabel="sensitivity")
     ax.grid(True, which="major", alpha=0.4)
-    ax.legend(loc="lower right", fontsize=8)
     counts = result.counts
-    ax.text(0.02, 0.98, f"{counts.scans} scans, {counts.detected}/{counts.nodules} nodules detected, "
-            f"{counts.false_positives} false positives", transform=ax.transAxes, va="top", fontsize=8)
+    scans = f"{counts.scans} scan" + ("s" if counts.scans != 1 else "")
+    ax.set_title(f"{title}\n{scans}, {counts.nodules} nodules: {counts.detected} detected at the lowest "
+                 f"threshold, with {counts.false_positives} false positives", fontsize=10)
+    # below the axes: a legend inside would cover the operating points when sensitivity is low
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=8, frameon=False)
     return fig
 
 

@@ -121,12 +121,12 @@ class StageMetrics(nn.Module):
         class_names: one name per class (figures, per-class names); default ``class0``, ...
         threshold: binary decision threshold on P(class 1) for accuracy, precision, recall, F1.
         curves: also keep PR curve, confusion matrix, reliability bins, mistakes and the FROC marks.
-        slice_shape: the (rows, columns) of the slices kept for the mistakes montage.
+        crop_shape: the (I, R, C) voxels of the crops, whose slices the mistakes montage shows.
         mistakes: mistakes kept per true class.
     """
 
     def __init__(self, stage: str, num_classes: int = 2, class_names: list[str] | None = None,
-                 threshold: float = 0.5, curves: bool = False, slice_shape: tuple[int, int] = (48, 48),
+                 threshold: float = 0.5, curves: bool = False, crop_shape: tuple[int, int, int] = (32, 48, 48),
                  mistakes: int = 8) -> None:
         super().__init__()
         if num_classes < 2:
@@ -164,7 +164,7 @@ class StageMetrics(nn.Module):
             self.pr_curve = BinaryPrecisionRecallCurve() if self.binary else None
             self.confusion = BinaryConfusionMatrix(threshold) if self.binary else MulticlassConfusionMatrix(num_classes)
             self.reliability = ReliabilityBins()
-            self.mistakes = ConfidentMistakes(num_classes, slice_shape, mistakes)
+            self.mistakes = ConfidentMistakes(num_classes, crop_shape, mistakes)
             self.froc = FrocMetric() if self.binary else None
 
     def set_froc_reference(self, reference: Reference | None, image_ids: list[str]) -> None:
@@ -183,17 +183,18 @@ class StageMetrics(nn.Module):
         return probabilities.argmax(dim=1)
 
     def update(self, probabilities: torch.Tensor, label: torch.Tensor, loss: torch.Tensor,
-               identity: dict[str, torch.Tensor] | None = None, slices: torch.Tensor | None = None,
-               marker_rc: torch.Tensor | None = None) -> None:
+               identity: dict[str, torch.Tensor] | None = None, crops: torch.Tensor | None = None,
+               marker_irc: torch.Tensor | None = None) -> None:
         """Add a batch.
 
         Args:
             probabilities: ``[B, C]`` class probabilities.
             label: ``[B]`` true classes.
             loss: ``[B]`` per-sample loss.
-            identity: ``index``, ``image`` ``[B]`` and ``center_xyz`` ``[B, 3]`` of each sample
-                (for the mistakes and the FROC).
-            slices, marker_rc: the slice through each candidate ``[B, R, C]`` and its (row, column).
+            identity: ``index``, ``image`` ``[B]``, ``center_xyz`` and ``voxel_mm`` ``[B, 3]`` of
+                each sample (for the mistakes and the FROC).
+            crops, marker_irc: the crops ``[B, I, R, C]`` and the candidate's voxel in each, for the
+                slices of the mistakes montage.
 
         Samples whose probabilities are not finite are left out and counted (``nonfinite``).
         """
@@ -222,10 +223,11 @@ class StageMetrics(nn.Module):
             identity = {name: value[finite] for name, value in identity.items()}
             if self.scores_froc:
                 self.froc.update(identity["image"], identity["center_xyz"], scores)
-            if slices is not None and marker_rc is not None:
+            if crops is not None and marker_irc is not None:
                 chosen = probabilities.gather(1, predicted[:, None])[:, 0]
                 self.mistakes.update(predicted, chosen, label, identity["index"], identity["image"],
-                                     identity["center_xyz"], marker_rc[finite], slices[finite].float())
+                                     identity["center_xyz"], identity["voxel_mm"], crops[finite].float(),
+                                     marker_irc[finite])
 
     def compute_scalars(self) -> dict[str, float]:
         """All scalars, keyed ``<stage>/<name>``; collective: call on every process."""

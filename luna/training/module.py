@@ -139,7 +139,7 @@ class LunaClassifier(pl.LightningModule):
         self.evaluation = evaluation
         options = {"num_classes": self.hparams.num_classes, "class_names": self.class_names,
                    "threshold": evaluation.threshold}
-        shown = {"curves": True, "slice_shape": self.input_widths_irc[0][1:], "mistakes": evaluation.mistakes_shown}
+        shown = {"curves": True, "crop_shape": self.input_widths_irc[0], "mistakes": evaluation.mistakes_shown}
         self.train_metrics = StageMetrics("train", **options)
         self.val_metrics = StageMetrics("val", **options, **shown)
         self.test_metrics = StageMetrics("test", **options, **shown)
@@ -252,12 +252,9 @@ class LunaClassifier(pl.LightningModule):
         crops, labels = batch["crop"], batch["label"]
         probabilities = self.probabilities(self.network_input(batch))
         losses = -torch.log(probabilities.gather(1, labels[:, None])[:, 0].clamp_min(1e-12))
-        # the slice through each candidate, and where it lies in that slice
-        offset = batch["offset_irc"] - batch["window_irc"]
-        rows = torch.arange(len(labels), device=crops.device)
-        slices = crops[rows, 0, offset[:, 0].clamp(0, crops.shape[2] - 1)]
-        identity = {"index": batch["index"], "image": batch["image"], "center_xyz": batch["center_xyz"]}
-        metrics.update(probabilities, labels, losses, identity, slices, offset[:, 1:])
+        identity = {name: batch[name] for name in ("index", "image", "center_xyz", "voxel_mm")}
+        # the candidate's voxel in the crop: where the mistakes montage cuts its slices
+        metrics.update(probabilities, labels, losses, identity, crops[:, 0], batch["offset_irc"] - batch["window_irc"])
         return {"probabilities": probabilities.detach()}
 
     def validation_step(self, batch: CropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
