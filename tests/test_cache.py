@@ -111,9 +111,16 @@ def test_killed_build_resumes_to_identical_bytes(phantom_dir, phantom_cache, tmp
     assert filecmp.dircmp(resumed, phantom_cache).diff_files == []
 
 
-def test_series_not_on_disk_give_one_summary_warning(phantom_dir, tmp_path, caplog):
+def test_series_not_on_disk_give_one_summary_warning_or_a_note_for_the_phantom(phantom_copy, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        build_cache(Luna16Candidates(phantom_copy), tmp_path / "phantom", SETTINGS)
+    notes = [r for r in caplog.records if "not on disk" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in notes] == [
+        (logging.INFO, "4 rows of 2 images not on disk (on purpose, as in a partial download): skipped")]
+    caplog.clear()
+    (phantom_copy / "phantom.json").unlink()  # the same files, as a user's partial download
     with caplog.at_level(logging.WARNING):
-        build_cache(Luna16Candidates(phantom_dir), tmp_path, SETTINGS)
+        build_cache(Luna16Candidates(phantom_copy), tmp_path / "download", SETTINGS)
     summary = [r.getMessage() for r in caplog.records if "no volume on disk" in r.getMessage()]
     assert len(summary) == 1 and summary[0].startswith("4 rows of 2 images have no volume on disk")
 
@@ -131,8 +138,10 @@ def test_candidate_outside_its_scan_is_skipped_with_a_warning(phantom_copy, tmp_
 
 
 def test_bad_scan_fails_naming_it_or_is_skipped_on_request(phantom_copy, tmp_path, caplog):
-    uid, path = sorted(find_scans(phantom_copy).items())[0]
-    raw = path.with_suffix(".raw")
+    source = Luna16Candidates(phantom_copy)
+    scans = find_scans(phantom_copy)
+    uid = [uid for uid in source.table().image_ids if uid in scans][-1]  # cut last: the others' crops stay to resume
+    raw = scans[uid].with_suffix(".raw")
     raw.write_bytes(raw.read_bytes()[:4096])
     source = Luna16Candidates(phantom_copy)
     with pytest.raises(ScanReadError, match=uid):
@@ -151,6 +160,7 @@ def test_nothing_left_after_filtering_is_a_clear_error(phantom_copy, tmp_path):
     (phantom_copy / "candidates.csv").write_text(lines[0] + "\n" + "9.9.9,1.0,2.0,3.0,0\n")
     with pytest.raises(CacheBuildError, match="no row left to serve"):
         build_cache(Luna16Candidates(phantom_copy), tmp_path, SETTINGS)
+    assert not list(tmp_path.glob("luna-*"))  # no crop was cut: no folder left behind for nobody to reuse
 
 
 def test_unwritable_cache_folder_fails_before_any_work(phantom_dir, tmp_path, monkeypatch):

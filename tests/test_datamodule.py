@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from luna.data.samplers import EvaluationSampler, TrainingSampler
 from luna.data.splits import epoch_order, stride_split
@@ -140,8 +143,20 @@ def test_phantom_is_generated_on_first_use_only_when_no_data_dir_is_given(tmp_pa
         LunaDataModule(None, cache_dir=tmp_path)
 
 
-def test_the_cache_defaults_to_a_folder_beside_the_data(phantom_dir):
+def test_the_cache_defaults_to_a_folder_beside_the_data_and_the_phantom_to_data_cache(phantom_dir, points_dir,
+                                                                                       tmp_path, monkeypatch, capsys):
+    from luna.cli.fit import main
+    from luna.points.datamodule import PointsDataModule
+
     assert LunaDataModule(phantom_dir).cache_dir == phantom_dir.parent / f"{phantom_dir.name}-luna-cache"
+    assert PointsDataModule(points_dir / "points.csv").cache_dir == points_dir / "luna-cache"
+    monkeypatch.chdir(tmp_path)
+    assert LunaDataModule(phantom=PhantomSpec(series=4)).data_dir.parent == Path("data_cache")
+    # the points config keeps a user's cache beside their CSV, out of the code checkout
+    with pytest.raises(SystemExit):
+        main(["--config", str(Path(__file__).parents[1] / "configs/points.yaml"),
+              f"--data.points_csv={points_dir / 'points.csv'}", "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["cache_dir"] is None
 
 
 def test_setup_without_prepare_data_explains(phantom_dir, tmp_path):

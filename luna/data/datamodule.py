@@ -38,8 +38,11 @@ def _positive(name: str, value: int | None, minimum: int = 1) -> None:
         raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
 
 
+PHANTOM_CACHE_DIR = "data_cache"  # relative to the working directory: the project's own cache folder
+
+
 class CropDataModule(pl.LightningDataModule):
-    """Rows of a ``CropSource`` as batches of cached crops; subclasses implement ``source``.
+    """The data: a dataset's rows as batches of cached 3D crops; a subclass gives the rows (``source``).
 
     ``prepare_data`` builds the crop cache once per node (or once in all when ``shared_cache``);
     ``setup`` opens it and splits it. Batches are ``CropBatch`` dicts (int16 crops; the module
@@ -48,7 +51,8 @@ class CropDataModule(pl.LightningDataModule):
     Args:
         cache_dir: where crop caches live: node-local scratch or shared storage, with room for
             2 bytes a voxel (LUNA16 V2: about 110 GB). None: beside the dataset (the subclass
-            says where), which keeps real data's cache out of the code checkout.
+            says where), which keeps real data's cache out of the code checkout; generated
+            phantom data and its caches go to ``data_cache/``.
         width_irc: the crop the model sees (slices, rows, columns).
         spacing_mm: the crop's voxel size in millimetres along I, R, C (e.g. ``[1.25, 0.7, 0.7]``
             or ``[1, 1, 1]``): each crop is resampled from its scan, centred exactly on the
@@ -170,13 +174,15 @@ class CropDataModule(pl.LightningDataModule):
     def input_path(self, given: str | Path | None, phantom: object | None, phantom_folder: str,
                    what: str) -> tuple[Path, bool]:
         """``(given, False)``, or, when it is None, ``(<cache_dir>/<phantom_folder>, True)``: where
-        ``phantom`` is to be generated. Phantom data is never a stand-in for a path that was given."""
+        ``phantom`` is to be generated (``cache_dir`` None: the project's ``data_cache/``, as the
+        phantom has no data folder to sit beside). Phantom data is never a stand-in for a path that
+        was given."""
         if given is not None:
             return Path(given), False
         if phantom is None:
             raise ValueError(f"{what} is required, or phantom to generate phantom data")
         if self.cache_dir is None:
-            raise ValueError(f"cache_dir is required with the phantom: it is generated into <cache_dir>/{phantom_folder}")
+            self.cache_dir = Path(PHANTOM_CACHE_DIR)
         return self.cache_dir / phantom_folder, True
 
     # ------------------------------------------------------------------ build and open
@@ -194,7 +200,8 @@ class CropDataModule(pl.LightningDataModule):
             self.cache = open_built_cache(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"the crop cache {path} is not built; the Trainer builds it in prepare_data() "
-                                    "(call prepare_data() first when not using a Trainer)") from None
+                                    "(call prepare_data() first when not using a Trainer; in a multi-process run, "
+                                    "the process that builds it failed: see its log)") from None
         groups = np.asarray(self.cache.groups)[self.cache.image_of]
         folds = self.cache.folds[self.cache.image_of]
         self.train_positions, self.val_positions = split_items(groups, folds, self.split_by, self.val_stride,
@@ -209,7 +216,11 @@ class CropDataModule(pl.LightningDataModule):
         describe = lambda positions: ", ".join(  # noqa: E731
             f"{n} {name}" for name, n in zip(self.cache.class_names, np.bincount(labels[positions],
                                                                               minlength=len(self.cache.class_names))))
-        log.info("split by %s: %d training crops (%s), %d validation (%s); crop cache %s", self.split_by,
+        val_groups = len(set(groups[self.val_positions].tolist()))
+        how = {"group": f"group ({len(set(groups.tolist()))} groups, e.g. scans or patients; {val_groups} validate)",
+               "fold": f"fold (fold {self.val_fold} validates: {val_groups} groups)",
+               "row": f"row (every {self.val_stride}th crop validates; groups are not kept apart)"}[self.split_by]
+        log.info("split by %s: %d training crops (%s), %d validation (%s); crop cache %s", how,
                  len(self.train_positions), describe(self.train_positions), len(self.val_positions),
                  describe(self.val_positions), self.cache.path)
 

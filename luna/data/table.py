@@ -106,6 +106,11 @@ class CropSource(ABC):
         """One line for logs."""
         return type(self).__name__
 
+    def missing_images_expected(self) -> bool:
+        """Whether the table lists images that are not on disk on purpose (a phantom imitating a
+        partial download): their rows are then skipped with a note instead of a warning."""
+        return False
+
 
 def hash_files(paths: list[Path], *settings: object) -> str:
     """SHA-256 of the files' bytes (read in chunks) and of ``settings``."""

@@ -18,6 +18,7 @@ import numpy as np
 from luna.data.csvfile import CsvFormatError, read_columns
 from luna.data.table import CropSource, CropTable, hash_files
 from luna.luna16.candidates import load_candidate_arrays
+from luna.luna16.phantom import MARKER as PHANTOM_MARKER
 from luna.luna16.release import find_scans, subset_number
 
 CANDIDATE_CLASSES = ["non-nodule", "nodule"]
@@ -42,6 +43,9 @@ class _Luna16Source(CropSource):
 
     def image_files(self) -> list[Path]:
         return [path for _, path in sorted(self.scans.items())]
+
+    def missing_images_expected(self) -> bool:
+        return (self.data_dir / PHANTOM_MARKER).is_file()  # the phantom lists a few series it never wrote
 
     def _table(self, series_uids: list[str], series: np.ndarray, center_xyz: np.ndarray, label: np.ndarray,
                class_names: list[str], extra: dict[str, np.ndarray]) -> CropTable:

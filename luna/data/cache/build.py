@@ -25,6 +25,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import time
@@ -272,16 +273,29 @@ def build_cache(
     if _is_sound(path):
         log.info("crop cache %s is complete; reusing it", path)
         return path
+    existed = path.exists()
     try:
         return _build(source, path, settings, processes, skip_bad_scans)
     except Exception as error:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            message = f"{type(error).__name__}: {error}".encode()
-            _write_atomic(path / FAILURE, lambda handle: handle.write(message), len(message))
-        except (OSError, CacheBuildError):
-            pass  # an unwritable folder cannot hold the note; the error itself still propagates
+        _leave_failure(path, error, existed)
         raise
+
+
+def _leave_failure(path: Path, error: Exception, existed: bool) -> None:
+    """After a failed build: a folder this build made and filled with no crop goes (nobody would
+    reuse it); one holding crops stays, for the next build to resume, with the error in
+    ``build-failed.txt`` for processes waiting on this build (``open_built_cache``)."""
+    images = path / IMAGES
+    holds_crops = images.is_dir() and any(name.suffix == ".npy" for name in images.iterdir())
+    try:
+        if not existed and not holds_crops:
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        path.mkdir(parents=True, exist_ok=True)
+        message = f"{type(error).__name__}: {error}".encode()
+        _write_atomic(path / FAILURE, lambda handle: handle.write(message), len(message))
+    except (OSError, CacheBuildError):
+        pass  # an unwritable folder cannot hold the note; the error itself still propagates
 
 
 def _is_sound(path: Path) -> bool:
@@ -338,8 +352,12 @@ def _build(source: CropSource, path: Path, settings: CacheSettings, processes: i
     missing = sorted(set(np.unique(table.image).tolist()) - set(present))
     if missing:
         rows = int(np.isin(table.image, missing).sum())
-        log.warning("%d rows of %d images have no volume on disk (e.g. %s): skipped", rows, len(missing),
-                    table.image_paths[missing[0]])
+        if source.missing_images_expected():
+            log.info("%d rows of %d images not on disk (on purpose, as in a partial download): skipped", rows,
+                     len(missing))
+        else:
+            log.warning("%d rows of %d images have no volume on disk (e.g. %s): skipped", rows, len(missing),
+                        table.image_paths[missing[0]])
     jobs = []
     for k in present:
         record = images_dir / f"{files[k]}.json"
