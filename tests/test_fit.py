@@ -166,9 +166,12 @@ def test_the_console_says_how_the_run_went_and_names_existing_files(config, tmp_
     import logging
     import re
 
-    with caplog.at_level(logging.INFO, logger="luna"):
-        main(["--config", str(config), "--trainer.max_epochs=2", "--loggers=[csv, tensorboard]"])
+    with caplog.at_level(logging.INFO, logger="luna"):  # pytest's captured stdout is a file, not a terminal
+        cli = main(["--config", str(config), "--trainer.max_epochs=2", "--loggers=[csv, tensorboard]",
+                    "--trainer.enable_progress_bar=null"])
+    assert cli.trainer.progress_bar_callback is None  # its last frame would land after the summary in a log file
     text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "output is not a terminal: no progress bar" in text
     assert re.search(r"epoch 0/1: val F1 [\d.]+ \(at P >= 0\.5\) \| AUROC [\d.]+ .*\| CPM [\d.]+", text), text
     assert re.search(r"epoch 1/1: val F1", text)
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("training finished"))
@@ -213,3 +216,22 @@ def test_how_to_evaluate_is_this_commands_choice_not_the_checkpoints(config, tmp
     assert any(r.getMessage().startswith("prior correction: logits shifted by") for r in caplog.records)
     corrected = cli.trainer.callback_metrics
     assert float(corrected["val/calibration_error"]) != float(plain["val/calibration_error"])
+
+
+def test_help_documents_luna_and_names_lightnings_options_in_a_paragraph(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    short = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help_full"])
+    full = capsys.readouterr().out
+    assert len(short.splitlines()) < 350 < 600 < len(full.splitlines())
+    assert "``" not in short and "``" not in full  # reST markup is for the docs, not the terminal
+    trainer = short[short.index("Lightning's Trainer:"):]
+    assert "max_epochs, min_epochs" in trainer and "--trainer.max_epochs MAX_EPOCHS" not in short
+    assert "--trainer.max_epochs MAX_EPOCHS" in full
+    assert "--evaluation.threshold THRESHOLD" in short and "--checkpoint.fallback_monitor" in short
+    assert "--data.help LunaDataModule (or PointsDataModule" in " ".join(short.split())
+    with pytest.raises(SystemExit):
+        main(["--data.help", "PointsDataModule"])
+    assert "--data.points_csv POINTS_CSV" in capsys.readouterr().out  # a data class's own options, in full

@@ -23,11 +23,14 @@ log = logging.getLogger(__name__)
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` always holds the latest finished epoch.
+    """Checkpoints: Lightning's ModelCheckpoint, with last.ckpt always at the latest finished epoch.
 
-    Takes the arguments of ``ModelCheckpoint``, and ``fallback_monitor``: the metric to rank
-    checkpoints by when ``monitor`` is never logged (``val/cpm`` needs evaluated scans: a
-    ``split_by=row`` run or another dataset has none), with a warning.
+    Takes the arguments of ``ModelCheckpoint``, and:
+
+    Args:
+        fallback_monitor: the metric to rank checkpoints by, with a warning, when ``monitor`` is
+            never logged (val/cpm needs evaluated scans: a split_by=row run or another dataset
+            has none).
     """
 
     def __init__(self, *args, fallback_monitor: str | None = "val/f1", **kwargs) -> None:

@@ -9,8 +9,10 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 
 
 class LearningRateLog(LearningRateMonitor):
-    """Lightning's ``LearningRateMonitor`` (same arguments), which stands aside when the run has no
-    logger (``--trainer.logger=false``) instead of stopping it before the first step."""
+    """The learning rate in the logs: Lightning's LearningRateMonitor, same arguments.
+
+    It stands aside when the run has no logger (``--trainer.logger=false``) instead of stopping it
+    before the first step."""
 
     def on_train_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.loggers:

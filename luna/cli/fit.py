@@ -11,7 +11,10 @@ Without a subcommand, ``fit`` is meant. ``configs/default.yaml`` is always read 
 
 from __future__ import annotations
 
+import argparse
 import difflib
+import inspect
+import logging
 import signal
 import sys
 import warnings
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Literal, NoReturn
 
 from pytorch_lightning import Callback, Trainer
-from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -39,8 +42,11 @@ from luna.data.cache.read import CacheBuildError
 from luna.data.datamodule import CropDataModule
 from luna.data.files import DiskFullError
 from luna.data.volume import ScanReadError
+from luna.points import datamodule as _points  # noqa: F401  (listed among the data's known subclasses)
 from luna.training.checkpoints import CheckpointError, read_checkpoint
 from luna.training.module import DivergenceError, LunaClassifier
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = resources.files("luna.configs") / "default.yaml"  # configs/, installed as package data
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -48,6 +54,33 @@ USAGE = "python -m luna.fit [fit|validate|test|predict] [--config FILE ...] [--s
 # what a user can cause and fix: shown as one line by `cli`
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CacheBuildError, ScanReadError, CheckpointError,
                DivergenceError, DiskFullError, PermissionError)
+
+# The sections whose options --help names without their (long, Lightning-written) documentation:
+# section -> (title, description, the class whose own arguments are condensed; None: all)
+CONDENSED = {
+    "trainer": ("Lightning's Trainer",
+                "As --trainer.NAME=VALUE: {names}. Their meaning: "
+                "https://lightning.ai/docs/pytorch/stable/common/trainer.html, or --help_full; the values a "
+                "run uses: --print_config.", None),
+    "checkpoint": (None, "And Lightning's ModelCheckpoint arguments, as --checkpoint.NAME=VALUE: {names}. "
+                   "Their meaning: --help_full.", ModelCheckpoint),
+    "data": (None, "LunaDataModule (LUNA16 or its phantom) unless a config chooses another "
+             "(configs/points.yaml: PointsDataModule, a CSV of points in your own volumes). Its options, as "
+             "--data.NAME=VALUE: python -m luna.fit --data.help LunaDataModule (or PointsDataModule, "
+             "MalignancyDataModule, a class path of your own).", None),
+}
+
+
+class FullHelp(argparse.Action):
+    """``--help_full``: the help with every Lightning option documented (``--help`` names them)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        parser.full_help = True
+        parser.print_help()
+        parser.exit()
 
 
 class LunaArgumentParser(LightningArgumentParser):
@@ -59,6 +92,36 @@ class LunaArgumentParser(LightningArgumentParser):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    full_help = False  # --help_full: every option of Lightning's Trainer and ModelCheckpoint, documented
+
+    def format_help(self) -> str:
+        """The help a user reads: luna's own options in full; Lightning's Trainer and ModelCheckpoint
+        options (400 lines of their docstrings) named in a paragraph each, with where to read them;
+        the data's options behind ``--data.help``."""
+        if self.full_help:
+            return super().format_help().replace("``", "")
+        saved = []
+        for group in self._action_groups:
+            prefix = next((a.dest.split(".")[0] for a in group._group_actions if "." in a.dest), None)
+            if prefix not in CONDENSED or not any(a.dest == prefix for a in group._group_actions):
+                continue  # not the section itself (--data.help CLASS prints a class's own options in full)
+            title, description, owner = CONDENSED[prefix]
+            owned = set(inspect.signature(owner).parameters) if owner else None
+            condensed = [a for a in group._group_actions if a.dest.startswith(f"{prefix}.") and a.dest != f"{prefix}.help"
+                         and (owned is None or a.dest.split(".")[1] in owned)]
+            names = [a.dest.split(".", 1)[1] for a in condensed if a.dest.count(".") == 1]
+            saved.append((group, group.title, group.description, [(a, a.help) for a in group._group_actions]))
+            for action in [*condensed, *(a for a in group._group_actions if a.dest == prefix)]:
+                action.help = argparse.SUPPRESS
+            group.title, group.description = title or group.title, description.format(names=", ".join(names))
+        try:
+            return super().format_help().replace("``", "")
+        finally:
+            for group, title, description, helps in saved:
+                group.title, group.description = title, description
+                for action, text in helps:
+                    action.help = text
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         known = self._known_keys()
@@ -114,6 +177,7 @@ class LunaCLI(LightningCLI):
     """LightningCLI with the callbacks every run wants, each configurable under its own key."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--help_full", action=FullHelp, help="show every option with its documentation and exit")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(  # what to monitor is configs/default.yaml's (val/cpm), a dataset config's otherwise
             {
@@ -177,7 +241,7 @@ class LunaCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """One run folder for every logger (see ``luna.cli.run_folder``); the evaluations of a
         checkpoint in the run it came from; and ``--trainer.enable_progress_bar=false`` also drops the
-        configured progress bar (for batch jobs).
+        configured progress bar, as does output to a file or pipe (batch jobs) unless it is set true.
 
         Where a command writes: ``fit`` a new ``<default_root_dir>/version_N``; ``validate`` and
         ``test`` of a run's checkpoint ``<run>/validate/version_N`` (``test/``), of any other
@@ -196,7 +260,11 @@ class LunaCLI(LightningCLI):
                 root = run / self.subcommand
                 kwargs["default_root_dir"] = str(root)
             kwargs["logger"] = run_loggers(root, config["loggers"], wandb_checkpoints=config["wandb_checkpoints"])
-        if trainer_config.get("enable_progress_bar") is False:
+        bar = trainer_config.get("enable_progress_bar")
+        if bar is None and not sys.stdout.isatty():
+            log.info("output is not a terminal: no progress bar (--trainer.enable_progress_bar=true keeps it)")
+            bar = kwargs["enable_progress_bar"] = False  # a file would get its last frame after the summary
+        if bar is False:
             callbacks = trainer_config.get("callbacks") or []
             kwargs["callbacks"] = [c for c in callbacks if not isinstance(c, ProgressBar)]
         return super().instantiate_trainer(**kwargs)
