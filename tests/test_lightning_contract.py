@@ -3,8 +3,9 @@ this file fails first, with the member's name, instead of a checkpoint quietly n
 
 luna's RunCheckpoint (``luna/callbacks/checkpoint.py``) writes ``last.ckpt`` after every epoch and
 at the true step of a SIGTERM, which Lightning's public ``ModelCheckpoint`` API cannot do; it uses
-the four private members below. ``pyproject.toml`` pins pytorch-lightning to the releases these
-tests ran on.
+the four private members below. The learning-rate finder silences the sweep's own tqdm bar (the
+module global ``tqdm`` of ``pytorch_lightning.tuner.lr_finder``) when the run has no progress bar.
+``pyproject.toml`` pins pytorch-lightning to the releases these tests ran on.
 """
 
 import inspect
@@ -35,3 +36,9 @@ def test_the_public_hooks_the_cli_overrides_have_their_signatures():
     # luna's before_fit/validate/test/predict check --ckpt_path: Lightning must still call them by that name
     assert 'f"before_{subcommand}"' in inspect.getsource(LightningCLI._run_subcommand)
     assert pl.__version__.startswith("2.6."), f"tested with pytorch-lightning 2.6, found {pl.__version__}"
+
+
+def test_the_lr_finder_sweep_draws_its_bar_with_the_module_global_tqdm():
+    from pytorch_lightning.tuner import lr_finder
+
+    assert callable(lr_finder.tqdm) and "tqdm(desc=" in inspect.getsource(lr_finder._LRCallback.on_train_batch_start)

@@ -38,10 +38,11 @@ def test_progressive_unfreezing_keeps_frozen_weights_and_adds_slower_groups(phan
     assert rates == [1e-3, 1e-3 * 0.5]
 
 
-def test_lr_finder_suggests_a_rate_that_trains(phantom_dir, cache_root, tmp_path):
+def test_lr_finder_suggests_a_rate_that_trains(phantom_dir, cache_root, tmp_path, capsys):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs", samples_per_epoch=480)
     main(["--config", str(config), "--config", "configs/presets/lr_find.yaml",
           "--trainer.callbacks.init_args.num_training_steps=50", "--trainer.enable_progress_bar=false"])
+    assert "Finding best initial lr" not in capsys.readouterr().err  # no bar in the run: none for the sweep
     run = tmp_path / "runs" / "version_0"
     report = json.loads((run / "lr_finder.json").read_text())
     assert len(report["lr"]) == len(report["loss"]) >= 30 and report["rule"].startswith("the steepest descent")  # it may stop on divergence

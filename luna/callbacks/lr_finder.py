@@ -18,6 +18,7 @@ anywhere, and can land in such a rise, far below any rate that trains.)
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 import pytorch_lightning as pl
 from matplotlib.figure import Figure
 from pytorch_lightning.callbacks import LearningRateFinder
+from pytorch_lightning.tuner import lr_finder as lightning_lr_finder  # its tqdm: see lr_find
 
 from luna.callbacks.figures import log_figures
 from luna.data.files import write_json_atomic
@@ -111,11 +113,15 @@ class LearningRateReport(LearningRateFinder):
             return loss
 
         pl_module.training_step = recorded  # the sweep runs with its own callbacks only: this sees every step
+        bar = lightning_lr_finder.tqdm
+        if trainer.progress_bar_callback is None:  # no bar in this run (a log file): none for the sweep either
+            lightning_lr_finder.tqdm = functools.partial(bar, disable=True)
         try:
             with warnings.catch_warnings():  # Lightning restores its own temporary checkpoint without weights_only
                 warnings.filterwarnings("ignore", message=".*`weights_only` was not set.*")
                 super().lr_find(trainer, pl_module)
         finally:
+            lightning_lr_finder.tqdm = bar
             del pl_module.training_step
             if self.optimal_lr is not None and trainer.is_global_zero:
                 self._report(trainer)
