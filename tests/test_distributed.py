@@ -163,6 +163,16 @@ def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
         assert (tmp_path / "python.args").read_text().split() == [
             "-m", "luna.crossval", "--merge_only", "--output", str(tmp_path / "runs" / "crossval"), "--config", "x.yaml"]
         return
+    if script.name == "prepare.sbatch":  # CPU only, no srun: the cache luna.prepare would build, and where
+        env = {**slurm_env(tmp_path, bin_dir, directives), "SLURM_CPUS_PER_TASK": directives["cpus-per-task"]}
+        refused = subprocess.run(["bash", str(script)], env=env, cwd=ROOT, capture_output=True, text=True)
+        assert refused.returncode != 0 and "set LUNA_CACHE" in refused.stderr  # never a node-local scratch folder
+        printed = subprocess.run(["bash", str(script), "--print_config"], env={**env, "LUNA_CACHE": str(tmp_path / "c")},
+                                 cwd=ROOT, capture_output=True, text=True)
+        assert printed.returncode == 0, printed.stderr[-3000:]
+        data = yaml.safe_load(printed.stdout)["data"]["init_args"]
+        assert data["cache_dir"] == str(tmp_path / "c") and data["build_processes"] == int(directives["cpus-per-task"])
+        return
     if script.name == "tune.sbatch":  # every array task is a worker of one study: record what it runs
         stub(bin_dir, "srun", f'while [[ "$1" == --* ]]; do shift; done\necho "$@" > {tmp_path / "srun.args"}\n')
         done = subprocess.run(["bash", str(script), "--search", "s.yaml", "--trials", "8"], cwd=ROOT,

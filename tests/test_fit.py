@@ -235,3 +235,17 @@ def test_help_documents_luna_and_names_lightnings_options_in_a_paragraph(capsys)
     with pytest.raises(SystemExit):
         main(["--data.help", "PointsDataModule"])
     assert "--data.points_csv POINTS_CSV" in capsys.readouterr().out  # a data class's own options, in full
+
+
+def test_prepare_builds_the_cache_fit_then_reuses_and_trains_nothing(phantom_dir, tmp_path, caplog):
+    import logging
+
+    from luna.cli.prepare import main as prepare
+
+    config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, tmp_path / "cache", tmp_path / "runs")
+    datamodule = prepare(["--config", str(config), "--data.build_processes=1"])
+    assert (datamodule.cache.path / "manifest.json").is_file() and datamodule.cache.path.parent == tmp_path / "cache"
+    assert not (tmp_path / "runs").exists()  # no Trainer, no run folder
+    with caplog.at_level(logging.INFO):
+        main(["--config", str(config), "--trainer.max_steps=1", "--trainer.limit_val_batches=1"])
+    assert f"crop cache {datamodule.cache.path} is complete; reusing it" in caplog.text
