@@ -18,8 +18,8 @@ from tests.helpers import tiny_config
 from tests.test_cache import tree_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-SCALARS = ("accuracy", "precision", "recall", "f1", "auroc", "calibration_error", "loss", "loss_positive",
-           "loss_negative", "samples", "f1_best", "f1_best_threshold", "cpm")
+SCALARS = ("accuracy", "precision", "recall", "f1", "auroc", "average_precision", "calibration_error", "loss",
+           "loss_positive", "loss_negative", "samples", "f1_best", "f1_best_threshold", "cpm")
 
 
 def luna(*args, env=None, timeout=300):

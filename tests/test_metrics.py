@@ -32,6 +32,12 @@ def test_per_crop_metrics_are_taken_at_the_threshold():
     assert at_half.confusion.tolist() == [[4, 1], [2, 1]]
 
 
+def test_average_precision_is_logged_the_mean_precision_at_each_positive():
+    outcome, _ = scalars(0.5)
+    # ranked 0.9 P, 0.6 N, 0.45 P, 0.4 N, 0.35 P: precision 1/1, 2/3 and 3/5 where each nodule is reached
+    assert outcome.scalars["val/average_precision"] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+
+
 def test_best_f1_scans_the_thresholds_and_is_at_least_the_f1_at_the_threshold():
     outcome, _ = scalars(0.5)
     best, threshold = outcome.scalars["val/f1_best"], outcome.scalars["val/f1_best_threshold"]

@@ -27,7 +27,7 @@ def test_sanity_check_does_not_leak_into_validation_metrics(datamodule, tmp_path
     run.fit(LunaClassifier(), datamodule=datamodule)
     assert run.callback_metrics["val/samples"] == len(datamodule.val_dataset)
     assert run.callback_metrics["train/samples"] == 16
-    for name in ("accuracy", "precision", "recall", "f1", "auroc", "calibration_error", "loss",
+    for name in ("accuracy", "precision", "recall", "f1", "auroc", "average_precision", "calibration_error", "loss",
                  "loss_positive", "loss_negative"):
         assert f"val/{name}" in run.callback_metrics
 

@@ -33,13 +33,12 @@ def pr_curve_figure(outcome: EvaluationOutcome, image_name: ImageName | None = N
     if outcome.pr_curve is None:
         return None
     precision, recall, thresholds = (outcome.pr_curve[k] for k in ("precision", "recall", "thresholds"))
-    # average precision: the step-wise area under the curve (torchmetrics' definition)
-    average_precision = float(-np.sum(np.diff(recall) * precision[:-1])) if len(recall) > 1 else float("nan")
     fig = Figure(figsize=(5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(recall, precision, drawstyle="steps-post", label=f"PR curve (AP {average_precision:.3f})")
     stage = outcome.stage
     scalars = outcome.scalars
+    average_precision = scalars.get(f"{stage}/average_precision", float("nan"))
+    ax.plot(recall, precision, drawstyle="steps-post", label=f"PR curve (AP {average_precision:.3f})")
     ax.plot(scalars[f"{stage}/recall"], scalars[f"{stage}/precision"], "o", color="C3",
             label=f"threshold {outcome.threshold:g}: F1 {scalars[f'{stage}/f1']:.3f}")
     if np.isfinite(scalars.get(f"{stage}/f1_best", np.nan)) and len(thresholds):

@@ -25,6 +25,7 @@ from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
+    BinaryAveragePrecision,
     BinaryCalibrationError,
     BinaryConfusionMatrix,
     BinaryF1Score,
@@ -33,6 +34,7 @@ from torchmetrics.classification import (
     BinaryRecall,
     MulticlassAccuracy,
     MulticlassAUROC,
+    MulticlassAveragePrecision,
     MulticlassCalibrationError,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
@@ -141,6 +143,7 @@ class StageMetrics(nn.Module):
         if self.binary:
             scores = {"accuracy": BinaryAccuracy(threshold), "precision": BinaryPrecision(threshold),
                       "recall": BinaryRecall(threshold), "f1": BinaryF1Score(threshold), "auroc": BinaryAUROC(),
+                      "average_precision": BinaryAveragePrecision(),
                       "calibration_error": BinaryCalibrationError(n_bins=RELIABILITY_BINS)}
             loss_names = ["loss_negative", "loss_positive"]
         else:
@@ -149,6 +152,7 @@ class StageMetrics(nn.Module):
                       "precision": MulticlassPrecision(n, average="macro"),
                       "recall": MulticlassRecall(n, average="macro"), "f1": MulticlassF1Score(n, average="macro"),
                       "auroc": MulticlassAUROC(n, average="macro"),
+                      "average_precision": MulticlassAveragePrecision(n, average="macro"),
                       "calibration_error": MulticlassCalibrationError(n, n_bins=RELIABILITY_BINS),
                       "recall_per_class": MulticlassRecall(n, average="none")}
             loss_names = [f"loss/{name}" for name in self.class_names]
