@@ -240,6 +240,19 @@ def test_physical_multi_view_crops_train_validate_and_predict_through_the_cli(ph
     assert 0.0 <= cli.trainer.callback_metrics["val/cpm"] <= 1.0
 
 
+def test_the_luna16_mm_config_asks_for_three_views_in_millimetres(capsys):
+    import yaml
+
+    from luna.cli.fit import main
+
+    with pytest.raises(SystemExit):
+        main(["--config", "configs/luna16.yaml", "--config", "configs/luna16_mm.yaml", "--print_config"])
+    data = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
+    assert data["data_dir"] == "/path/to/LUNA16" and data["spacing_mm"] == [1.25, 0.7, 0.7]
+    views = [(data["width_irc"], data["spacing_mm"])] + [(v["width_irc"], v["spacing_mm"]) for v in data["extra_views"]]
+    assert views == [([16, 32, 32], [1.25, 0.7, 0.7]), ([32, 48, 48], [1.25, 0.7, 0.7]), ([32, 48, 48], [2.5, 1.4, 1.4])]
+
+
 def test_a_single_crop_network_given_several_views_is_a_one_line_error(phantom_dir, tmp_path):
     import subprocess
     import sys
