@@ -50,6 +50,7 @@ class Evaluation:
         scans_from: where that list came from (``seriesuids.csv`` or the ``subset*`` folders).
         unevaluated_rows: prediction rows of series outside the list (ignored).
         irrelevant_findings: whether ``annotations_excluded.csv`` was used.
+        marks, reference: what was scored (for ``cpm_resamples``: paired comparisons of systems).
     """
 
     result: FrocResult
@@ -57,6 +58,8 @@ class Evaluation:
     scans_from: str
     unevaluated_rows: int
     irrelevant_findings: bool
+    marks: Marks
+    reference: Reference
 
 
 def read_predictions(path: str | Path) -> Submission:
@@ -213,4 +216,5 @@ def evaluate_submission(
         probability=submission.probability[evaluated],
     )
     result = froc(marks, reference, bootstrap_samples, seed)
-    return Evaluation(result, scans, scans_from, unevaluated, (data_dir / IRRELEVANT_FINDINGS).is_file())
+    return Evaluation(result, scans, scans_from, unevaluated, (data_dir / IRRELEVANT_FINDINGS).is_file(), marks,
+                      reference)
