@@ -1,6 +1,7 @@
 """The command line as users run it: `python -m luna.fit` (LightningCLI) on phantom data."""
 
 import csv
+import json
 import logging
 import subprocess
 import sys
@@ -115,6 +116,12 @@ def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(c
     assert evaluation.result.cpm == pytest.approx(cpm, abs=1e-6)
     assert 0 <= cpm <= 1 and evaluation.result.counts.nodules > 0
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0"]  # no run folder of its own
+    # luna.evaluate needs only the file: the data folder and the scans are the ones predict recorded
+    from luna.cli.evaluate import main as evaluate
+
+    assert evaluate([str(predictions), "--bootstrap", "0"]) == 0
+    report = json.loads((run / "froc.json").read_text())
+    assert report["cpm"] == pytest.approx(cpm, abs=1e-6) and report["scans"] == len(reference.scans)
     with caplog.at_level(logging.WARNING):  # scored against every scan of the folder instead: said loudly
         whole = evaluate_submission(predictions, phantom_dir, bootstrap_samples=0)
     assert whole.result.counts.scans > evaluation.result.counts.scans

@@ -38,7 +38,7 @@ from pathlib import Path
 from luna.cli.console import setup_logging
 from luna.data.files import write_atomic, write_json_atomic
 from luna.luna16.report import summary, table, write_report
-from luna.luna16.scoring import evaluate_submission
+from luna.luna16.scoring import evaluate_submission, predicted_data_dir
 
 log = logging.getLogger("luna.crossval")  # not __name__: this module runs as __main__
 DESCRIPTION = ("LUNA16's ten-fold cross-validation: each fold trains on nine subsets and predicts the tenth; "
@@ -115,13 +115,13 @@ def predict_with_ensemble(output: Path, fit_args: list[str]) -> Path:
     return predictions
 
 
-def predicted_data_dir(fold_predictions: Path) -> Path:
+def fold_data_dir(fold_predictions: Path) -> Path:
     """The data folder a fold's predictions are about (recorded beside them by ``luna.fit predict``)."""
-    about = fold_predictions.with_suffix(".json")
-    data_dir = json.loads(about.read_text()).get("data_dir") if about.is_file() else None
-    if not data_dir:
-        raise FileNotFoundError(f"{about} does not say which data folder {fold_predictions} predicts; predict the fold again")
-    return Path(data_dir)
+    data_dir = predicted_data_dir(fold_predictions)
+    if data_dir is None:
+        raise FileNotFoundError(f"{fold_predictions.with_suffix('.json')} does not say which data folder "
+                                f"{fold_predictions} predicts; predict the fold again")
+    return data_dir
 
 
 def merge(fold_predictions: dict[int, Path], merged: Path) -> None:
@@ -143,7 +143,7 @@ def score(output: Path, bootstrap: int, seed: int) -> dict:
             if (output / f"fold{fold}" / PREDICTIONS).is_file()}
     if not done:
         raise FileNotFoundError(f"no fold of {output} has predictions yet (fold*/{PREDICTIONS})")
-    data_dirs = {predicted_data_dir(path) for path in done.values()}
+    data_dirs = {fold_data_dir(path) for path in done.values()}
     if len(data_dirs) > 1:
         raise ValueError(f"the folds of {output} predict different data folders: {sorted(map(str, data_dirs))}")
     data_dir = data_dirs.pop()

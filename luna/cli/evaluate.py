@@ -24,7 +24,7 @@ from luna.cli.console import setup_logging
 from luna.data.csvfile import CsvFormatError
 from luna.data.files import writable_problem
 from luna.luna16.report import table, write_report
-from luna.luna16.scoring import evaluate_submission, predicted_scans
+from luna.luna16.scoring import evaluate_submission, predicted_data_dir, predicted_scans
 
 DESCRIPTION = ("FROC and CPM of a LUNA16 submission, scored as LUNA16's official evaluation script does, with a "
                "seeded bootstrap interval. Writes froc.json and froc.png.")
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m luna.evaluate", description=DESCRIPTION,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("predictions", type=Path, help="CSV with seriesuid,coordX,coordY,coordZ,probability")
-    parser.add_argument("--data_dir", type=Path, required=True,
-                        help="LUNA16 folder: annotations.csv, annotations_excluded.csv, seriesuids.csv or subset*/")
+    parser.add_argument("--data_dir", type=Path, default=None,
+                        help="LUNA16 folder: annotations.csv, annotations_excluded.csv, seriesuids.csv or subset*/ "
+                             "(none given: the folder luna.fit predict recorded beside the predictions)")
     parser.add_argument("--output", type=Path, default=None, help="where froc.json and froc.png go "
                         "(none given: the predictions' folder)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% interval (0: none)")
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.bootstrap < 0:
         parser.error(f"--bootstrap={args.bootstrap}: must be 0 or more")
     setup_logging()
+    args.data_dir = args.data_dir or predicted_data_dir(args.predictions)
+    if args.data_dir is None:
+        print(f"error: --data_dir is required: {args.predictions.with_suffix('.json')} (written by luna.fit predict) "
+              "does not say which data folder the predictions are about", file=sys.stderr)
+        return 2
     output = args.output or args.predictions.parent
     problem = writable_problem(output)
     if problem:

@@ -121,16 +121,27 @@ def read_reference(data_dir: str | Path, scans: list[str], annotations_file: str
     return Reference(list(scans), nodules, irrelevant)
 
 
+def prediction_record(predictions: str | Path) -> dict:
+    """What ``luna.fit predict`` recorded beside a predictions CSV (its ``.json``); empty when
+    there is no readable record."""
+    about = Path(predictions).with_suffix(".json")
+    try:
+        record = json.loads(about.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def predicted_scans(predictions: str | Path) -> tuple[list[str], Path] | None:
     """The scans ``luna.fit predict`` recorded beside a predictions CSV (its ``.json``), or None."""
-    about = Path(predictions).with_suffix(".json")
-    if not about.is_file():
-        return None
-    try:
-        images = json.loads(about.read_text()).get("images")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return (list(images), about) if isinstance(images, list) and images else None
+    images = prediction_record(predictions).get("images")
+    return (list(images), Path(predictions).with_suffix(".json")) if isinstance(images, list) and images else None
+
+
+def predicted_data_dir(predictions: str | Path) -> Path | None:
+    """The data folder ``luna.fit predict`` recorded beside a predictions CSV, or None."""
+    data_dir = prediction_record(predictions).get("data_dir")
+    return Path(data_dir) if isinstance(data_dir, str) and data_dir else None
 
 
 def evaluated_scans(data_dir: str | Path, subsets: list[int] | None = None,
