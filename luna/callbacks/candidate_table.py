@@ -20,6 +20,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from luna.data.contract import crop_data
+from luna.metrics.mistakes import planes_through
 
 HU_SHOWN = (-1000.0, 400.0)  # the window of the slices (lung)
 COLUMNS = ["image_id", "x_mm", "y_mm", "z_mm", "label", "predicted", "probability", "correct", "axial", "coronal",
@@ -37,11 +38,10 @@ class _Row:
 
 def _slices(crop: torch.Tensor, at: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The three planes through voxel ``at`` (I, R, C) of a crop ``[I, R, C]``, as uint8 in ``HU_SHOWN``."""
-    i, r, c = (int(v) for v in at.clamp(min=0).tolist())
-    i, r, c = min(i, crop.shape[0] - 1), min(r, crop.shape[1] - 1), min(c, crop.shape[2] - 1)
+    at = torch.stack([at[axis].clamp(0, size - 1) for axis, size in enumerate(crop.shape)])
     low, high = HU_SHOWN
-    planes = (crop[i], crop[:, r], crop[:, :, c])
-    return tuple(((plane.float().clamp(low, high) - low) / (high - low) * 255).round().byte().cpu().numpy()
+    planes = planes_through(crop[None], at[None]).values()
+    return tuple(((plane[0].float().clamp(low, high) - low) / (high - low) * 255).round().byte().cpu().numpy()
                  for plane in planes)
 
 
