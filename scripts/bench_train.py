@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from pytorch_lightning.utilities import move_data_to_device
 
 from luna.data.crops import View

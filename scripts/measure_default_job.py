@@ -5,7 +5,7 @@
 Runs ``python -m luna.fit`` with no arguments in an empty folder (the phantom is generated and the
 crop cache built, as on a first run), times it, reads the run's ``metrics.csv``, validates the
 last checkpoint again with ``--evaluation.prior_correction=true``, predicts its validation scans and
-scores them with ``luna.evaluate``'s bootstrap (the CPM's 95 % interval), and replaces the block between
+scores them with ``luna.evaluate`` as the README's walk-through does (the CPM's 95 % interval), and replaces the block between
 ``<!-- default-job:begin -->`` and ``<!-- default-job:end -->`` in the README with the date, the
 machine, the command and the numbers. The README's figures then come from a run, never from memory.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import os
 import platform
 import re
@@ -25,8 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-
-from luna.luna16.scoring import Evaluation, evaluate_submission, read_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- default-job:begin -->", "<!-- default-job:end -->"
@@ -48,25 +47,23 @@ def luna(args: list[str], cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-def validate(work: Path, checkpoint: Path, extra: list[str]) -> dict[str, float]:
-    """The validation metrics of ``checkpoint``, from the new run folder's metrics.csv."""
-    before = set((work / "logs").glob("version_*"))
-    luna(["validate", f"--ckpt_path={checkpoint}", "--trainer.enable_progress_bar=false", *extra], work)
-    (folder,) = set((work / "logs").glob("version_*")) - before
+def validate(work: Path, run: Path, extra: list[str]) -> dict[str, float]:
+    """The validation metrics of the run's last checkpoint, from the metrics.csv that ``validate``
+    writes into the run (``<run>/validate/version_N``)."""
+    before = set((run / "validate").glob("version_*"))
+    luna(["validate", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *extra], work)
+    (folder,) = set((run / "validate").glob("version_*")) - before
     row = [row for row in csv.DictReader((folder / "metrics.csv").open()) if row.get("val/f1")][-1]
     return {name: float(v) for name, v in row.items() if name.startswith("val/") and v}
 
 
-def validation_froc(work: Path, checkpoint: Path) -> Evaluation:
-    """FROC of ``checkpoint`` over the validation scans (``predict``'s default set), with 1,000 bootstraps."""
-    predictions = work / "validation_predictions.csv"
-    luna(["predict", f"--ckpt_path={checkpoint}", f"--predictions.path={predictions}",
-          "--trainer.enable_progress_bar=false"], work)
-    (data_dir,) = (work / "data_cache").glob("phantom-*")
-    scans = sorted(set(read_predictions(predictions).series_uid))
-    series_list = work / "validation_series.txt"
-    series_list.write_text("\n".join(scans) + "\n")
-    return evaluate_submission(predictions, data_dir, bootstrap_samples=1000, seed=0, series_list=series_list)
+def validation_froc(work: Path, run: Path) -> dict:
+    """The README's walk-through: ``predict`` with the run's last checkpoint (the validation scans,
+    into ``<run>/predictions.csv``), then ``luna.evaluate`` on that file alone; its froc.json."""
+    luna(["predict", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], work)
+    subprocess.run([sys.executable, "-m", "luna.evaluate", str(run / "predictions.csv")], cwd=work, check=True,
+                   capture_output=True, text=True)
+    return json.loads((run / "froc.json").read_text())
 
 
 def main() -> None:
@@ -77,16 +74,15 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="luna-default-job-"))
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    luna(["--trainer.enable_progress_bar=false"], work)
+    luna([], work)  # output to a pipe: no progress bar
     minutes, seconds = divmod(round(time.perf_counter() - start), 60)
     run = work / "logs" / "version_0"
     rows = [row for row in csv.DictReader((run / "metrics.csv").open()) if row.get("val/f1")]
     value = lambda row, name: float(row[f"val/{name}"])  # noqa: E731
     last, best = rows[-1], max(rows, key=lambda row: value(row, "cpm"))
-    checkpoint = run / "checkpoints" / "last.ckpt"
-    plain, corrected = (validate(work, checkpoint, extra) for extra in ([], ["--evaluation.prior_correction=true"]))
-    froc = validation_froc(work, checkpoint).result
-    low, high = froc.bootstrap.cpm_ci
+    plain, corrected = (validate(work, run, extra) for extra in ([], ["--evaluation.prior_correction=true"]))
+    froc = validation_froc(work, run)
+    low, high = froc["cpm_ci"]
     line = lambda row: (f"CPM {value(row, 'cpm'):.3f}, F1 {value(row, 'f1'):.3f} at P ≥ 0.5 (best-threshold F1 "  # noqa: E731
                         f"{value(row, 'f1_best'):.3f} at {value(row, 'f1_best_threshold'):.2f}, optimistic), AUROC "
                         f"{value(row, 'auroc'):.3f}, ECE {value(row, 'calibration_error'):.3f}")
@@ -96,11 +92,12 @@ def main() -> None:
         f"folder: phantom generated, crop cache built; `scripts/measure_default_job.py` ran it and wrote this).",
         "",
         f"- Wall clock: {minutes} min {seconds} s for 10 epochs of 1,024 balanced samples; validation: "
-        f"{int(value(last, 'samples'))} candidates of {froc.counts.scans} scans, {froc.counts.nodules} nodules.",
+        f"{int(value(last, 'samples'))} candidates of {froc['scans']} scans, {froc['nodules']} nodules.",
         f"- After the last epoch: {line(last)}.",
-        f"- The last checkpoint's validation predictions scored by `luna.evaluate` (`predict`, then "
-        f"`--series` = the validation scans): CPM {froc.cpm:.3f}, 95 % CI {low:.3f}–{high:.3f} (1,000 bootstrap "
-        f"resamples of the scans); sensitivity {' / '.join(f'{v:.3f}' for v in froc.sensitivity)} at 1/8 … 8 FP/scan.",
+        f"- The last checkpoint's validation predictions scored by `luna.evaluate` (the walk-through above: "
+        f"`predict`, then `luna.evaluate logs/version_0/predictions.csv`): CPM {froc['cpm']:.3f}, 95 % CI "
+        f"{low:.3f}–{high:.3f} (1,000 bootstrap resamples of the scans); sensitivity "
+        f"{' / '.join(f'{v:.3f}' for v in froc['sensitivity'])} at 1/8 … 8 FP/scan.",
         f"- Best epoch by CPM (epoch {int(best['epoch'])}, kept as `best-*.ckpt`): {line(best)}.",
         f"- Prior correction of the last checkpoint (`validate --evaluation.prior_correction=true`): ECE "
         f"{plain['val/calibration_error']:.3f} → {corrected['val/calibration_error']:.3f}, F1 at 0.5 "
