@@ -67,6 +67,10 @@ def test_reliability_shows_intervals_that_widen_for_small_bins_and_the_counts_be
     assert 0 <= low[0] < 0.5 < high[0] <= 1
     low, high = wilson_interval(np.array([0.0]), np.array([5.0]))  # none of 5: still an interval, inside [0, 1]
     assert low[0] == 0 and 0.3 < high[0] < 0.6
+    count = np.arange(1.0, 400.0)  # all-or-none bins: rounding once put a bound a hair past the rate (6 of 6)
+    for successes in (0 * count, count):
+        low, high = wilson_interval(successes, count)
+        assert np.all(low <= successes / count) and np.all(successes / count <= high)
 
 
 def test_mistakes_show_three_planes_at_their_voxel_aspect_with_captions_and_the_window():

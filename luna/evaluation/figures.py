@@ -82,7 +82,9 @@ def wilson_interval(successes: np.ndarray, count: np.ndarray, z: float = 1.96) -
         rate = successes / count
         centre = (rate + z**2 / (2 * count)) / (1 + z**2 / count)
         half = z / (1 + z**2 / count) * np.sqrt(rate * (1 - rate) / count + z**2 / (4 * count**2))
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)  # clipped: rounding at 0 and 1
+    # The interval always holds the observed rate; rounding near 0 and 1 can put a bound a hair past
+    # it (or past [0, 1]), which matplotlib then refuses as a negative error bar.
+    return np.clip(np.minimum(centre - half, rate), 0, 1), np.clip(np.maximum(centre + half, rate), 0, 1)
 
 
 def reliability_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure:
