@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from luna.data.cache.build import CacheSettings, build_cache
-from luna.data.cache.read import CropCache
+from luna.data.cache.read import CropCache, image_file
 from luna.data.crops import DEFAULT_WIDTH_IRC, View
 from luna.data.volume import HU_WINDOW
 from luna.luna16.candidates import load_candidate_arrays
@@ -165,7 +165,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     keys = rng.permutation(len(cache))[: args.reads].tolist()  # distinct crops: every first read is a first read
-    maps = {s: np.load(path / "images" / f"{name}.npy", mmap_mode="r") for s, name in enumerate(cache.image_files)
+    maps = {s: np.load(path / "images" / image_file(name, 0), mmap_mode="r") for s, name in enumerate(cache.image_files)
             if cache.manifest["images"][s]["crops"]}
     where = list(zip(cache.image_of.tolist(), cache.column("image_row").tolist()))
     for k in keys:  # pages in memory on both sides
