@@ -26,6 +26,7 @@ def rows(path):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # two folds trained end to end: 48 s
 def test_folds_run_in_turn_resume_and_merge_into_one_scored_submission(phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "unused")
     output = tmp_path / "cv"

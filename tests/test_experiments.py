@@ -144,6 +144,7 @@ def test_an_ensemble_of_another_model_or_in_fit_is_one_line(two_seeds, tmp_path,
         assert err.strip().splitlines()[-1].startswith(message), err[-1000:]
 
 
+@pytest.mark.slow  # a cross-validation trained, then its ensemble: 46 s
 def test_the_folds_of_a_cross_validation_predict_together(phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "unused")
     output = tmp_path / "cv"

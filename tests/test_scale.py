@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torch.utils.data import DataLoader
 
 from luna.data.volume import Geometry, irc_to_xyz
 from luna.luna16.datamodule import LunaDataModule
@@ -91,7 +92,8 @@ def private_memory_after(data_dir: Path, cache_dir: Path, batches: int) -> int:
                                 num_workers=1, negatives_per_positive=1, samples_per_epoch=8 * batches)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    iterator = iter(datamodule.train_dataloader())
+    # DataLoader's own iterator, under ResumableLoader's counting generator: it holds the worker.
+    iterator = DataLoader.__iter__(datamodule.train_dataloader())
     for _ in range(batches):
         next(iterator)
     (worker,) = iterator._workers
