@@ -288,6 +288,7 @@ def test_sigusr1_saves_a_checkpoint_requeues_and_the_restart_resumes(phantom_dir
     hpc = sorted(runs.glob("hpc_ckpt_*.ckpt"))
     assert hpc, output[-3000:]
     assert calls.read_text().split() == ["requeue", "4242"]
+    assert "weights_only" not in output  # Lightning's note on its own save: nothing a user can act on
     saved = torch.load(hpc[-1], weights_only=False)
     assert saved["global_step"] == 3
     # The "requeued" job starts again with the same command: it must resume from the HPC checkpoint.

@@ -23,11 +23,16 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
-class _NoAdvertising(logging.Filter):
-    """Drops Lightning's tip to install its cloud logger, printed on every command."""
+class _Dropping(logging.Filter):
+    """Drops Lightning's lines that a user can do nothing about: its tip to install its cloud logger
+    (every command), and "`weights_only` was not set" when its SLURM handler saves before a requeue."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        return self.fragment not in record.getMessage()
 
 
 def setup_logging() -> None:
@@ -37,4 +42,6 @@ def setup_logging() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logging.getLogger().addHandler(handler)
     logging.getLogger("luna").setLevel(logging.INFO)
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdvertising())
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_Dropping("litlogger"))
+    logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").addFilter(
+        _Dropping("`weights_only` was not set"))
