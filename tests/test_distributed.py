@@ -140,6 +140,22 @@ def stub(bin_dir: Path, name: str, body: str) -> None:
     (bin_dir / name).chmod(0o755)
 
 
+def shellcheck(script: Path | str) -> None:
+    if shutil.which("shellcheck"):
+        subprocess.run(["shellcheck", "-x", str(script)], check=True, cwd=ROOT)
+
+
+def submit(tmp_path: Path, script: str, sbatch_reply: str, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run a submitting script with ``sbatch`` stubbed: the stub records its arguments, one call a
+    line, and then runs ``sbatch_reply`` (which prints the job id); the run and the record."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "sbatch.calls"
+    stub(bin_dir, "sbatch", f'echo "$@" >> {calls}\n{sbatch_reply}\n')
+    shellcheck(script)
+    done = subprocess.run(["bash", script, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    return done, calls
+
+
 def slurm_env(tmp_path: Path, bin_dir: Path, directives: dict) -> dict:
     return {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
             "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3",
@@ -150,8 +166,7 @@ def slurm_env(tmp_path: Path, bin_dir: Path, directives: dict) -> dict:
 @pytest.mark.parametrize("script", SBATCH, ids=lambda p: p.name)
 def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
     subprocess.run(["bash", "-n", str(script)], check=True)
-    if shutil.which("shellcheck"):
-        subprocess.run(["shellcheck", "-x", str(script)], check=True, cwd=ROOT)
+    shellcheck(script)
     directives = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", script.read_text(), re.M))
     assert directives["ntasks-per-node"] == directives.get("gpus-per-node", directives["ntasks-per-node"])
     bin_dir = tmp_path / "bin"
@@ -210,30 +225,18 @@ def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
 
 
 def test_a_sweep_is_submitted_as_one_array_of_workers(tmp_path):
-    bin_dir = tmp_path / "bin"
-    calls = tmp_path / "sbatch.calls"
-    stub(bin_dir, "sbatch", f'echo "$@" >> {calls}\necho 4321\n')
-    if shutil.which("shellcheck"):
-        subprocess.run(["shellcheck", "-x", "scripts/slurm/tune.sh"], check=True, cwd=ROOT)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "scripts/slurm/tune.sh", "3", "--search", "s.yaml", "--trials", "9"], cwd=ROOT,
-                          capture_output=True, text=True, env=env)
+    done, calls = submit(tmp_path, "scripts/slurm/tune.sh", "echo 4321", "3", "--search", "s.yaml", "--trials", "9")
     assert done.returncode == 0, done.stderr
     assert calls.read_text().split() == ["--parsable", "--array=0-2", str(ROOT / "scripts/slurm/tune.sbatch"),
                                          "--search", "s.yaml", "--trials", "9"]
-    refused = subprocess.run(["bash", "scripts/slurm/tune.sh", "zero"], cwd=ROOT, capture_output=True, text=True,
-                             env=env)
+    refused, _ = submit(tmp_path, "scripts/slurm/tune.sh", "echo 4321", "zero")
     assert refused.returncode == 2 and "WORKERS must be a positive number" in refused.stderr
 
 
 def test_crossval_submission_makes_the_merge_wait_for_every_fold(tmp_path):
-    bin_dir = tmp_path / "bin"
-    calls = tmp_path / "sbatch.calls"
-    stub(bin_dir, "sbatch", f'echo "$@" >> {calls}\nif [[ "$*" == *crossval.sbatch* ]]; then echo 1234; else echo 1235; fi\n')
-    if shutil.which("shellcheck"):
-        subprocess.run(["shellcheck", "-x", "scripts/slurm/crossval.sh"], check=True, cwd=ROOT)
-    done = subprocess.run(["bash", "scripts/slurm/crossval.sh", "--config", "x.yaml"], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    done, calls = submit(tmp_path, "scripts/slurm/crossval.sh",
+                         'if [[ "$*" == *crossval.sbatch* ]]; then echo 1234; else echo 1235; fi',
+                         "--config", "x.yaml")
     assert done.returncode == 0, done.stderr
     first, second = calls.read_text().splitlines()
     assert first.endswith("crossval.sbatch --config x.yaml")

@@ -35,6 +35,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from luna.cli.arguments import integer_list
 from luna.cli.console import setup_logging
 from luna.data.files import write_atomic, write_json_atomic
 from luna.luna16.report import summary, table, write_report
@@ -170,23 +171,13 @@ def score(output: Path, bootstrap: int, seed: int) -> dict:
     return record
 
 
-def _folds(text: str) -> list[int]:
-    try:
-        folds = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected fold numbers like 0,3 but got {text!r}") from None
-    if not folds or any(fold not in FOLDS for fold in folds):
-        raise argparse.ArgumentTypeError(f"folds must be among 0-9, got {text!r}")
-    return folds
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m luna.crossval", description=DESCRIPTION,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="Every other argument is passed to python -m luna.fit.", allow_abbrev=False)
     parser.add_argument("--output", type=Path, default=Path("logs/crossval"), help="folder of the folds and the merge")
-    parser.add_argument("--folds", type=_folds, default=list(FOLDS), help="folds to run, e.g. 0,3")
+    parser.add_argument("--folds", type=integer_list("folds", allowed=FOLDS), default=list(FOLDS), help="folds to run, e.g. 0,3")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the merged CPM interval")
     parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--merge_only", action="store_true", help="only merge and score the folds' predictions")
@@ -200,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {predict_with_ensemble(args.output, fit_args)}")
             return 0
         if not args.merge_only:
-            for fold in args.folds:
+            for fold in sorted(set(args.folds)):
                 run_fold(fold, args.output, fit_args)
         if not args.no_merge:
             score(args.output, args.bootstrap, args.bootstrap_seed)

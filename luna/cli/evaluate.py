@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from luna.cli.arguments import integer_list
 from luna.cli.console import setup_logging
 from luna.data.csvfile import CsvFormatError
 from luna.data.files import writable_problem
@@ -28,13 +29,6 @@ from luna.luna16.scoring import evaluate_submission, predicted_data_dir, predict
 
 DESCRIPTION = ("FROC and CPM of a LUNA16 submission, scored as LUNA16's official evaluation script does, with a "
                "seeded bootstrap interval. Writes froc.json and froc.png.")
-
-
-def _subsets(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected subset numbers like 0,3 but got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(none given: the predictions' folder)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% interval (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    parser.add_argument("--subsets", type=_subsets, default=None, help="evaluate only the scans of these subsets, e.g. 0,3")
+    parser.add_argument("--subsets", type=integer_list("subsets"), default=None, help="evaluate only the scans of these subsets, e.g. 0,3")
     parser.add_argument("--series", type=Path, default=None, help="evaluate only the scans listed in this file, one uid "
                         "per line (e.g. a validation split), instead of DIR/seriesuids.csv or DIR/subset*/")
     args = parser.parse_args(argv)

@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -46,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from luna.cli.arguments import integer_list
 from luna.cli.console import setup_logging
 from luna.cli.errors import reason_of
 from luna.data.files import process_alive, write_atomic, write_json_atomic, write_text_atomic
@@ -337,13 +339,12 @@ def write_report(study, folder: Path, space: SearchSpace, seeds: bool) -> None:
         return
     if seeds:
         values = [trial.value for trial in complete]
-        spread = float(sum((v - sum(values) / len(values)) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+        spread = statistics.stdev(values) if len(values) > 1 else None  # the sample sd: n - 1
         summary = {"metric": space.metric, "seeds": {str(t.params["seed"]): t.value for t in complete},
-                   "mean": sum(values) / len(values), "sd": spread if len(values) > 1 else None,
-                   "min": min(values), "max": max(values)}
+                   "mean": statistics.fmean(values), "sd": spread, "min": min(values), "max": max(values)}
         write_json_atomic(folder / "seeds.json", summary, indent=1)
         log.info("%s over %d seeds: %.4f ± %.4f (sd; min %.4f, max %.4f)", space.metric, len(values),
-                 summary["mean"], spread, summary["min"], summary["max"])
+                 summary["mean"], spread or 0.0, summary["min"], summary["max"])
         return
     best = study.best_trial
     config = sorted((folder / f"trial_{best.number}").glob("version_*/config.yaml"))
@@ -390,16 +391,6 @@ def resolved_config(base_args: list[str], space: SearchSpace, search: Path | Non
     return yaml.safe_load(printed.getvalue())
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 0,1,2 but got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one value")
-    return values
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m luna.tune", description=DESCRIPTION,
@@ -407,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Every other argument is passed to each trial's python -m luna.fit.",
                                      allow_abbrev=False)
     parser.add_argument("--search", type=Path, help="the search file (configs/search/*.yaml)")
-    parser.add_argument("--seeds", type=_int_list, help="instead of a search: run the configuration once per seed, "
+    parser.add_argument("--seeds", type=integer_list("seeds", example="0,1,2"), help="instead of a search: run the configuration once per seed, "
                         "e.g. 0,1,2, and report the mean and spread of the metric")
     parser.add_argument("--study", default=None, help="the study's name and folder (none given: the search "
                         "file's name, or 'seeds')")
