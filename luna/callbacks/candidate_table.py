@@ -20,9 +20,9 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from luna.data.contract import crop_data
+from luna.evaluation.figures import LUNG_WINDOW_HU
 from luna.metrics.mistakes import planes_through
 
-HU_SHOWN = (-1000.0, 400.0)  # the window of the slices (lung)
 COLUMNS = ["image_id", "x_mm", "y_mm", "z_mm", "label", "predicted", "probability", "correct", "axial", "coronal",
            "sagittal"]
 
@@ -36,13 +36,13 @@ class _Row:
     slices: tuple[np.ndarray, np.ndarray, np.ndarray]  # uint8 axial, coronal, sagittal
 
 
-def _slices(crop: torch.Tensor, at: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three planes through voxel ``at`` (I, R, C) of a crop ``[I, R, C]``, as uint8 in ``HU_SHOWN``."""
-    at = torch.stack([at[axis].clamp(0, size - 1) for axis, size in enumerate(crop.shape)])
-    low, high = HU_SHOWN
-    planes = planes_through(crop[None], at[None]).values()
-    return tuple(((plane[0].float().clamp(low, high) - low) / (high - low) * 255).round().byte().cpu().numpy()
-                 for plane in planes)
+def _slices(crops: torch.Tensor, at: torch.Tensor) -> list[np.ndarray]:
+    """The axial, coronal and sagittal planes of crops ``[B, I, R, C]`` through their voxels ``at``
+    ``[B, 3]`` (I, R, C), as uint8 arrays ``[B, h, w]`` in the lung window: one pass for a batch."""
+    at = torch.stack([at[:, axis].clamp(0, size - 1) for axis, size in enumerate(crops.shape[1:])], dim=1)
+    low, high = LUNG_WINDOW_HU
+    return [((plane.float().clamp(low, high) - low) / (high - low) * 255).round().byte().cpu().numpy()
+            for plane in planes_through(crops, at).values()]
 
 
 class CandidateTable(pl.Callback):
@@ -84,10 +84,10 @@ class CandidateTable(pl.Callback):
 
     def _keep(self, batch: dict, probabilities: torch.Tensor) -> None:
         confidence, predicted = probabilities.max(dim=1)
-        inside = batch["offset_irc"] - batch["window_irc"]
-        for row in range(len(batch["label"])):
+        axial, coronal, sagittal = _slices(batch["crop"][:, 0], batch["offset_irc"] - batch["window_irc"])
+        for row in range(len(batch["label"])):  # a kept row copies its slices: it must not hold the whole batch
             kept = _Row(int(batch["index"][row]), int(batch["label"][row]), int(predicted[row]),
-                        float(confidence[row]), _slices(batch["crop"][row, 0], inside[row]))
+                        float(confidence[row]), (axial[row].copy(), coronal[row].copy(), sagittal[row].copy()))
             if kept.label != 0:
                 self._positives.append(kept)
                 continue

@@ -113,7 +113,7 @@ def reliability_figure(outcome: EvaluationOutcome, image_name: ImageName | None 
     return fig
 
 
-HU_WINDOW = (-1000, 400)  # the lung window: air black, soft tissue and nodules white
+LUNG_WINDOW_HU = (-1000, 400)  # how candidates are shown: air black, soft tissue and nodules white
 MISTAKES_PER_ROW = 4
 
 
@@ -153,7 +153,7 @@ def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = N
                       ("sagittal", i, r, spacing_i / spacing_r))
             for ax, (plane, row, col, aspect) in zip(panel.subplots(1, 3), planes):
                 pixels = mistakes[plane][k]
-                ax.imshow(pixels, cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1], aspect=aspect)
+                ax.imshow(pixels, cmap="gray", vmin=LUNG_WINDOW_HU[0], vmax=LUNG_WINDOW_HU[1], aspect=aspect)
                 _crosshair(ax, row, col, size=0.12 * pixels.shape[1], aspect=aspect)
                 ax.set_xticks([])
                 ax.set_yticks([])
@@ -172,7 +172,7 @@ def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = N
                     label = "false positives" if true_class == 0 else "false negatives"
                 panel.supylabel(label, fontsize=11)
     fig.suptitle(_title(outcome, f"most confident mistakes: three slices through each candidate (marked), "
-                                 f"window {HU_WINDOW[0]} to {HU_WINDOW[1]} HU"), fontsize=11)
+                                 f"window {LUNG_WINDOW_HU[0]} to {LUNG_WINDOW_HU[1]} HU"), fontsize=11)
     return fig
 
 
