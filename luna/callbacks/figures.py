@@ -24,6 +24,7 @@ from luna.evaluation.figures import (
     mistakes_figure,
     pr_curve_figure,
     reliability_figure,
+    save_png,
 )
 from luna.metrics.stage import evaluation_of
 
@@ -50,9 +51,7 @@ def log_figures(trainer: pl.Trainer, figures: dict[str, Figure], epoch: int) -> 
             elif isinstance(logger, CSVLogger):
                 folder = Path(logger.log_dir) / "figures"
                 folder.mkdir(parents=True, exist_ok=True)
-                path = folder / f"{tag.replace('/', '_')}-epoch{epoch:03d}.png"
-                fig.savefig(path, dpi=100)
-                written.append(path)
+                written.append(save_png(fig, folder / f"{tag.replace('/', '_')}-epoch{epoch:03d}.png"))
     return written
 
 

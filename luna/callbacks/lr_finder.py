@@ -31,6 +31,7 @@ from pytorch_lightning.tuner import lr_finder as lightning_lr_finder  # its tqdm
 
 from luna.callbacks.figures import log_figures
 from luna.data.files import write_json_atomic
+from luna.evaluation.figures import save_png
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class LearningRateReport(LearningRateFinder):
         write_json_atomic(folder / "lr_finder.json", {"suggestion": suggestion, "rule": RULE, "lr": lrs.tolist(),
                                                       "loss": losses.tolist()}, indent=1)
         fig = lr_finder_figure(lrs, losses, suggestion)
-        fig.savefig(folder / "lr_finder.png", dpi=100)
+        save_png(fig, folder / "lr_finder.png")
         log_figures(trainer, {"lr_finder": fig}, trainer.current_epoch)
         if suggestion is None:
             log.warning("learning-rate finder: the loss never fell in [%g, %g]; no suggestion (plot: %s)",

@@ -50,7 +50,7 @@ import yaml
 from luna.cli.arguments import integer_list
 from luna.cli.console import setup_logging
 from luna.cli.errors import reason_of
-from luna.data.files import process_alive, write_atomic, write_json_atomic, write_text_atomic
+from luna.data.files import process_alive, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("luna.tune")  # not __name__: this module runs as __main__
 DESCRIPTION = ("Hyperparameter sweeps (Optuna) over any luna.fit option, resumable and shared by parallel "
@@ -361,14 +361,15 @@ def _write_figures(study, folder: Path, complete: int) -> None:
     matplotlib.use("Agg", force=False)
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
+    from luna.evaluation.figures import save_png
+
     figures = {"history.png": lambda: plot_optimization_history(study)}
     if complete >= 2:
         figures["importances.png"] = lambda: plot_param_importances(study)
     for name, plot in figures.items():
         with contextlib.redirect_stderr(io.StringIO()):  # optuna's "experimental" warnings
             axes = plot()
-        write_atomic(folder / name, lambda handle, figure=axes.get_figure(): figure.savefig(
-            handle, format="png", dpi=100, bbox_inches="tight"))
+        save_png(axes.get_figure(), folder / name, bbox_inches="tight")
 
 
 def resolved_config(base_args: list[str], space: SearchSpace, search: Path | None) -> dict:

@@ -10,11 +10,14 @@ None when it does not apply (a PR curve needs two classes, a FROC needs evaluate
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from luna.data.files import write_atomic
 
 if TYPE_CHECKING:
     from luna.evaluation.froc import FrocResult
@@ -217,3 +220,11 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = 100, **savefig: Any) -> Path:
+    """Write a figure as a PNG, atomically (a reader never finds half a file); ``savefig`` options
+    such as ``bbox_inches`` go to matplotlib."""
+    path = Path(path)
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi, **savefig))
+    return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from luna.data.files import write_atomic, write_json_atomic
+from luna.data.files import write_json_atomic
 from luna.evaluation.froc import BAND_POINTS
 from luna.luna16.scoring import Evaluation
 
@@ -67,11 +67,11 @@ def table(evaluation: Evaluation, source: str) -> str:
 
 def write_report(evaluation: Evaluation, output: Path, title: str) -> tuple[Path, Path]:
     """Write ``froc.json`` and ``froc.png`` into ``output``."""
-    from luna.evaluation.figures import froc_figure  # matplotlib only when a figure is written
+    from luna.evaluation.figures import froc_figure, save_png  # matplotlib only when a figure is written
 
     output.mkdir(parents=True, exist_ok=True)
     json_path, png_path = output / "froc.json", output / "froc.png"
     write_json_atomic(json_path, summary(evaluation), indent=1)
     figure = froc_figure(evaluation.result, title)
-    write_atomic(png_path, lambda handle: figure.savefig(handle, format="png", dpi=120))
+    save_png(figure, png_path, dpi=120)
     return json_path, png_path
