@@ -37,6 +37,12 @@ class DivergenceError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+def logits_of(network: nn.Module, crops: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """A network's logits: the book's LunaModel returns ``(logits, probabilities)``, others logits."""
+    out = network(crops)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def default_network(input_widths_irc: list[tuple[int, int, int]], num_classes: int) -> nn.Module:
     """The book's LunaModel for one view, a LunaModel trunk per view for several."""
     if len(input_widths_irc) == 1:
@@ -186,8 +192,7 @@ class LunaClassifier(pl.LightningModule):
     # ------------------------------------------------------------------ forward
     def forward(self, crops: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Logits ``[B, num_classes]`` of crops ``[B, 1, I, R, C]`` (a list of them: one per view)."""
-        out = self._runnable_network()(crops)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        return logits_of(self._runnable_network(), crops)
 
     def _runnable_network(self) -> nn.Module:
         """The network, or its compiled twin (same parameters; kept off the module tree so that
@@ -204,13 +209,10 @@ class LunaClassifier(pl.LightningModule):
         """Class probabilities ``[B, num_classes]``: prior-corrected, averaged over the test-time
         flips (every view flipped along the same axes) and over the members of an ensemble."""
         runs = []
+        networks = [self._runnable_network(), *self.ensemble_members()]
         for dims in self.evaluation.flips:
             flipped = flip(crops, dims) if isinstance(crops, torch.Tensor) else [flip(view, dims) for view in crops]
-            runs.append(F.softmax(self(flipped).float() + self.logit_shift, dim=1))
-            for member in self.ensemble_members():
-                out = member(flipped)
-                logits = out[0] if isinstance(out, (tuple, list)) else out
-                runs.append(F.softmax(logits.float() + self.logit_shift, dim=1))
+            runs += [F.softmax(logits_of(network, flipped).float() + self.logit_shift, dim=1) for network in networks]
         return torch.stack(runs).mean(0)
 
     def set_ensemble(self, networks: list[nn.Module]) -> None:
