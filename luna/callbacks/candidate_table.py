@@ -21,7 +21,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from luna.data.contract import crop_data
 from luna.evaluation.figures import LUNG_WINDOW_HU
-from luna.metrics.mistakes import planes_through
+from luna.metrics.mistakes import planes_through, voxel_inside
 
 COLUMNS = ["image_id", "x_mm", "y_mm", "z_mm", "label", "predicted", "probability", "correct", "axial", "coronal",
            "sagittal"]
@@ -39,10 +39,9 @@ class _Row:
 def _slices(crops: torch.Tensor, at: torch.Tensor) -> list[np.ndarray]:
     """The axial, coronal and sagittal planes of crops ``[B, I, R, C]`` through their voxels ``at``
     ``[B, 3]`` (I, R, C), as uint8 arrays ``[B, h, w]`` in the lung window: one pass for a batch."""
-    at = torch.stack([at[:, axis].clamp(0, size - 1) for axis, size in enumerate(crops.shape[1:])], dim=1)
     low, high = LUNG_WINDOW_HU
     return [((plane.float().clamp(low, high) - low) / (high - low) * 255).round().byte().cpu().numpy()
-            for plane in planes_through(crops, at).values()]
+            for plane in planes_through(crops, voxel_inside(at, crops.shape[1:])).values()]
 
 
 class CandidateTable(pl.Callback):

@@ -78,6 +78,12 @@ def _luna_fit(arguments: list[str]) -> None:
         raise subprocess.CalledProcessError(status, command)
 
 
+def trained_checkpoint(fold_dir: Path) -> str | None:
+    """The final checkpoint of a fold whose training finished (recorded in ``trained.json``), or None."""
+    trained = fold_dir / TRAINED
+    return json.loads(trained.read_text())["checkpoint"] if trained.is_file() else None
+
+
 def run_fold(fold: int, output: Path, fit_args: list[str]) -> Path:
     """Train fold ``fold`` (or resume it) and predict its held-out subset; returns its predictions."""
     fold_dir = output / f"fold{fold}"
@@ -86,15 +92,15 @@ def run_fold(fold: int, output: Path, fit_args: list[str]) -> Path:
         log.info("fold %d: done (%s); skipped", fold, predictions)
         return predictions
     fold_dir.mkdir(parents=True, exist_ok=True)
-    trained = fold_dir / TRAINED
-    if not trained.is_file():
+    checkpoint = trained_checkpoint(fold_dir)
+    if checkpoint is None:
         resume = newest_checkpoint(fold_dir)
         if resume is not None:
             log.info("fold %d: resuming from %s", fold, resume)
         _luna_fit(["fit", *fit_args, *fold_arguments(fold, fold_dir), *([f"--ckpt_path={resume}"] if resume else [])])
         last = max(fold_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
-        write_json_atomic(trained, {"checkpoint": str(last)})
-    checkpoint = json.loads(trained.read_text())["checkpoint"]
+        write_json_atomic(fold_dir / TRAINED, {"checkpoint": str(last)})
+        checkpoint = str(last)
     log.info("fold %d: predicting subset%d with %s", fold, fold, checkpoint)
     _luna_fit(["predict", *fit_args, *fold_arguments(fold, fold_dir), f"--ckpt_path={checkpoint}",
                f"--predictions.path={predictions}"])
@@ -104,8 +110,8 @@ def run_fold(fold: int, output: Path, fit_args: list[str]) -> Path:
 def predict_with_ensemble(output: Path, fit_args: list[str]) -> Path:
     """Predict with the trained models of every fold at once (their mean probability), on the data
     the other arguments name; returns the predictions file."""
-    checkpoints = [json.loads((output / f"fold{fold}" / TRAINED).read_text())["checkpoint"] for fold in FOLDS
-                   if (output / f"fold{fold}" / TRAINED).is_file()]
+    trained = (trained_checkpoint(output / f"fold{fold}") for fold in FOLDS)
+    checkpoints = [checkpoint for checkpoint in trained if checkpoint is not None]
     if not checkpoints:
         raise FileNotFoundError(f"no fold of {output} is trained yet (fold*/{TRAINED}): run the folds first")
     predictions = output / "ensemble" / PREDICTIONS

@@ -11,6 +11,12 @@ from luna.metrics.lists import cat_state
 PLANES = ("axial", "coronal", "sagittal")
 
 
+def voxel_inside(marker_irc: torch.Tensor, crop_shape: tuple[int, ...]) -> torch.Tensor:
+    """Voxels ``[B, 3]`` (I, R, C) clamped into crops of ``crop_shape``: a candidate whose centre
+    lies outside its crop is shown on the nearest voxel of its edge."""
+    return torch.stack([marker_irc[:, axis].clamp(0, size - 1) for axis, size in enumerate(crop_shape)], 1)
+
+
 def planes_through(crops: torch.Tensor, marker_irc: torch.Tensor) -> dict[str, torch.Tensor]:
     """The three orthogonal slices of each crop ``[B, I, R, C]`` through its voxel ``marker_irc``:
     axial ``[B, R, C]``, coronal ``[B, I, C]`` and sagittal ``[B, I, R]``."""
@@ -57,7 +63,7 @@ class ConfidentMistakes(Metric):
         identifies and shows it (cache ``index``, ``image``, ``center_xyz``, the crop's ``voxel_mm``,
         the ``crops`` [B, I, R, C] and the candidate's voxel ``marker_irc`` in them)."""
         wrong = predicted != label
-        marker = torch.stack([marker_irc[:, axis].clamp(0, size - 1) for axis, size in enumerate(crops.shape[1:])], 1)
+        marker = voxel_inside(marker_irc, crops.shape[1:])
         picked_crops, picked_marker = crops[wrong], marker[wrong]
         new = {"score": score[wrong], "predicted": predicted[wrong], "index": index[wrong], "image": image[wrong],
                "center": center_xyz[wrong], "marker": picked_marker, "voxel_mm": voxel_mm[wrong],
