@@ -25,7 +25,6 @@ from luna.data.files import writable_problem, write_atomic, write_json_atomic
 log = logging.getLogger(__name__)
 
 
-
 class PredictionCsvWriter(BasePredictionWriter):
     """Writes each sample's probabilities during ``predict`` as batches finish, one row per sample.
 
@@ -85,11 +84,12 @@ class PredictionCsvWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.strategy.barrier("prediction parts written")
-        images = self._images
+        shares = [(self.rows_written, sorted(self._images))]  # every rank's rows and images, counted as written
         if trainer.world_size > 1:
-            gathered = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, sorted(self._images))
-            images = {image for part in gathered for image in part}
+            shares = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, (self.rows_written, sorted(self._images)))
+        rows = sum(count for count, _ in shares)
+        images = sorted({image for _, part in shares for image in part})
         if trainer.is_global_zero:
             path = self.resolved_path(trainer)
             parts = [self._part(trainer, rank) for rank in range(trainer.world_size)]
@@ -106,10 +106,8 @@ class PredictionCsvWriter(BasePredictionWriter):
             write_atomic(path, concatenate, sum(part.stat().st_size for part in parts))
             for part in parts:
                 part.unlink()
-            with path.open() as handle:
-                rows = sum(1 for _ in handle) - 1
             about = {"rows": rows, "class_names": names, "checkpoint": trainer.ckpt_path, **data.describe_inputs(),
-                     "images": sorted(images)}
+                     "images": images}
             write_json_atomic(path.with_suffix(".json"), about, indent=1)
             log.info("predictions: %d rows written to %s", rows, path)
         trainer.strategy.barrier("predictions merged")
