@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +38,25 @@ RULE = ("the steepest descent of the smoothed loss against log(rate), on the str
         "point and stays a tenth of its fall below its start")
 
 
+def _finite(lrs: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The steps with a finite loss at a positive rate."""
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    kept = np.isfinite(losses) & (lrs > 0)
+    return lrs[kept], losses[kept]
+
+
+def _smoothed(lrs: np.ndarray, losses: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """The loss's moving average over ``window`` steps, and the rate at the centre of each."""
+    smoothed = np.convolve(losses, np.ones(window) / window, mode="valid")
+    return lrs[window // 2 : window // 2 + len(smoothed)], smoothed
+
+
 def suggest_learning_rate(lrs: np.ndarray, losses: np.ndarray, window: int = 5) -> float | None:
     """The suggested rate (see the module's rule), or None when the loss never clearly falls."""
-    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
-    finite = np.isfinite(losses) & (lrs > 0)
-    lrs, losses = lrs[finite], losses[finite]
+    lrs, losses = _finite(lrs, losses)
     if len(losses) < window + 2:
         return None
-    smoothed = np.convolve(losses, np.ones(window) / window, mode="valid")
-    centre = lrs[window // 2 : window // 2 + len(smoothed)]
+    centre, smoothed = _smoothed(lrs, losses, window)
     start, lowest = float(losses[:window].min()), int(np.argmin(smoothed))  # the lowest of the first steps
     fall = start - float(smoothed[lowest])
     if fall <= 0.01 * abs(start) or lowest < 2:
@@ -61,15 +70,12 @@ def suggest_learning_rate(lrs: np.ndarray, losses: np.ndarray, window: int = 5) 
 def lr_finder_figure(lrs: np.ndarray, losses: np.ndarray, suggestion: float | None, window: int = 5) -> Figure:
     """Loss against learning rate on a log axis: every step's loss and its smoothed curve, clipped
     to the range before the loss diverges."""
-    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
-    finite = np.isfinite(losses)
-    lrs, losses = lrs[finite], losses[finite]
+    lrs, losses = _finite(lrs, losses)
     fig = Figure(figsize=(6.5, 4.4), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(lrs, losses, color="C0", alpha=0.35, lw=1, label="loss of each step")
     if len(losses) > window:
-        smoothed = np.convolve(losses, np.ones(window) / window, mode="valid")
-        centre = lrs[window // 2 : window // 2 + len(smoothed)]
+        centre, smoothed = _smoothed(lrs, losses, window)
         ax.plot(centre, smoothed, color="C0", lw=2, label=f"smoothed ({window} steps)")
         lowest = int(np.argmin(smoothed))
         ax.axvline(centre[lowest], color="grey", ls=":", label=f"lowest smoothed loss at {centre[lowest]:.2g}")
@@ -118,9 +124,7 @@ class LearningRateReport(LearningRateFinder):
         if trainer.progress_bar_callback is None:  # no bar in this run (a log file): none for the sweep either
             lightning_lr_finder.tqdm = functools.partial(bar, disable=True)
         try:
-            with warnings.catch_warnings():  # Lightning restores its own temporary checkpoint without weights_only
-                warnings.filterwarnings("ignore", message=".*`weights_only` was not set.*")
-                super().lr_find(trainer, pl_module)
+            super().lr_find(trainer, pl_module)
         finally:
             lightning_lr_finder.tqdm = bar
             del pl_module.training_step
