@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 
@@ -46,3 +48,17 @@ def points_config(path: Path, points_csv: Path, cache_dir: Path, run_dir: Path, 
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """``python -m luna.fit ARGS`` in this process: its exit status and its stderr."""
+    from luna.cli.fit import cli
+
+    monkeypatch.setattr(sys, "argv", ["luna", *args])
+    with pytest.raises(SystemExit) as stopped:
+        cli()
+    return stopped.value.code, capsys.readouterr().err
+
+
+def last_error_line(stderr: str) -> str:
+    return next(line for line in reversed(stderr.strip().splitlines()) if line.startswith("error:"))

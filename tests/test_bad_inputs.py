@@ -26,21 +26,9 @@ from luna.luna16.candidates import load_candidate_arrays
 from luna.luna16.scoring import evaluate_submission
 from luna.luna16.sources import Luna16Candidates
 from tests.conftest import SETTINGS
-from tests.helpers import tiny_config
+from tests.helpers import last_error_line, run_cli, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    """``python -m luna.fit ARGS`` in this process: its exit status and its stderr."""
-    monkeypatch.setattr(sys, "argv", ["luna", *args])
-    with pytest.raises(SystemExit) as stopped:
-        cli()
-    return stopped.value.code, capsys.readouterr().err
-
-
-def last_error_line(stderr: str) -> str:
-    return next(line for line in reversed(stderr.strip().splitlines()) if line.startswith("error:"))
 
 
 # ------------------------------------------------------------------ scans that cannot be trusted
@@ -258,7 +246,7 @@ class Untrusted:
     ("truncated", r"checkpoint .*bad\.ckpt is damaged or not a torch checkpoint"),
     ("empty", r"checkpoint .*bad\.ckpt is empty \(0 bytes\)"),
     ("untrusted", r"bad\.ckpt holds pickled objects that torch does not load safely"),
-    ("other classes", r"checkpoint .*bad\.ckpt was trained with num_classes=3, but the data gives 2"),
+    ("other classes", r"checkpoint .*bad\.ckpt was trained for 3 classes, but the data \(non-nodule, nodule\) has 2"),
     ("missing", r"checkpoint .*bad\.ckpt does not exist"),
 ])
 def test_a_checkpoint_that_cannot_be_used_is_one_line(trained, tmp_path, capsys, monkeypatch, damage, message):

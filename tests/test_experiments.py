@@ -135,7 +135,7 @@ def test_an_ensemble_of_another_model_or_in_fit_is_one_line(two_seeds, tmp_path,
             (["fit", "--config", str(config), f"--evaluation.ensemble=[{second}]"],
              "error: evaluation.ensemble averages trained models in validate, test and predict"),
             (["validate", "--config", str(other), f"--evaluation.ensemble=[{second}]"],
-             f"error: evaluation.ensemble: {second} is not a checkpoint of this model")):
+             f"error: checkpoint {second} was trained on crops of 32x48x48 native voxels")):
         monkeypatch.setattr(sys, "argv", ["luna", *args])
         with pytest.raises(SystemExit) as stopped:
             cli()

@@ -7,7 +7,7 @@ import logging
 
 import pytorch_lightning as pl
 
-from luna.training.checkpoints import CheckpointError
+from luna.training.checkpoints import CheckpointError, check_fits, read_checkpoint
 from luna.training.evaluation import Evaluation
 from luna.training.finetuning import load_network_weights
 from luna.training.module import LunaClassifier
@@ -46,6 +46,10 @@ class EvaluationSettings(pl.Callback):
                              "one model (leave evaluation.ensemble out)")
         members = []
         for path in self.ensemble:
+            hparams = read_checkpoint(path, trust_option="(none: ensemble members are read safely)").get(
+                "hyper_parameters", {})
+            check_fits(path, hparams, pl_module.hparams.num_classes, pl_module.crop_inputs,
+                       "the evaluated checkpoint (evaluation.ensemble mixes only models of the same crops)")
             member = copy.deepcopy(pl_module.network)
             try:
                 load_network_weights(member, path)

@@ -43,7 +43,8 @@ from luna.data.datamodule import CropDataModule
 from luna.data.files import DiskFullError
 from luna.data.volume import ScanReadError
 from luna.points import datamodule as _points  # noqa: F401  (listed among the data's known subclasses)
-from luna.training.checkpoints import CheckpointError, read_checkpoint
+from luna.training.checkpoints import CheckpointError, check_fits, read_checkpoint
+from luna.training.inputs import CropInputs
 from luna.training.module import DivergenceError, LunaClassifier
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,8 @@ class LunaCLI(LightningCLI):
                                  "at the end; all: every one as it is written)")
         parser.add_lightning_class_args(CandidateTable, "candidate_table")
         parser.link_arguments("data.input_widths_irc", "model.input_widths_irc", apply_on="instantiate")
+        parser.link_arguments("data.input_spacings_mm", "model.input_spacings_mm", apply_on="instantiate")
+        parser.link_arguments("data.input_intensity", "model.input_intensity", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
@@ -227,16 +230,15 @@ class LunaCLI(LightningCLI):
         self._check_checkpoint()
 
     def _check_checkpoint(self) -> None:
-        """A checkpoint trained for other classes or crops than the data gives is one line, not a
-        size mismatch deep inside ``load_state_dict``."""
+        """A checkpoint trained for other classes or other crops (sizes, spacings, intensities)
+        than the data gives is one line, before it is loaded: not a size mismatch deep inside
+        ``load_state_dict``, and never probabilities of crops it was not trained on."""
         if not self._checkpoint_hparams:
             return
-        data, path = self.datamodule, self.config_init[self.subcommand].get("ckpt_path")
-        for key, given in (("num_classes", data.num_classes), ("input_widths_irc", data.input_widths_irc)):
-            trained = self._checkpoint_hparams.get(key)
-            if trained is not None and trained != given:
-                raise CheckpointError(f"checkpoint {path} was trained with {key}={trained}, but the data gives "
-                                      f"{given} ({', '.join(data.class_names)}): use a checkpoint of this data")
+        data = self.datamodule
+        crops = CropInputs.of(data.input_widths_irc, data.input_spacings_mm, data.input_intensity)
+        check_fits(self.config_init[self.subcommand].get("ckpt_path"), self._checkpoint_hparams, data.num_classes,
+                   crops, f"the data ({', '.join(data.class_names)})")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """One run folder for every logger (see ``luna.cli.run_folder``); the evaluations of a

@@ -27,6 +27,14 @@ class CropData(Protocol):
         """The crop the network sees of each view of a candidate."""
 
     @property
+    def input_spacings_mm(self) -> list[list[float] | None]:
+        """Each view's voxel size in millimetres (None: the scan's own voxels)."""
+
+    @property
+    def input_intensity(self) -> list[float]:
+        """``[window low, window high, scale]``: crops hold ``round(clip(value, window) * scale)``."""
+
+    @property
     def image_ids(self) -> list[str]:
         """The id of each image number that batches carry in ``batch["image"]`` (LUNA16: series uids)."""
 

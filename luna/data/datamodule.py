@@ -160,6 +160,16 @@ class CropDataModule(pl.LightningDataModule):
         and checkpoints keep as plain data)."""
         return [list(view.width_irc) for view in self.views]
 
+    @property
+    def input_spacings_mm(self) -> list[list[float] | None]:
+        """Each view's voxel size in millimetres, None for the scan's own voxels (linked to the model)."""
+        return [None if view.spacing_mm is None else list(view.spacing_mm) for view in self.views]
+
+    @property
+    def input_intensity(self) -> list[float]:
+        """``[window low, window high, scale]`` of the stored values (linked to the model)."""
+        return [*self.settings.intensity_window, self.settings.intensity_scale]
+
     def evaluation_reference(self, stage: str) -> Reference | None:
         """What a FROC analysis scores a stage against; None (the default): no FROC for this data."""
         return None

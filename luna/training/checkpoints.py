@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from luna.training.augment import Augmentation
+from luna.training.inputs import CropInputs
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +62,28 @@ def read_checkpoint(path: str | Path, trust: bool = False, trust_option: str = "
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
     return checkpoint
+
+
+def check_fits(path: str | Path, hparams: dict, num_classes: int, crops: CropInputs, given_by: str) -> None:
+    """Refuse a checkpoint made for other classes or other crops than ``given_by`` provides.
+
+    Args:
+        path: the checkpoint (for the message, and its run's ``config.yaml`` when its
+            hyperparameters predate the recorded spacings).
+        hparams: its ``hyper_parameters``.
+        num_classes, crops: what the data (or the evaluated model) gives.
+        given_by: who gives them, for the message (``the data``, ``the evaluated checkpoint``).
+
+    Raises:
+        CheckpointError: one line naming the options that differ and how to match them.
+    """
+    trained_classes = hparams.get("num_classes")
+    if trained_classes is not None and trained_classes != num_classes:
+        raise CheckpointError(f"checkpoint {path} was trained for {trained_classes} classes, but {given_by} has "
+                              f"{num_classes}: use a checkpoint of this data")
+    trained = CropInputs.of_checkpoint(hparams, path)
+    differences = trained.differences(crops) if trained is not None else []
+    if differences:
+        raise CheckpointError(f"checkpoint {path} was trained on crops of {trained.describe()}, but {given_by} "
+                              f"cuts {crops.describe()} ({'; '.join(differences)}): give the options it was trained "
+                              "with (its run's config.yaml has them), or use a checkpoint trained on these crops")

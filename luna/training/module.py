@@ -27,6 +27,7 @@ from luna.models.luna_model import LunaModel, MultiViewLunaModel, Network
 from luna.training.augment import Augmentation, ViewCrops, augment_views, flip, mixup, window_crop
 from luna.training.evaluation import Evaluation
 from luna.training.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
+from luna.training.inputs import CropInputs
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,11 @@ class LunaClassifier(pl.LightningModule):
         lr_schedule: ``constant``, ``one_cycle`` (peak = the optimizer's lr) or ``cosine`` (decay to
             0), stepped every batch over ``trainer.estimated_stepping_batches``.
         input_widths_irc: the crop the network sees of each view (linked to the data by the CLI).
+        input_spacings_mm: each view's voxel size in millimetres (None: the scan's own voxels), and
+        input_intensity: ``[window low, window high, scale]`` of the stored values: what the crops
+            were made of (linked to the data by the CLI). Saved with the weights, so that a
+            checkpoint is never evaluated on other crops (``luna.training.inputs``) and an export
+            cuts its input the same way.
         num_classes: classes of the data (linked to the data by the CLI); 2 for LUNA16 candidates.
         class_names: one name per class for logs and figures; default from the data.
         augmentation: random training transforms, applied to the batch on the device.
@@ -101,6 +107,8 @@ class LunaClassifier(pl.LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Schedule = "constant",
         input_widths_irc: list[list[int]] | None = None,
+        input_spacings_mm: list[list[float] | None] | None = None,
+        input_intensity: list[float] | None = None,
         num_classes: int = 2,
         class_names: list[str] | None = None,
         augmentation: Augmentation = Augmentation(),
@@ -137,6 +145,11 @@ class LunaClassifier(pl.LightningModule):
         self.example_input_array = example[0] if len(example) == 1 else (example,)
         self._checkpoint_epoch = 0
         self._first_nonfinite_step = None
+
+    @property
+    def crop_inputs(self) -> CropInputs:
+        """What the network takes: each view's crop and spacing, and the stored intensities."""
+        return CropInputs.of(self.input_widths_irc, self.hparams.input_spacings_mm, self.hparams.input_intensity)
 
     # ------------------------------------------------------------------ evaluation and priors
     def configure_evaluation(self, evaluation: Evaluation) -> None:
