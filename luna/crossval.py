@@ -1,10 +1,9 @@
 """``python -m luna.crossval``: LUNA16's ten-fold cross-validation (``luna.cli.crossval``)."""
 
-import sys
 
-from luna.cli.crossval import main
+from luna.cli.crossval import cli, main
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

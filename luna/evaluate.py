@@ -1,10 +1,9 @@
 """``python -m luna.evaluate PREDICTIONS.csv --data_dir DIR``: FROC and CPM (``luna.cli.evaluate``)."""
 
-import sys
 
-from luna.cli.evaluate import main
+from luna.cli.evaluate import cli, main
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

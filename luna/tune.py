@@ -1,10 +1,9 @@
 """``python -m luna.tune``: hyperparameter sweeps and seed repeats (``luna.cli.tune``)."""
 
-import sys
 
-from luna.cli.tune import main
+from luna.cli.tune import cli, main
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

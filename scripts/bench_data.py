@@ -129,7 +129,7 @@ def main() -> None:
     data = work / "luna16"
     if not data.exists():  # in a child process, so that this one stays small for the workers it forks
         shape = " ".join(map(str, args.shape))
-        subprocess.run([sys.executable, "-m", "luna.luna16.phantom", str(data), "--series", str(args.scans), "--seed", "1",
+        subprocess.run([sys.executable, "-m", "luna.phantom", "luna16", str(data), "--series", str(args.scans), "--seed", "1",
                         "--subsets", "2", "--shape_irc", *shape.split()], check=True, stderr=subprocess.DEVNULL)
     source = Luna16Candidates(data)
     scans = source.image_files()

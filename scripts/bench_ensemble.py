@@ -58,7 +58,7 @@ def main() -> None:
 
     heldout = work / "heldout"
     if not (heldout / "phantom.json").is_file():
-        run("-m", "luna.luna16.phantom", str(heldout), "--series", str(args.heldout_series), "--seed",
+        run("-m", "luna.phantom", "luna16", str(heldout), "--series", str(args.heldout_series), "--seed",
             str(args.heldout_seed), "--subsets", "1")
     on_heldout = [f"--data.data_dir={heldout}", "--data.phantom=null", "--data.eval_images=all", *common]
     predictions = work / "predictions"

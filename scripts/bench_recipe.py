@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from luna.luna16.datamodule import LunaDataModule
 from luna.luna16.phantom import PhantomSpec
 from luna.training.augment import Augmentation, _affine, augment
-from luna.training.evaluation import Evaluation
+from luna.training.evaluation import EvaluationChoices
 from luna.training.module import LunaClassifier
 
 
@@ -78,7 +78,7 @@ def run_recipes(args: argparse.Namespace) -> None:
             checkpoints[recipe.name] = work / f"recipe{len(checkpoints)}.ckpt"
             trainer.save_checkpoint(checkpoints[recipe.name])
         seconds = time.perf_counter() - start
-        module.configure_evaluation(Evaluation(**recipe.evaluation))
+        module.configure_evaluation(EvaluationChoices(**recipe.evaluation))
         metrics = pl.Trainer(**quiet).validate(module, datamodule=datamodule, verbose=False)[0]
         rows.append((recipe.name, metrics["val/f1"], metrics["val/auroc"], metrics["val/cpm"],
                      metrics["val/calibration_error"], metrics["val/samples"], seconds))

@@ -6,7 +6,7 @@ import torch
 
 from luna.data.crops import crop_start, crop_starts
 from luna.training.augment import Augmentation, _affine, augment, flip, mixup, window_crop
-from luna.training.evaluation import Evaluation
+from luna.training.evaluation import EvaluationChoices
 from luna.training.module import LunaClassifier
 
 WIDTH = (32, 48, 48)
@@ -103,11 +103,11 @@ def test_tta_of_a_flip_invariant_model_equals_its_plain_output():
     network = FlipInvariant()
     plain = LunaClassifier(network=network, channels_last=False)
     tta = LunaClassifier(network=network, channels_last=False)
-    tta.configure_evaluation(Evaluation(tta_flips=[[], [0], [1], [2], [1, 2]]))
+    tta.configure_evaluation(EvaluationChoices(tta_flips=[[], [0], [1], [2], [1, 2]]))
     crops = batch()
     assert torch.allclose(tta.probabilities(crops), plain.probabilities(crops), atol=1e-7)
     asymmetric = LunaClassifier(channels_last=False).eval()
-    asymmetric.configure_evaluation(Evaluation(tta_flips=[[], [2]]))
+    asymmetric.configure_evaluation(EvaluationChoices(tta_flips=[[], [2]]))
     expected = (torch.softmax(asymmetric(crops), 1) + torch.softmax(asymmetric(crops.flip(4)), 1)) / 2
     assert torch.allclose(asymmetric.probabilities(crops), expected)
 
@@ -115,7 +115,7 @@ def test_tta_of_a_flip_invariant_model_equals_its_plain_output():
 @pytest.mark.parametrize("flips", [[[5]], [[-1]], [[0, 0]], [[True]]])
 def test_tta_flips_name_valid_axes(flips):
     with pytest.raises(ValueError, match="tta_flips"):
-        Evaluation(tta_flips=flips)
+        EvaluationChoices(tta_flips=flips)
 
 
 def test_mixup_blends_each_sample_with_a_partner_and_keeps_it_dominant():

@@ -16,12 +16,11 @@ import SimpleITK as sitk
 import torch
 
 from luna.cli.evaluate import main as evaluate_main
-from luna.cli.fit import cli
 from luna.cli.run_folder import claim_version
 from luna.data.cache.build import build_cache, cache_path
 from luna.data.cache.read import CacheBuildError, CropCache
-from luna.data.csvfile import CsvFormatError, read_columns
 from luna.data.volume import ScanReadError, Volume
+from luna.io.csvfile import CsvFormatError, read_columns
 from luna.luna16.candidates import load_candidate_arrays
 from luna.luna16.scoring import evaluate_submission
 from luna.luna16.sources import Luna16Candidates
@@ -211,7 +210,7 @@ def test_two_commands_with_one_root_write_two_runs(phantom_dir, cache_root, tmp_
 
 
 def test_an_incomplete_cache_on_read_only_storage_is_one_error(phantom_dir, tmp_path, monkeypatch):
-    import luna.data.files as files
+    import luna.io.files as files
 
     real = files.tempfile.TemporaryFile
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from luna.cli.evaluate import main
-from luna.data.csvfile import CsvFormatError
+from luna.io.csvfile import CsvFormatError
 from luna.luna16.scoring import evaluate_submission, read_series_list
 
 COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability"]

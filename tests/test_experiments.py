@@ -81,11 +81,11 @@ def test_the_table_keeps_every_positive_the_most_confident_mistakes_and_a_seeded
     table = CandidateTable(max_rows=6, mistakes=2, seed=1)
     labels = [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
     probs = [0.9, 0.95, 0.6, 0.8, 0.1, 0.2, 0.3, 0.05, 0.7, 0.4]  # negatives above 0.5 are mistakes
-    table._keep(*batch(labels, probs))
+    table._keep(*batch(labels, probs), (-1000.0, 400.0))
     kept = {row.index for row in table._positives} | {entry[2].index for entry in table._mistakes}
     assert kept == {0, 9, 1, 3}  # both positives; the mistakes at 0.95 and 0.8, not 0.7 or 0.6
     assert {row.index for row in table._sample} == {2, 4, 5, 6, 7, 8}  # the rest, 0.6 and 0.7 included
-    table._keep(*batch([0] * 30, [0.1] * 30))  # more than max_rows: a seeded sample of all of them stays
+    table._keep(*batch([0] * 30, [0.1] * 30), (-1000.0, 400.0))  # more than max_rows: a seeded sample of all of them stays
     assert len(table._sample) == 6 and table._offered == 36
     assert all(row.slices[0].dtype == np.uint8 and row.slices[0].shape == (6, 6) for row in table._sample)
 

@@ -22,8 +22,8 @@ import yaml
 from luna.data.cache import build as cache_build
 from luna.data.cache.build import build_cache
 from luna.data.cache.read import CacheBuildError, CropCache
-from luna.data.csvfile import CsvFormatError
 from luna.data.volume import ScanReadError
+from luna.io.csvfile import CsvFormatError
 from luna.luna16.datamodule import LunaDataModule
 from luna.luna16.release import find_scans
 from luna.luna16.sources import Luna16Candidates

@@ -52,7 +52,7 @@ def test_pr_curve_shows_average_precision_and_the_operating_point():
 
 
 def test_reliability_shows_intervals_that_widen_for_small_bins_and_the_counts_below():
-    from luna.evaluation.figures import wilson_interval
+    from luna.metrics.figures import wilson_interval
 
     result = outcome()
     fig = FIGURES["reliability"](result, None)
@@ -102,3 +102,17 @@ def test_importing_luna_leaves_the_matplotlib_backend_alone():
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MPLBACKEND": "svg"},
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "svg"
+
+
+def test_crops_are_drawn_in_the_datas_own_window():
+    from dataclasses import replace
+
+    from luna.metrics.figures import LUNG_WINDOW_HU, display_window
+
+    assert display_window([-1000, 1000, 1]) == LUNG_WINDOW_HU and display_window(None) == LUNG_WINDOW_HU
+    assert display_window([0, 4000, 8]) == (0, 32000)  # MRI stored at 8 per unit: the whole range, not HU
+    for window in (LUNG_WINDOW_HU, (0.0, 32000.0)):
+        fig = FIGURES["confident_mistakes"](replace(outcome(), display_window=window), None)
+        images = [image for ax in fig.axes for image in ax.get_images()]
+        assert images and all(image.get_clim() == window for image in images)
+        assert (" HU" in fig.get_suptitle()) == (window == LUNG_WINDOW_HU)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from luna.metrics.stage import StageMetrics
+from luna.training.evaluation import EvaluationChoices
 
 
 def two_class(p_positive):
@@ -18,7 +19,7 @@ P_POSITIVE = [0.9, 0.45, 0.35, 0.6, 0.4, 0.2, 0.1, 0.05]
 
 
 def scalars(threshold=0.5, curves=True):
-    metrics = StageMetrics("val", threshold=threshold, curves=curves)
+    metrics = StageMetrics("val", threshold=threshold, curves=curves, crop_shape=(2, 2, 2))
     metrics.update(two_class(P_POSITIVE), LABELS, torch.zeros(8))
     return metrics.compute(epoch=3) if curves else None, metrics
 
@@ -47,7 +48,7 @@ def test_best_f1_scans_the_thresholds_and_is_at_least_the_f1_at_the_threshold():
 
 
 def test_nonfinite_probabilities_are_left_out_counted_and_never_crash():
-    metrics = StageMetrics("val", curves=True)
+    metrics = StageMetrics("val", curves=True, crop_shape=(2, 2, 2))
     probabilities = two_class(P_POSITIVE)
     probabilities[0] = float("nan")
     probabilities[3, 1] = float("inf")
@@ -77,6 +78,8 @@ def test_the_most_confident_mistakes_come_first_per_true_class_with_three_planes
 
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="threshold=1.5"):
-        StageMetrics("val", threshold=1.5)
+        EvaluationChoices(threshold=1.5)
+    with pytest.raises(ValueError, match="crop_shape"):
+        StageMetrics("val", curves=True)
     with pytest.raises(ValueError, match="num_classes=1"):
         StageMetrics("val", num_classes=1)

@@ -82,7 +82,7 @@ def test_nodules_are_brighter_than_their_surroundings_on_average(phantom_cache):
 def test_command_line(tmp_path):
     out = tmp_path / "cli"
     subprocess.run(
-        [sys.executable, "-m", "luna.luna16.phantom", str(out), "--series", "2", "--seed", "4", "--shape_irc", "40", "64", "64"],
+        [sys.executable, "-m", "luna.phantom", "luna16", str(out), "--series", "2", "--seed", "4", "--shape_irc", "40", "64", "64"],
         check=True,
     )
     assert len(find_scans(out)) == 2

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from luna.cli.fit import main
-from luna.data.csvfile import CsvFormatError
+from luna.io.csvfile import CsvFormatError
 from luna.luna16.candidates import load_candidate_arrays
 from luna.luna16.release import find_scans
 from luna.luna16.sources import Luna16Candidates, Luna16Malignancy
@@ -56,11 +56,11 @@ def test_a_points_csv_of_nifti_volumes_with_three_classes_trains_validates_tests
     out = tmp_path / "predictions.csv"
     main(["predict", "--config", str(config), f"--ckpt_path={checkpoint}", f"--predictions.path={out}"])
     predicted = rows_of(out)
-    assert list(predicted[0]) == ["seriesuid", "coordX", "coordY", "coordZ", "probability_calcified",
-                                  "probability_cavity", "probability_solid"]
+    assert list(predicted[0]) == ["image", "coordX", "coordY", "coordZ", "probability_calcified",
+                                  "probability_cavity", "probability_solid"]  # the points CSV's own id column
     assert all(abs(sum(float(r[f"probability_{c}"]) for c in ("calcified", "cavity", "solid")) - 1) < 1e-5
                for r in predicted)
-    validation_images = {r["seriesuid"] for r in predicted}
+    validation_images = {r["image"] for r in predicted}
     groups = {r["group"] for r in rows_of(points_dir / "points.csv") if r["image"] in validation_images}
     training = {r["group"] for r in rows_of(points_dir / "points.csv") if r["image"] not in validation_images}
     assert groups and not groups & training  # no patient in both sets

@@ -20,7 +20,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from luna.data.contract import crop_data
-from luna.evaluation.figures import LUNG_WINDOW_HU
+from luna.metrics.figures import display_window
 from luna.metrics.mistakes import planes_through, voxel_inside
 
 COLUMNS = ["image_id", "x_mm", "y_mm", "z_mm", "label", "predicted", "probability", "correct", "axial", "coronal",
@@ -36,10 +36,11 @@ class _Row:
     slices: tuple[np.ndarray, np.ndarray, np.ndarray]  # uint8 axial, coronal, sagittal
 
 
-def _slices(crops: torch.Tensor, at: torch.Tensor) -> list[np.ndarray]:
+def _slices(crops: torch.Tensor, at: torch.Tensor, window: tuple[float, float]) -> list[np.ndarray]:
     """The axial, coronal and sagittal planes of crops ``[B, I, R, C]`` through their voxels ``at``
-    ``[B, 3]`` (I, R, C), as uint8 arrays ``[B, h, w]`` in the lung window: one pass for a batch."""
-    low, high = LUNG_WINDOW_HU
+    ``[B, 3]`` (I, R, C), as uint8 arrays ``[B, h, w]`` with ``window`` black to white: one pass
+    for a batch."""
+    low, high = window
     return [((plane.float().clamp(low, high) - low) / (high - low) * 255).round().byte().cpu().numpy()
             for plane in planes_through(crops, voxel_inside(at, crops.shape[1:])).values()]
 
@@ -77,13 +78,13 @@ class CandidateTable(pl.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self._active(trainer) and outputs is not None:
-            self._keep(batch, outputs["probabilities"])
+            self._keep(batch, outputs["probabilities"], display_window(pl_module.hparams.get("input_intensity")))
 
     on_test_batch_end = on_validation_batch_end
 
-    def _keep(self, batch: dict, probabilities: torch.Tensor) -> None:
+    def _keep(self, batch: dict, probabilities: torch.Tensor, window: tuple[float, float]) -> None:
         confidence, predicted = probabilities.max(dim=1)
-        axial, coronal, sagittal = _slices(batch["crop"][:, 0], batch["offset_irc"] - batch["window_irc"])
+        axial, coronal, sagittal = _slices(batch["crop"][:, 0], batch["offset_irc"] - batch["window_irc"], window)
         for row in range(len(batch["label"])):  # a kept row copies its slices: it must not hold the whole batch
             kept = _Row(int(batch["index"][row]), int(batch["label"][row]), int(predicted[row]),
                         float(confidence[row]), (axial[row].copy(), coronal[row].copy(), sagittal[row].copy()))

@@ -8,7 +8,7 @@ import logging
 import pytorch_lightning as pl
 
 from luna.training.checkpoints import CheckpointError, check_fits, read_checkpoint
-from luna.training.evaluation import Evaluation
+from luna.training.evaluation import EvaluationChoices
 from luna.training.finetuning import load_network_weights
 from luna.training.module import LunaClassifier
 
@@ -32,7 +32,7 @@ class EvaluationSettings(pl.Callback):
 
     def __init__(self, threshold: float = 0.5, tta_flips: list[list[int]] | None = None,
                  prior_correction: bool = False, mistakes_shown: int = 8, ensemble: list[str] | None = None) -> None:
-        self.evaluation = Evaluation(threshold, tta_flips, prior_correction, mistakes_shown)
+        self.evaluation = EvaluationChoices(threshold, tta_flips, prior_correction, mistakes_shown)
         self.ensemble = list(ensemble or [])
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -2,7 +2,7 @@
 them to the run's loggers (TensorBoard and W&B get images, a CSV logger gets PNG files in
 ``<run>/figures/``).
 
-A new figure is one function in ``luna.evaluation.figures`` (``EvaluationOutcome -> Figure | None``) and one
+A new figure is one function in ``luna.metrics.figures`` (``EvaluationOutcome -> Figure | None``) and one
 entry in ``FIGURES``.
 """
 
@@ -17,14 +17,13 @@ from matplotlib.figure import Figure
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from luna.data.contract import crop_data
-from luna.evaluation.figures import (
+from luna.evaluation.figures import figure_to_array, save_png
+from luna.metrics.figures import (
     confusion_figure,
-    figure_to_array,
     froc_evaluation_figure,
     mistakes_figure,
     pr_curve_figure,
     reliability_figure,
-    save_png,
 )
 from luna.metrics.stage import evaluation_of
 

@@ -29,8 +29,8 @@ from pytorch_lightning.callbacks import LearningRateFinder
 from pytorch_lightning.tuner import lr_finder as lightning_lr_finder  # its tqdm: see lr_find
 
 from luna.callbacks.figures import log_figures
-from luna.data.files import write_json_atomic
 from luna.evaluation.figures import save_png
+from luna.io.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

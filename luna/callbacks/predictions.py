@@ -1,4 +1,5 @@
-"""Writing predictions as a LUNA16 submission: ``seriesuid,coordX,coordY,coordZ,probability``.
+"""Writing predictions: ``<id>,coordX,coordY,coordZ,probability``, for LUNA16 its submission format
+(``seriesuid,...``); the id column is the data's own (``image`` for a points CSV).
 
 Binary runs write P(class 1) in the ``probability`` column, which is what LUNA16's evaluation
 reads (``python -m luna.evaluate``). Runs with more classes write one ``probability_<class>``
@@ -19,8 +20,8 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from luna.data.contract import crop_data
-from luna.data.csvfile import PREDICTION_ID_COLUMNS, probability_columns
-from luna.data.files import writable_problem, write_atomic, write_json_atomic
+from luna.io.csvfile import XYZ_COLUMNS, probability_columns
+from luna.io.files import writable_problem, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class PredictionCsvWriter(BasePredictionWriter):
             parts = [self._part(trainer, rank) for rank in range(trainer.world_size)]
             data = crop_data(trainer)
             names = data.class_names
-            header = (",".join([*PREDICTION_ID_COLUMNS, *probability_columns(names)]) + "\r\n").encode()
+            header = (",".join([data.image_id_column, *XYZ_COLUMNS, *probability_columns(names)]) + "\r\n").encode()
 
             def concatenate(out) -> None:
                 out.write(header)

@@ -12,6 +12,10 @@ import math
 import pytorch_lightning as pl
 
 
+class MetricNotLogged(ValueError):
+    """The sweep's metric is not logged by the run: every trial of the sweep would fail alike."""
+
+
 class TrialPruning(pl.Callback):
     """Report ``monitor`` to an Optuna trial after each validation and stop the run when it is pruned.
 
@@ -32,7 +36,7 @@ class TrialPruning(pl.Callback):
         if trainer.is_global_zero and self.trial is not None:
             value = trainer.callback_metrics.get(self.monitor)
             if value is None:
-                raise ValueError(f"the sweep's metric {self.monitor} was not logged by this run; choose one of "
+                raise MetricNotLogged(f"the sweep's metric {self.monitor} was not logged by this run; choose one of "
                                  f"{sorted(trainer.callback_metrics)} as metric in the search file")
             value = float(value)
             self.reported.append(value)

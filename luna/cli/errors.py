@@ -4,10 +4,15 @@ file, a CSV or scan that cannot be used, a checkpoint that cannot be read."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from luna.cli.console import setup_logging
+from luna.io.files import DiskFullError
 
 # options renamed in luna 0.2: old key -> new key, and old values of an option -> new value
 RENAMED = {"data.val_subset": "data.val_fold", "data.eval_series": "data.eval_images",
@@ -20,14 +25,21 @@ _NOISE = ("Subtypes:", "Errors:", "Given value type:", "Given value:", "Does not
           "Expected a <class 'NoneType'>", "Expected a <class 'bool'>", "is abstract")
 
 
-def reason(text: str) -> str:
-    """The line of a (possibly nested) error message that says what is wrong."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+def reason(message: str | BaseException) -> str:
+    """The line of a (possibly nested) error message or exception that says what is wrong.
+
+    jsonargparse nests a constructor's own message ("batch_size=-1: must be ...") under lines that
+    only list the alternatives it tried (a union's subtypes); those are skipped.
+    """
+    text = str(message).strip()
+    if not text:
+        return type(message).__name__ if isinstance(message, BaseException) else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     useful = [line.removeprefix("- ").strip() for line in lines[1:] if not any(noise in line for noise in _NOISE)]
     for k, line in enumerate(useful):  # "Problem with given class_path 'x':" and its cause say the most
         if "class_path" in line and line.endswith(":") and k + 1 < len(useful):
             return f"{line[:-1]}: {useful[k + 1]}"
-    return useful[0] if useful else (lines[0] if lines else "")
+    return useful[0] if useful else lines[0]
 
 
 def _given(argv: Sequence[str], key: str) -> tuple[str, str | None]:
@@ -74,22 +86,24 @@ def option_error(message: str, argv: Sequence[str], known: Sequence[str], sugges
     return text
 
 
-def run(main: Callable[[], object], user_errors: tuple[type[BaseException], ...]) -> None:
-    """Run a command's ``main``; a user error (one of ``user_errors``) exits with status 2 and one line."""
+def describe(error: BaseException) -> str:
+    """One line for a user's error: a full disk names the file even when the writer did not."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(error, DiskFullError):
+        where = f" while writing {error.filename}" if error.filename else ""
+        return f"no space left on the device{where}: free some space (or write elsewhere) and run the command again"
+    return reason(error)
+
+
+def run_command(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = ()) -> NoReturn:
+    """Run a command's ``main`` and exit with its status. A user's error (a bad value, a missing or
+    unwritable file, a full disk, or one of ``user_errors``) exits with status 2 and one line on
+    stderr; ``LUNA_TRACEBACK=1`` raises it instead, with its traceback."""
+    setup_logging()
     try:
-        main()
-    except user_errors as error:
+        status = main()
+    except (ValueError, OSError, *user_errors) as error:
         if os.environ.get("LUNA_TRACEBACK"):
             raise
-        print(f"error: {reason_of(error)}", file=sys.stderr)
+        print(f"error: {describe(error)}", file=sys.stderr)
         sys.exit(2)
-
-
-def reason_of(error: BaseException) -> str:
-    """The line of an exception that says what is wrong: jsonargparse wraps a constructor's own
-    message ("batch_size=-1: must be ...") in a list of the union's subtypes it tried."""
-    text = str(error).strip()
-    if not text:
-        return type(error).__name__
-    nested = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ") and "NoneType" not in line]
-    return nested[0] if nested else text.splitlines()[0]
+    sys.exit(status or 0)

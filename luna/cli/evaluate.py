@@ -17,15 +17,22 @@ predict`` recorded beside the predictions (``PREDICTIONS.json``: a validation sp
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
 from luna.cli.arguments import integer_list
-from luna.cli.console import setup_logging
-from luna.data.csvfile import CsvFormatError
-from luna.data.files import writable_problem
-from luna.luna16.report import table, write_report
-from luna.luna16.scoring import evaluate_submission, predicted_data_dir, predicted_scans
+from luna.cli.errors import run_command
+from luna.io.files import writable_problem
+from luna.luna16.report import table, write_froc_report
+from luna.luna16.scoring import (
+    evaluate_submission,
+    predicted_data_dir,
+    predicted_scans,
+    prediction_record,
+    read_predictions,
+)
+
+log = logging.getLogger("luna.evaluate")  # not __name__: this module runs as __main__
 
 DESCRIPTION = ("FROC and CPM of a LUNA16 submission, scored as LUNA16's official evaluation script does, with a "
                "seeded bootstrap interval. Writes froc.json and froc.png.")
@@ -43,39 +50,45 @@ def main(argv: list[str] | None = None) -> int:
                         "(none given: the predictions' folder)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% interval (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    parser.add_argument("--subsets", type=integer_list("subsets"), default=None, help="evaluate only the scans of these subsets, e.g. 0,3")
+    parser.add_argument("--subsets", type=integer_list("subsets"), default=None,
+                        help="evaluate only the scans of these subsets, e.g. 0,3")
     parser.add_argument("--series", type=Path, default=None, help="evaluate only the scans listed in this file, one uid "
                         "per line (e.g. a validation split), instead of DIR/seriesuids.csv or DIR/subset*/")
     args = parser.parse_args(argv)
     if args.bootstrap < 0:
         parser.error(f"--bootstrap={args.bootstrap}: must be 0 or more")
-    setup_logging()
-    args.data_dir = args.data_dir or predicted_data_dir(args.predictions)
-    if args.data_dir is None:
-        print(f"error: --data_dir is required: {args.predictions.with_suffix('.json')} (written by luna.fit predict) "
-              "does not say which data folder the predictions are about", file=sys.stderr)
-        return 2
+    if not args.predictions.is_file():
+        raise FileNotFoundError(f"the predictions file {args.predictions} does not exist")
+    data_dir = args.data_dir or predicted_data_dir(args.predictions)
+    if data_dir is None:
+        raise ValueError(f"--data_dir is required: {args.predictions.with_suffix('.json')} (written by luna.fit "
+                         "predict) does not say which data folder the predictions are about")
     output = args.output or args.predictions.parent
     problem = writable_problem(output)
     if problem:
-        print(f"error: --output {output}: cannot write froc.json and froc.png there: {problem}", file=sys.stderr)
-        return 2
-    try:
-        predicted = predicted_scans(args.predictions) if args.subsets is None else None
-        evaluation = evaluate_submission(args.predictions, args.data_dir, args.subsets, args.bootstrap, args.seed,
-                                         args.series, predicted)
-    except (FileNotFoundError, CsvFormatError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise PermissionError(f"--output {output}: cannot write froc.json and froc.png there: {problem}")
+    submission = read_predictions(args.predictions)
+    recorded = prediction_record(args.predictions).get("rows")
+    if isinstance(recorded, int) and recorded != len(submission):
+        log.warning("%s holds %d rows, but %d were written by the run that made it (%s): the file changed since",
+                    args.predictions, len(submission), recorded, args.predictions.with_suffix(".json"))
+    predicted = predicted_scans(args.predictions) if args.subsets is None else None
+    evaluation = evaluate_submission(submission, data_dir, args.subsets, args.bootstrap, args.seed, args.series,
+                                     predicted)
     if evaluation.result.counts.nodules == 0:
-        print(f"error: the {evaluation.result.counts.scans} evaluated scans hold no nodule of "
-              f"{args.data_dir / 'annotations.csv'}: sensitivity and CPM are undefined", file=sys.stderr)
-        return 2
-    json_path, png_path = write_report(evaluation, output, f"FROC of {Path(*args.predictions.resolve().parts[-3:])}")
+        raise ValueError(f"the {evaluation.result.counts.scans} evaluated scans hold no nodule of "
+                         f"{data_dir / 'annotations.csv'}: sensitivity and CPM are undefined")
+    json_path, png_path = write_froc_report(evaluation, output,
+                                            f"FROC of {Path(*args.predictions.resolve().parts[-3:])}")
     print(table(evaluation, str(args.predictions)))
     print(f"\nwrote {json_path} and {png_path}")
     return 0
 
 
+def cli() -> None:
+    """``main`` with a user's mistakes in one line (exit status 2)."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -36,14 +36,13 @@ from luna.callbacks.learning_rate import LearningRateLog
 from luna.callbacks.predictions import PredictionCsvWriter
 from luna.callbacks.run_log import RunLog
 from luna.cli.console import setup_logging
-from luna.cli.errors import option_error, run
+from luna.cli.errors import option_error, run_command
 from luna.cli.run_folder import LoggerName, run_loggers
 from luna.data.cache.read import CacheBuildError
 from luna.data.datamodule import CropDataModule
-from luna.data.files import DiskFullError
 from luna.data.volume import ScanReadError
 from luna.points import datamodule as _points  # noqa: F401  (listed among the data's known subclasses)
-from luna.training.checkpoints import CheckpointError, check_fits, read_checkpoint
+from luna.training.checkpoints import check_fits, read_checkpoint
 from luna.training.inputs import CropInputs
 from luna.training.module import DivergenceError, LunaClassifier
 
@@ -52,9 +51,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = resources.files("luna.configs") / "default.yaml"  # configs/, installed as package data
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 USAGE = "python -m luna.fit [fit|validate|test|predict] [--config FILE ...] [--section.key=VALUE ...]"
-# what a user can cause and fix: shown as one line by `cli`
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CacheBuildError, ScanReadError, CheckpointError,
-               DivergenceError, DiskFullError, PermissionError)
+# what a user can cause and fix, besides bad values and files (ValueError, OSError): one line by `cli`
+USER_ERRORS = (CacheBuildError, ScanReadError, DivergenceError)
 
 # The sections whose options --help names without their (long, Lightning-written) documentation:
 # section -> (title, description, the class whose own arguments are condensed; None: all)
@@ -305,10 +303,15 @@ def cli() -> None:
     """The command line: ``main`` with a user's mistakes (a missing folder, a bad value, a diverged
     run) reported in one line instead of a traceback (``LUNA_TRACEBACK=1`` shows it), and exit
     statuses a scheduler understands: 2 for such errors, 143 when stopped by SIGTERM."""
-    try:
-        run(main, USER_ERRORS)
-    except SIGTERMException:
-        sys.exit(128 + signal.SIGTERM)
+
+    def command() -> int:
+        try:
+            main()
+        except SIGTERMException:
+            return 128 + signal.SIGTERM
+        return 0
+
+    run_command(command, USER_ERRORS)
 
 
 if __name__ == "__main__":

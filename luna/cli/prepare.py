@@ -14,7 +14,7 @@ import logging
 import sys
 
 from luna.cli.console import setup_logging
-from luna.cli.errors import run
+from luna.cli.errors import run_command
 from luna.cli.fit import DEFAULT_CONFIG, USER_ERRORS, LunaArgumentParser, LunaCLI
 from luna.data.datamodule import CropDataModule
 from luna.training.module import LunaClassifier
@@ -59,7 +59,7 @@ def main(args: list[str] | None = None) -> CropDataModule:
 
 def cli() -> None:
     """``main`` with a user's mistakes in one line (exit status 2), as ``luna.fit`` does."""
-    run(main, USER_ERRORS)
+    run_command(lambda: main() and 0, USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ class CropData(Protocol):
         """``[window low, window high, scale]``: crops hold ``round(clip(value, window) * scale)``."""
 
     @property
+    def image_id_column(self) -> str:
+        """What an image id is called in a predictions file (LUNA16: ``seriesuid``)."""
+
+    @property
     def image_ids(self) -> list[str]:
         """The id of each image number that batches carry in ``batch["image"]`` (LUNA16: series uids)."""
 

@@ -267,6 +267,11 @@ class CropDataModule(pl.LightningDataModule):
         return self._dataset("eval", np.flatnonzero(wanted))
 
     @property
+    def image_id_column(self) -> str:
+        """What an image id is called in a predictions file (LUNA16: ``seriesuid``)."""
+        return self.source().id_column()
+
+    @property
     def image_ids(self) -> list[str]:
         """The id of each image number in batches (``batch["image"]``; LUNA16: series uids)."""
         return self.cache.image_ids

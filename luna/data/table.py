@@ -102,6 +102,10 @@ class CropSource(ABC):
     def class_names(self) -> list[str]:
         """One name per class, in label order (cheap: the CLI asks for it before any cache exists)."""
 
+    def id_column(self) -> str:
+        """What an image id is called in files of predictions (LUNA16: ``seriesuid``)."""
+        return "image"
+
     def describe(self) -> str:
         """One line for logs."""
         return type(self).__name__

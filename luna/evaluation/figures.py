@@ -1,15 +1,13 @@
-"""Figures of an evaluation, each readable without the code: titled with stage and epoch, axes and
-thresholds labelled. Pure matplotlib on numpy (``matplotlib.figure.Figure``, never ``pyplot``):
-importing luna leaves the caller's matplotlib backend alone, and figures render headless.
+"""Drawing and saving figures: LUNA16's FROC curve, and figures as pixels or PNG files. Pure
+matplotlib on numpy (``matplotlib.figure.Figure``, never ``pyplot``): importing luna leaves the
+caller's matplotlib backend alone, and figures render headless.
 
-Each builder takes an ``EvaluationOutcome`` (see ``luna.metrics.stage``) and returns a ``Figure``, or
-None when it does not apply (a PR curve needs two classes, a FROC needs evaluated scans).
-``luna.callbacks.figures.ValidationFigures`` draws and logs them after every validation and test.
+The figures of a validation or test (PR curve, confusion matrix, reliability, mistakes) are in
+``luna.metrics.figures``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,173 +15,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from luna.data.files import write_atomic
+from luna.io.files import write_atomic
 
 if TYPE_CHECKING:
     from luna.evaluation.froc import FrocResult
-    from luna.metrics.stage import EvaluationOutcome
 
-ImageName = Callable[[int], str]
 OPERATING_POINTS = ("1/8", "1/4", "1/2", "1", "2", "4", "8")
-
-
-def _title(outcome: EvaluationOutcome, what: str) -> str:
-    return f"{outcome.stage} {what}, epoch {outcome.epoch}"
-
-
-def pr_curve_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure | None:
-    """Precision against recall, with the average precision and the operating point at the threshold."""
-    if outcome.pr_curve is None:
-        return None
-    precision, recall, thresholds = (outcome.pr_curve[k] for k in ("precision", "recall", "thresholds"))
-    fig = Figure(figsize=(5, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    stage = outcome.stage
-    scalars = outcome.scalars
-    average_precision = scalars.get(f"{stage}/average_precision", float("nan"))
-    ax.plot(recall, precision, drawstyle="steps-post", label=f"PR curve (AP {average_precision:.3f})")
-    ax.plot(scalars[f"{stage}/recall"], scalars[f"{stage}/precision"], "o", color="C3",
-            label=f"threshold {outcome.threshold:g}: F1 {scalars[f'{stage}/f1']:.3f}")
-    if np.isfinite(scalars.get(f"{stage}/f1_best", np.nan)) and len(thresholds):
-        at = int(np.argmin(np.abs(thresholds - scalars[f"{stage}/f1_best_threshold"])))
-        ax.plot(recall[at], precision[at], "s", color="C2", mfc="none",
-                label=f"best F1 {scalars[f'{stage}/f1_best']:.3f} at {scalars[f'{stage}/f1_best_threshold']:.3g} "
-                      "(optimistic)")
-    positives = int(outcome.confusion[1].sum())
-    ax.axhline(positives / max(outcome.confusion.sum(), 1), color="grey", ls=":", lw=1, label="chance (positive rate)")
-    ax.set(xlabel=f"recall ({outcome.class_names[1]})", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.05),
-           title=_title(outcome, "precision-recall"))
-    ax.legend(loc="lower left", fontsize=8)
-    return fig
-
-
-def confusion_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure:
-    """Counts per (true, predicted) class, with row-normalised shading."""
-    matrix = outcome.confusion
-    names = outcome.class_names
-    n = len(names)
-    fig = Figure(figsize=(1.4 * n + 2.6, 1.2 * n + 2), layout="constrained")
-    ax = fig.add_subplot()
-    rows = matrix.sum(axis=1, keepdims=True)
-    share = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, f"{int(count)}\n{share[i, j]:.0%}", ha="center", va="center",
-                color="white" if share[i, j] > 0.6 else "black", fontsize=10)
-    ax.set_xticks(range(n), names, rotation=30 if n > 3 else 0)
-    ax.set_yticks(range(n), names)
-    rule = f"P({names[1]}) >= {outcome.threshold:g}" if outcome.binary else "most probable class"
-    ax.set(xlabel=f"predicted ({rule})", ylabel="true class", title=_title(outcome, "confusion matrix"))
-    return fig
-
-
-def wilson_interval(successes: np.ndarray, count: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """The Wilson score interval of a rate (95 % by default): honest for small bins and rates near
-    0 or 1, where the normal approximation's interval leaves [0, 1] or collapses to a point."""
-    count = np.asarray(count, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate = successes / count
-        centre = (rate + z**2 / (2 * count)) / (1 + z**2 / count)
-        half = z / (1 + z**2 / count) * np.sqrt(rate * (1 - rate) / count + z**2 / (4 * count**2))
-    # The interval always holds the observed rate; rounding near 0 and 1 can put a bound a hair past
-    # it (or past [0, 1]), which matplotlib then refuses as a negative error bar.
-    return np.clip(np.minimum(centre - half, rate), 0, 1), np.clip(np.maximum(centre + half, rate), 0, 1)
-
-
-def reliability_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure:
-    """Observed rate against mean confidence per non-empty bin, with its 95 % interval (small bins
-    are visibly uncertain), the ECE, and below it how many samples each bin holds."""
-    bins = outcome.reliability
-    count, confidence, rate = bins["count"], bins["confidence"], bins["rate"]
-    filled = count > 0
-    edges = np.linspace(0, 1, len(count) + 1)
-    fig = Figure(figsize=(5, 6), layout="constrained")
-    ax, counts_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
-    low, high = wilson_interval(rate[filled] * count[filled], count[filled])
-    ax.errorbar(confidence[filled], rate[filled], yerr=[rate[filled] - low, high - rate[filled]], fmt="o-",
-                color="C0", capsize=3, label="observed rate per bin, 95 % interval")
-    if outcome.binary:
-        what = f"P({outcome.class_names[1]})", f"fraction that are {outcome.class_names[1]}"
-    else:
-        what = "confidence of the predicted class", "fraction predicted correctly"
-    ece = outcome.scalars.get(f"{outcome.stage}/calibration_error", float("nan"))
-    ax.set(ylabel=what[1], xlim=(0, 1), ylim=(0, 1), title=_title(outcome, f"reliability (ECE {ece:.3f})"))
-    ax.legend(loc="upper left", fontsize=8)
-    counts_ax.bar(edges[:-1], count, width=np.diff(edges), align="edge", color="C0", alpha=0.5, edgecolor="k")
-    counts_ax.set_yscale("log" if count.max() > 100 * max(count[filled].min(), 1) else "linear")
-    counts_ax.set(xlabel=what[0], ylabel="samples per bin")
-    return fig
-
-
-LUNG_WINDOW_HU = (-1000, 400)  # how candidates are shown: air black, soft tissue and nodules white
-MISTAKES_PER_ROW = 4
-
-
-def _crosshair(ax, row: float, column: float, size: float, aspect: float) -> None:
-    """Four short arms around (row, column), leaving the candidate itself visible; ``size`` in
-    columns, the row arms shortened by the pixels' ``aspect`` so that all four look alike."""
-    xs, ys = [], []
-    for d_row, d_column in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        scale = size / aspect if d_row else size
-        xs += [column + d_column * scale, column + 2 * d_column * scale, np.nan]
-        ys += [row + d_row * scale, row + 2 * d_row * scale, np.nan]
-    ax.plot(xs, ys, color="red", lw=1.2)
-
-
-def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure | None:
-    """The most confident mistakes of each true class: axial, coronal and sagittal slices through
-    the candidate (marked, drawn at the crop's true voxel aspect, lung window), the probability the
-    model gave, the series and the centre in millimetres."""
-    rows = [(true_class, mistakes) for true_class, mistakes in enumerate(outcome.mistakes) if len(mistakes["score"])]
-    if not rows:
-        return None
-    names = outcome.class_names
-    columns = min(MISTAKES_PER_ROW, max(len(mistakes["score"]) for _, mistakes in rows))
-    blocks = [(true_class, mistakes, start) for true_class, mistakes in rows
-              for start in range(0, len(mistakes["score"]), columns)]
-    fig = Figure(figsize=(4.6 * columns + 0.5, 2.4 * len(blocks) + 0.6), layout="constrained")
-    panels = fig.subfigures(len(blocks), columns, squeeze=False, wspace=0.03, hspace=0.03)
-    name = image_name or (lambda image: f"image #{image}")
-    for block, (true_class, mistakes, start) in enumerate(blocks):
-        for column in range(columns):
-            panel, k = panels[block, column], start + column
-            if k >= len(mistakes["score"]):
-                continue
-            i, r, c = mistakes["marker"][k]
-            spacing_i, spacing_r, spacing_c = mistakes["voxel_mm"][k]
-            planes = (("axial", r, c, spacing_r / spacing_c), ("coronal", i, c, spacing_i / spacing_c),
-                      ("sagittal", i, r, spacing_i / spacing_r))
-            for ax, (plane, row, col, aspect) in zip(panel.subplots(1, 3), planes):
-                pixels = mistakes[plane][k]
-                ax.imshow(pixels, cmap="gray", vmin=LUNG_WINDOW_HU[0], vmax=LUNG_WINDOW_HU[1], aspect=aspect)
-                _crosshair(ax, row, col, size=0.12 * pixels.shape[1], aspect=aspect)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_xlabel(plane, fontsize=8, labelpad=1)
-            predicted = names[int(mistakes["predicted"][k])]
-            x, y, z = mistakes["center"][k]
-            if outcome.binary:
-                p_positive = mistakes["score"][k] if true_class == 0 else 1 - mistakes["score"][k]
-                said = f"P({names[1]}) = {p_positive:.2f}"
-            else:
-                said = f"P({predicted}) = {mistakes['score'][k]:.2f}"
-            panel.suptitle(f"{said}   {name(int(mistakes['image'][k]))}\n({x:.0f}, {y:.0f}, {z:.0f}) mm", fontsize=9)
-            if column == 0 and start == 0:
-                label = f"true {names[true_class]}"
-                if outcome.binary:
-                    label = "false positives" if true_class == 0 else "false negatives"
-                panel.supylabel(label, fontsize=11)
-    fig.suptitle(_title(outcome, f"most confident mistakes: three slices through each candidate (marked), "
-                                 f"window {LUNG_WINDOW_HU[0]} to {LUNG_WINDOW_HU[1]} HU"), fontsize=11)
-    return fig
-
-
-def froc_evaluation_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure | None:
-    """The FROC of this evaluation, when its data defines evaluated scans."""
-    if outcome.froc is None:
-        return None
-    return froc_figure(outcome.froc, _title(outcome, "FROC"))
 
 
 def froc_figure(result: FrocResult, title: str = "FROC") -> Figure:

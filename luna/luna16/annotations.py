@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from luna.data.csvfile import CsvFormatError, read_columns
 from luna.evaluation.froc import Findings
+from luna.io.csvfile import CsvFormatError, read_columns
 
 COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 ANNOTATIONS = "annotations.csv"

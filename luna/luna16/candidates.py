@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from luna.data.csvfile import CsvFormatError, read_columns
+from luna.io.csvfile import CsvFormatError, read_columns
 from luna.luna16.annotations import read_annotations
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ vessels, on the irrelevant findings, in the lungs, in the body and within a few 
 the six faces; some candidate rows belong to series that are not on disk, as when a user has
 only some subsets. The same arguments give the same bytes.
 
-Command line: ``python -m luna.luna16.phantom OUT_DIR [--series N] [--seed S] [--shape_irc I R C]``.
+Command line: ``python -m luna.phantom luna16 OUT_DIR [--series N] [--seed S] [--shape_irc I R C]``.
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
-from luna.data.files import write_folder_atomically
 from luna.data.synthetic import ball, ellipsoid, tube
 from luna.data.volume import irc_to_xyz
+from luna.io.files import write_folder_atomically
 
-log = logging.getLogger("luna.luna16.phantom")  # not __name__: this module also runs as __main__
+log = logging.getLogger(__name__)
 
 MARKER = "phantom.json"
 UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
@@ -353,35 +353,3 @@ def _radiologist_ratings(rng: np.random.Generator, malignant: bool) -> str:
     readers = int(rng.integers(1, 5))
     low, high = (4, 6) if malignant else (1, 3)
     return str([int(r) for r in rng.integers(low, high, size=readers)])
-
-
-def main() -> None:
-    """``python -m luna.luna16.phantom OUT_DIR [--series N] [--seed S] [--shape_irc I R C] ...``."""
-    import argparse
-
-    from luna.cli.console import setup_logging
-
-    defaults = PhantomSpec()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path, help="folder to create (must not exist)")
-    parser.add_argument("--series", type=int, default=defaults.series, help="scans written to disk")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--shape_irc", type=int, nargs=3, default=defaults.shape_irc, metavar=("I", "R", "C"),
-                        help="volume shape; 150 512 512 is real size")
-    parser.add_argument("--subsets", type=int, default=defaults.subsets)
-    parser.add_argument("--missing_series", type=int, default=defaults.missing_series,
-                        help="series listed in the CSVs but not written")
-    parser.add_argument("--noise_hu", type=float, default=defaults.noise_hu)
-    parser.add_argument("--geometry", choices=("simple", "luna16"), default=defaults.geometry,
-                        help="simple: --shape_irc voxels of about 1 mm; luna16: LUNA16's spacings and nodule sizes")
-    parser.add_argument("--field_of_view_mm", type=float, nargs=3, default=defaults.field_of_view_mm,
-                        metavar=("I", "R", "C"), help="extent of a luna16-geometry scan")
-    args = vars(parser.parse_args())
-    out_dir = args.pop("out_dir")
-    setup_logging()
-    args["shape_irc"], args["field_of_view_mm"] = tuple(args["shape_irc"]), tuple(args["field_of_view_mm"])
-    generate_phantom(out_dir, PhantomSpec(**args))
-
-
-if __name__ == "__main__":
-    main()

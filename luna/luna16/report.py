@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from luna.data.files import write_json_atomic
 from luna.evaluation.froc import BAND_POINTS
-from luna.luna16.scoring import Evaluation
+from luna.io.files import write_json_atomic
+from luna.luna16.scoring import SubmissionScore
 
 INTERPOLATION = "linear interpolation of the FROC curve (np.interp) at each operating point"
 
 
-def summary(evaluation: Evaluation) -> dict:
+def summary(evaluation: SubmissionScore) -> dict:
     """The ``froc.json`` record of an evaluation."""
     result = evaluation.result
     counts = result.counts
@@ -45,7 +45,7 @@ def summary(evaluation: Evaluation) -> dict:
     return record
 
 
-def table(evaluation: Evaluation, source: str) -> str:
+def table(evaluation: SubmissionScore, source: str) -> str:
     """The human-readable report: one line per operating point, then CPM and the counts."""
     result, counts = evaluation.result, evaluation.result.counts
     band = result.bootstrap
@@ -65,7 +65,7 @@ def table(evaluation: Evaluation, source: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(evaluation: Evaluation, output: Path, title: str) -> tuple[Path, Path]:
+def write_froc_report(evaluation: SubmissionScore, output: Path, title: str) -> tuple[Path, Path]:
     """Write ``froc.json`` and ``froc.png`` into ``output``."""
     from luna.evaluation.figures import froc_figure, save_png  # matplotlib only when a figure is written
 

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from luna.data.csvfile import PREDICTION_ID_COLUMNS, PROBABILITY_COLUMN, CsvFormatError, read_columns
 from luna.evaluation.froc import Findings, FrocResult, Marks, Reference, froc
+from luna.io.csvfile import PROBABILITY_COLUMN, XYZ_COLUMNS, CsvFormatError, read_columns
 from luna.luna16.annotations import ANNOTATIONS, IRRELEVANT_FINDINGS, read_annotations
 from luna.luna16.release import find_scans
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = (*PREDICTION_ID_COLUMNS, PROBABILITY_COLUMN)
+PREDICTION_COLUMNS = ("seriesuid", *XYZ_COLUMNS, PROBABILITY_COLUMN)  # LUNA16's submission format
 SERIES_LIST = "seriesuids.csv"
 
 
@@ -41,7 +41,7 @@ class Submission:
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class SubmissionScore:
     """A scored submission: the FROC result and what was read to get it.
 
     Attributes:
@@ -70,12 +70,33 @@ def read_predictions(path: str | Path) -> Submission:
             is wrong.
     """
     table = read_columns(path, PREDICTION_COLUMNS, "predictions CSV")
-    return Submission(
+    submission = Submission(
         path=Path(path),
         series_uid=table.text("seriesuid"),
         center_xyz=table.xyz(),
         probability=table.numbers("probability"),
     )
+    repeated = repeated_rows(submission.series_uid, submission.center_xyz)
+    if len(repeated):
+        later, earlier = repeated[0]
+        log.warning("%s: %d rows repeat an earlier row's series and position (e.g. line %d repeats line %d): the "
+                    "official script counts every copy, so repeated false positives count again and CPM drops; "
+                    "remove the copies (was the file written twice?)", path, len(repeated),
+                    table.line_numbers[later], table.line_numbers[earlier])
+    return submission
+
+
+def repeated_rows(series_uid: list[str], center_xyz: np.ndarray) -> np.ndarray:
+    """``[n, 2]`` pairs (row, the first earlier row with the same series and centre), in row order."""
+    if not len(series_uid):
+        return np.empty((0, 2), dtype=np.int64)
+    _, series = np.unique(np.asarray(series_uid), return_inverse=True)
+    order = np.lexsort((np.arange(len(series)), *center_xyz.T[::-1], series))
+    keys = np.column_stack([series, center_xyz])[order]
+    same = np.r_[False, (keys[1:] == keys[:-1]).all(axis=1)]
+    first = order[np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))]
+    pairs = np.column_stack([order[same], first[same]])
+    return pairs[np.argsort(pairs[:, 0])]
 
 
 def read_series_list(path: str | Path) -> list[str]:
@@ -161,6 +182,12 @@ def evaluated_scans(data_dir: str | Path, subsets: list[int] | None = None,
         raise FileNotFoundError(f"series list {listed} not found")
     if series_list is None and predicted is not None:
         scans, source = predicted[0], f"the {len(predicted[0])} scans predicted, listed in {predicted[1]}"
+        known = set(read_series_list(listed)) if listed.is_file() else set(find_scans(data_dir))
+        unknown = [uid for uid in scans if uid not in known]
+        if unknown:
+            raise FileNotFoundError(f"{predicted[1]} lists {len(unknown)} scan(s) that {data_dir} does not have "
+                                    f"(e.g. {unknown[0]}): the predictions are about other data; give that data's "
+                                    "folder (--data_dir) or the scans to evaluate (--series FILE)")
     elif listed.is_file():
         scans, source = read_series_list(listed), str(listed)
     else:
@@ -185,7 +212,7 @@ def evaluate_submission(
     seed: int = 0,
     series_list: str | Path | None = None,
     predicted: tuple[list[str], Path] | None = None,
-) -> Evaluation:
+) -> SubmissionScore:
     """Score a predictions CSV against the findings of a LUNA16 folder, as the official script.
 
     Args:
@@ -227,5 +254,5 @@ def evaluate_submission(
         probability=submission.probability[evaluated],
     )
     result = froc(marks, reference, bootstrap_samples, seed)
-    return Evaluation(result, scans, scans_from, unevaluated, (data_dir / IRRELEVANT_FINDINGS).is_file(), marks,
+    return SubmissionScore(result, scans, scans_from, unevaluated, (data_dir / IRRELEVANT_FINDINGS).is_file(), marks,
                       reference)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from luna.data.csvfile import CsvFormatError, read_columns
 from luna.data.table import CropSource, CropTable, hash_files
+from luna.io.csvfile import CsvFormatError, read_columns
 from luna.luna16.candidates import load_candidate_arrays
 from luna.luna16.phantom import MARKER as PHANTOM_MARKER
 from luna.luna16.release import find_scans, subset_number
@@ -43,6 +43,9 @@ class _Luna16Source(CropSource):
 
     def image_files(self) -> list[Path]:
         return [path for _, path in sorted(self.scans.items())]
+
+    def id_column(self) -> str:
+        return "seriesuid"
 
     def missing_images_expected(self) -> bool:
         return (self.data_dir / PHANTOM_MARKER).is_file()  # the phantom lists a few series it never wrote

@@ -41,7 +41,7 @@ class ConfidentMistakes(Metric):
     full_state_update = False
     PARTS = ("score", "predicted", "index", "image", "center", "marker", "voxel_mm", *PLANES)
 
-    def __init__(self, num_classes: int = 2, crop_shape: tuple[int, int, int] = (32, 48, 48), k: int = 8) -> None:
+    def __init__(self, num_classes: int, crop_shape: tuple[int, int, int], k: int = 8) -> None:
         super().__init__()
         self.num_classes, self.crop_shape, self.k = num_classes, tuple(int(n) for n in crop_shape), k
         depth, rows, columns = self.crop_shape

@@ -15,7 +15,7 @@ recall of every class and the loss of every class.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -43,6 +43,7 @@ from torchmetrics.classification import (
 )
 
 from luna.evaluation.froc import FrocResult, Reference
+from luna.metrics.figures import LUNG_WINDOW_HU
 from luna.metrics.froc import FrocMetric
 from luna.metrics.mistakes import ConfidentMistakes
 from luna.metrics.reliability import RELIABILITY_BINS, ReliabilityBins
@@ -84,6 +85,7 @@ class EvaluationOutcome:
             class 1; more classes: top-class confidence vs accuracy).
         mistakes: per true class, its most confident mistakes.
         froc: the FROC analysis, when the data defines evaluated scans.
+        display_window: the stored values drawn black to white in pictures of the crops.
     """
 
     stage: str
@@ -96,7 +98,7 @@ class EvaluationOutcome:
     mistakes: list[dict[str, np.ndarray]]
     pr_curve: dict[str, np.ndarray] | None = None
     froc: FrocResult | None = None
-    extra: dict = field(default_factory=dict)
+    display_window: tuple[float, float] = LUNG_WINDOW_HU
 
     @property
     def binary(self) -> bool:
@@ -123,18 +125,24 @@ class StageMetrics(nn.Module):
         class_names: one name per class (figures, per-class names); default ``class0``, ...
         threshold: binary decision threshold on P(class 1) for accuracy, precision, recall, F1.
         curves: also keep PR curve, confusion matrix, reliability bins, mistakes and the FROC marks.
-        crop_shape: the (I, R, C) voxels of the crops, whose slices the mistakes montage shows.
+        crop_shape: with ``curves``: the (I, R, C) voxels of the crops, whose slices the mistakes
+            montage shows.
         mistakes: mistakes kept per true class.
+        display_window: the stored values drawn black to white in the montage (``display_window``
+            of the data's intensities).
+
+    ``threshold`` is checked where the user gives it (``luna.training.evaluation``).
     """
 
     def __init__(self, stage: str, num_classes: int = 2, class_names: list[str] | None = None,
-                 threshold: float = 0.5, curves: bool = False, crop_shape: tuple[int, int, int] = (32, 48, 48),
-                 mistakes: int = 8) -> None:
+                 threshold: float = 0.5, curves: bool = False, crop_shape: tuple[int, int, int] | None = None,
+                 mistakes: int = 8, display_window: tuple[float, float] = LUNG_WINDOW_HU) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold={threshold}: must lie strictly between 0 and 1")
+        if curves and crop_shape is None:
+            raise ValueError("curves=True needs the crop_shape whose slices the mistakes montage shows")
+        self.display_window = tuple(display_window)
         self.stage, self.num_classes, self.threshold = stage, num_classes, threshold
         self.class_names = list(class_names) if class_names else [f"class{k}" for k in range(num_classes)]
         if len(self.class_names) != num_classes:
@@ -263,6 +271,7 @@ class StageMetrics(nn.Module):
             confusion=self.confusion.compute().cpu().numpy(),
             reliability=self.reliability.compute(),
             mistakes=self.mistakes.compute(),
+            display_window=self.display_window,
         )
         if self.binary:
             precision, recall, thresholds = (t.cpu().numpy().reshape(-1) for t in self.pr_curve.compute())

@@ -1,6 +1,6 @@
 """A phantom for the points-CSV route: CT-like NIfTI volumes with three kinds of finding.
 
-Command line: ``python -m luna.points.phantom OUT_DIR [--seed S]``.
+Command line: ``python -m luna.phantom points OUT_DIR [--seed S]``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from luna.data.files import write_folder_atomically
 from luna.data.synthetic import ball
 from luna.data.volume import irc_to_xyz
+from luna.io.files import write_folder_atomically
 
-log = logging.getLogger("luna.points.phantom")  # not __name__: this module also runs as __main__
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,23 +94,3 @@ def _write_points_phantom(folder: Path, spec: PointsPhantomSpec) -> None:
         sitk.WriteImage(image, str(folder / "images" / f"case{index:03d}.nii.gz"), useCompression=True)
     (folder / "points.csv").write_text("".join(lines))
     (folder / "phantom.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
-
-
-def main() -> None:
-    """``python -m luna.points.phantom OUT_DIR [--patients N] [--seed S]``."""
-    import argparse
-
-    from luna.cli.console import setup_logging
-
-    defaults = PointsPhantomSpec()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path, help="folder to create (must not exist)")
-    parser.add_argument("--patients", type=int, default=defaults.patients, help="patients written (two volumes each)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    args = parser.parse_args()
-    setup_logging()
-    generate_points_phantom(args.out_dir, PointsPhantomSpec(patients=args.patients, seed=args.seed))
-
-
-if __name__ == "__main__":
-    main()

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from luna.data.csvfile import CsvFormatError, read_columns
 from luna.data.table import NO_FOLD, CropSource, CropTable, hash_files
 from luna.data.volume import Geometry, ScanReadError
+from luna.io.csvfile import CsvFormatError, read_columns
 
 REQUIRED = ("image", "coordX", "coordY", "coordZ", "label")
 OPTIONAL = ("group", "fold")

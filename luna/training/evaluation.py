@@ -26,7 +26,7 @@ def check_flips(tta_flips: list[list[int]] | None) -> list[tuple[int, ...]]:
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class EvaluationChoices:
     """How validate, test and predict turn the network's outputs into probabilities and metrics.
 
     Args:

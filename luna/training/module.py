@@ -22,10 +22,11 @@ from torch import nn
 from luna.data.contract import crop_data
 from luna.data.crops import DEFAULT_WIDTH_IRC
 from luna.data.dataset import CropBatch
+from luna.metrics.figures import display_window
 from luna.metrics.stage import EvaluationOutcome, StageMetrics
 from luna.models.luna_model import LunaModel, MultiViewLunaModel, Network
 from luna.training.augment import Augmentation, ViewCrops, augment_views, flip, mixup, window_crop
-from luna.training.evaluation import Evaluation
+from luna.training.evaluation import EvaluationChoices
 from luna.training.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
 from luna.training.inputs import CropInputs
 
@@ -139,7 +140,7 @@ class LunaClassifier(pl.LightningModule):
             freeze_all_but_last(self.network, finetune_depth)
         self.class_names = class_names  # from the data (linked by the CLI); None: class0, class1, ...
         self.register_buffer("logit_shift", torch.zeros(num_classes), persistent=False)
-        self.configure_evaluation(Evaluation())
+        self.configure_evaluation(EvaluationChoices())
         self.evaluations: dict[str, EvaluationOutcome] = {}
         example = [torch.zeros(1, 1, *width) for width in self.input_widths_irc]  # for the model summary
         self.example_input_array = example[0] if len(example) == 1 else (example,)
@@ -152,13 +153,14 @@ class LunaClassifier(pl.LightningModule):
         return CropInputs.of(self.input_widths_irc, self.hparams.input_spacings_mm, self.hparams.input_intensity)
 
     # ------------------------------------------------------------------ evaluation and priors
-    def configure_evaluation(self, evaluation: Evaluation) -> None:
+    def configure_evaluation(self, evaluation: EvaluationChoices) -> None:
         """Evaluate with ``evaluation`` from now on: its threshold and mistakes in fresh metrics,
         its test-time flips and prior correction in ``probabilities``."""
         self.evaluation = evaluation
         options = {"num_classes": self.hparams.num_classes, "class_names": self.class_names,
                    "threshold": evaluation.threshold}
-        shown = {"curves": True, "crop_shape": self.input_widths_irc[0], "mistakes": evaluation.mistakes_shown}
+        shown = {"curves": True, "crop_shape": self.input_widths_irc[0], "mistakes": evaluation.mistakes_shown,
+                 "display_window": display_window(self.hparams.input_intensity)}
         self.train_metrics = StageMetrics("train", **options)
         self.val_metrics = StageMetrics("val", **options, **shown)
         self.test_metrics = StageMetrics("test", **options, **shown)

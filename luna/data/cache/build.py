@@ -51,7 +51,6 @@ from luna.data.cache.read import (
 )
 from luna.data.crops import View
 from luna.data.cutting import cut_crops
-from luna.data.files import DiskFullError, remove_stale_temporaries, writable_problem, write_atomic
 from luna.data.table import CropSource, CropTable, file_name_of
 from luna.data.volume import (
     HU_WINDOW,
@@ -61,6 +60,7 @@ from luna.data.volume import (
     check_intensity,
     xyz_to_irc_many,
 )
+from luna.io.files import DiskFullError, remove_stale_temporaries, writable_problem, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class CacheSettings:
 # --------------------------------------------------------------------------- writes
 
 def _write_atomic(path: Path, write: Callable[[object], None], size_hint: int) -> None:
-    """``luna.data.files.write_atomic``, a full disk reported as a cache build error."""
+    """``luna.io.files.write_atomic``, a full disk reported as a cache build error."""
     try:
         write_atomic(path, write, size_hint)
     except DiskFullError as error:

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 XYZ_COLUMNS = ("coordX", "coordY", "coordZ")
-# a predictions CSV (LUNA16's submission format): what is predicted, then one column per probability
-PREDICTION_ID_COLUMNS = ("seriesuid", *XYZ_COLUMNS)
+# a predictions CSV: the image id (LUNA16's submission: seriesuid), the centre, one column per probability
 PROBABILITY_COLUMN = "probability"
 
 
