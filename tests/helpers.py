@@ -50,13 +50,15 @@ def points_config(path: Path, points_csv: Path, cache_dir: Path, run_dir: Path, 
     return path
 
 
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    """``python -m luna.fit ARGS`` in this process: its exit status and its stderr."""
-    from luna.cli.fit import cli
+def run_cli(args: list[str], capsys, monkeypatch, command=None) -> tuple[int, str]:
+    """``python -m luna.fit ARGS`` (or another command's ``cli``) in this process: its exit status
+    and its stderr."""
+    if command is None:
+        from luna.cli.fit import cli as command
 
     monkeypatch.setattr(sys, "argv", ["luna", *args])
     with pytest.raises(SystemExit) as stopped:
-        cli()
+        command()
     return stopped.value.code, capsys.readouterr().err
 
 

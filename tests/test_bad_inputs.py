@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from luna.cli.evaluate import main as evaluate_main
+from luna.cli.evaluate import cli as evaluate_cli
 from luna.cli.run_folder import claim_version
 from luna.data.cache.build import build_cache, cache_path
 from luna.data.cache.read import CacheBuildError, CropCache
@@ -280,12 +280,12 @@ def test_predict_onto_a_folder_or_an_unwritable_place_fails_before_predicting(tr
     assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.rglob("*.tmp"))
 
 
-def test_evaluate_onto_an_unwritable_place_fails_before_scoring(phantom_dir, tmp_path, capsys):
+def test_evaluate_onto_an_unwritable_place_fails_before_scoring(phantom_dir, tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code = evaluate_main([str(write_empty_predictions(tmp_path)), "--data_dir", str(phantom_dir),
-                          "--output", str(blocker / "out")])
-    assert code == 2 and "cannot write froc.json and froc.png there" in capsys.readouterr().err
+    code, stderr = run_cli([str(write_empty_predictions(tmp_path)), "--data_dir", str(phantom_dir),
+                            "--output", str(blocker / "out")], capsys, monkeypatch, evaluate_cli)
+    assert code == 2 and "cannot write froc.json and froc.png there" in stderr
 
 
 @pytest.mark.parametrize("args, message", [

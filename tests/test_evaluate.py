@@ -10,9 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from luna.cli.evaluate import main
+from luna.cli.evaluate import cli, main
 from luna.io.csvfile import CsvFormatError
 from luna.luna16.scoring import evaluate_submission, read_series_list
+from tests.helpers import run_cli
 
 COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
 
@@ -164,7 +165,7 @@ def test_the_series_list_has_no_header_and_no_duplicates(tmp_path, caplog):
     ("empty", r"bad\.csv: the file is empty"),
     ("short row", r"bad\.csv, line 3: expected 5 values, found 4"),
 ])
-def test_bad_prediction_files_name_the_file_line_and_column(oracle, tmp_path, case, message):
+def test_bad_prediction_files_name_the_file_line_and_column(oracle, tmp_path, case, message, capsys, monkeypatch):
     predictions, data_dir = oracle
     uid = rows_of(predictions)[0]["seriesuid"]
     bad = tmp_path / "bad.csv"
@@ -179,7 +180,9 @@ def test_bad_prediction_files_name_the_file_line_and_column(oracle, tmp_path, ca
     bad.write_text(contents)
     with pytest.raises(CsvFormatError, match=message):
         evaluate_submission(bad, data_dir, bootstrap_samples=0)
-    assert main([str(bad), "--data_dir", str(data_dir), "--output", str(tmp_path / "out")]) == 2
+    code, stderr = run_cli([str(bad), "--data_dir", str(data_dir), "--output", str(tmp_path / "out")], capsys,
+                           monkeypatch, cli)
+    assert code == 2 and "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("error: ")
     assert not (tmp_path / "out").exists()
 
 
@@ -202,3 +205,34 @@ def test_nan_in_the_findings_names_the_file(oracle, tmp_path):
     (copy / "annotations_excluded.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(CsvFormatError, match=r"annotations_excluded\.csv, line 2, column diameter_mm: 'nan'"):
         evaluate_submission(predictions, copy, bootstrap_samples=0)
+
+
+def test_rows_written_twice_are_named_and_a_file_changed_since_predict_is_seen(oracle, tmp_path, caplog):
+    predictions, data_dir = oracle
+    lines = predictions.read_text().splitlines()
+    doubled = tmp_path / "predictions.csv"
+    doubled.write_text("\n".join([*lines, *lines[1:]]) + "\n")  # the rows appended a second time
+    (tmp_path / "predictions.json").write_text(json.dumps({"rows": len(lines) - 1, "data_dir": str(data_dir)}))
+    with caplog.at_level(logging.WARNING):
+        assert main([str(doubled), "--bootstrap", "0"]) == 0
+    assert f"{len(lines) - 1} rows repeat an earlier row's series and position (e.g. line {len(lines) + 1} repeats " \
+           "line 2)" in caplog.text
+    assert f"holds {2 * (len(lines) - 1)} rows, but {len(lines) - 1} were written by the run that made it" in caplog.text
+
+
+def test_a_record_of_scans_the_data_does_not_have_is_refused(oracle, tmp_path):
+    predictions, data_dir = oracle
+    copy = tmp_path / "predictions.csv"
+    shutil.copy(predictions, copy)
+    scans = read_series_list(data_dir / "seriesuids.csv")
+    (tmp_path / "predictions.json").write_text(json.dumps({"images": [*scans[:2], "1.2.3.not-here"],
+                                                           "data_dir": str(data_dir)}))
+    with pytest.raises(FileNotFoundError, match=r"predictions\.json lists 1 scan\(s\) that .* does not have "
+                                                r"\(e\.g\. 1\.2\.3\.not-here\)"):
+        main([str(copy), "--bootstrap", "0"])
+
+
+def test_a_missing_predictions_file_is_named_first(tmp_path, capsys, monkeypatch):
+    code, stderr = run_cli([str(tmp_path / "missing.csv")], capsys, monkeypatch, cli)
+    assert code == 2 and stderr.strip().splitlines()[-1] == f"error: the predictions file {tmp_path / 'missing.csv'} " \
+                                                             "does not exist"
