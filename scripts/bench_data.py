@@ -33,7 +33,7 @@ from luna.data.volume import HU_WINDOW
 from luna.luna16.candidates import load_candidate_arrays
 from luna.luna16.sources import Luna16Candidates
 
-SETTINGS = CacheSettings.native(DEFAULT_WIDTH_IRC, HU_WINDOW)
+SETTINGS = CacheSettings((View(DEFAULT_WIDTH_IRC),), HU_WINDOW)
 # the same crop size resampled to LUNA16's common spacing: every crop interpolated from its scan
 PHYSICAL = CacheSettings((View(DEFAULT_WIDTH_IRC, (1.25, 0.7, 0.7)),), HU_WINDOW)
 
@@ -64,6 +64,7 @@ def read_scan(path: Path) -> int:
 MEASURE_BUILD = """
 import os, resource, sys
 from luna.data.cache import build as cache_build
+from luna.data.crops import View
 from luna.luna16.sources import Luna16Candidates
 
 def resident():
@@ -78,7 +79,7 @@ def measured(*job):  # in the forked worker: its peak memory beyond what it shar
         out.write(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start}\\n")
 cache_build._cut_image = measured
 cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2],
-                        cache_build.CacheSettings.native((32, 48, 48), (-1000.0, 1000.0)), int(sys.argv[3]))
+                        cache_build.CacheSettings((View((32, 48, 48)),), (-1000.0, 1000.0)), int(sys.argv[3]))
 """
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,9 +25,11 @@ import torch.nn.functional as F
 
 from luna.luna16.datamodule import LunaDataModule
 from luna.luna16.phantom import PhantomSpec
-from luna.training.augment import Augmentation, _affine, augment
 from luna.training.evaluation import EvaluationChoices
 from luna.training.module import LunaClassifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the book's reference path lives with the tests
+from tests.oracles import augment, book_affine, book_augmentation  # noqa: E402
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Recipe:
     tta_of: str | None = None  # evaluate an earlier recipe's weights with TTA instead of training
 
 
-BOOK = Augmentation.book()
+BOOK = book_augmentation()
 RECIPES = [
     Recipe("plain (natural ratio)"),
     Recipe("balanced 1:1", negatives_per_positive=1),
@@ -115,7 +118,7 @@ def time_augmentation(batch_size: int, repeats: int) -> None:
             times.append(time.perf_counter() - start)
         return batch_size / min(times)
 
-    transforms = _affine(BOOK, torch.rand(batch_size, 3) < 0.5)
+    transforms = book_affine(BOOK, torch.rand(batch_size, 3) < 0.5)
     per_sample = best(lambda: book_per_sample(crops, transforms))
     batched_cpu = best(lambda: augment(crops, windows, (32, 48, 48), BOOK))
     print(f"\nAugmentation, book settings, batches of {batch_size} crops of 32x48x48:")

@@ -67,6 +67,7 @@ def run_python(code: str, *args: str) -> str:
 BUILD = """
 import os, resource, sys, time
 from luna.data.cache import build as cache_build
+from luna.data.crops import View
 from luna.luna16.sources import Luna16Candidates
 
 def resident():
@@ -82,7 +83,7 @@ def measured(*job):
 cache_build._cut_image = measured
 width = tuple(int(w) for w in sys.argv[3].split(","))
 start = time.perf_counter()
-cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2], cache_build.CacheSettings.native(width, (-1000.0, 1000.0)), 2)
+cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2], cache_build.CacheSettings((View(width),), (-1000.0, 1000.0)), 2)
 print(time.perf_counter() - start)
 """
 

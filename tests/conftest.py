@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from luna.data.cache.build import CacheSettings, build_cache
+from luna.data.cache.build import build_cache
 from luna.data.crops import DEFAULT_WIDTH_IRC
 from luna.data.volume import HU_WINDOW
 from luna.luna16.phantom import PhantomSpec, generate_phantom
 from luna.luna16.sources import Luna16Candidates
+from tests.oracles import native_settings
 
 SMALL_SPEC = PhantomSpec(series=12, seed=7, subsets=4, missing_series=2)
-SETTINGS = CacheSettings.native(DEFAULT_WIDTH_IRC, HU_WINDOW)
+SETTINGS = native_settings(DEFAULT_WIDTH_IRC, HU_WINDOW)
 
 
 @pytest.fixture(scope="session")

@@ -309,3 +309,40 @@ def test_a_run_without_a_logger_trains(trained, tmp_path):
     config, _ = trained
     cli_run = main(["--config", str(config), "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
     assert cli_run.trainer.global_step == 2 and not cli_run.trainer.loggers
+
+
+def test_wandb_online_without_a_key_is_one_line(trained, capsys, monkeypatch, tmp_path):
+    config, _ = trained
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    code, stderr = run_cli(["--config", str(config), "--loggers=[csv, wandb]", f"--trainer.default_root_dir={tmp_path}"],
+                           capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in stderr
+    assert last_error_line(stderr).startswith("error: WANDB_MODE=online but no W&B API key for api.wandb.ai: run "
+                                              "`wandb login`")
+
+
+def test_a_failed_fit_leaves_no_empty_run_folder(phantom_copy, tmp_path, capsys, monkeypatch):
+    config = tiny_config(tmp_path / "tiny.yaml", phantom_copy, tmp_path / "cache", tmp_path / "runs")
+    scan = sorted(phantom_copy.glob("subset*/*.raw"))[0]
+    scan.write_bytes(scan.read_bytes()[:1000])  # a truncated scan stops the cache build, before training
+    code, stderr = run_cli(["--config", str(config)], capsys, monkeypatch)
+    assert code == 2 and "cannot read scan" in last_error_line(stderr)
+    assert not list((tmp_path / "runs").glob("version_*"))  # the next run is version_0, as the README says
+
+
+def test_validate_of_a_checkpoint_in_a_read_only_run_writes_under_default_root_dir(trained, tmp_path, caplog,
+                                                                                  monkeypatch):
+    from luna.cli import lightning_cli
+    from luna.cli.fit import main
+
+    config, checkpoint = trained
+    run = checkpoint.parent.parent
+    real = lightning_cli.writable_problem
+    monkeypatch.setattr(lightning_cli, "writable_problem",  # root ignores permissions: refuse as a read-only mount
+                        lambda folder: "read-only file system" if Path(folder) == run else real(folder))
+    with caplog.at_level(logging.WARNING):
+        main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}", f"--trainer.default_root_dir={tmp_path}"])
+    assert "the checkpoint's run folder cannot take this validate (read-only file system)" in caplog.text
+    assert (tmp_path / "version_0" / "metrics.csv").is_file() and not (run / "validate").exists()

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from luna.data.cache.build import CacheSettings, build_cache, cache_path
+from luna.data.cache.build import build_cache, cache_path
 from luna.data.cache.read import CacheBuildError, CropCache, open_built_cache
 from luna.data.volume import HU_WINDOW, ScanReadError, Volume
 from luna.luna16.release import find_scans
 from luna.luna16.sources import Luna16Candidates
 from tests.conftest import SETTINGS
-from tests.oracles import load_candidates, reference_crop
+from tests.oracles import load_candidates, native_settings, reference_crop
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -68,7 +68,7 @@ def test_changed_inputs_build_a_new_cache(phantom_copy, phantom_cache, tmp_path)
         handle.write(first_row + "\n")
     changed = build_cache(Luna16Candidates(phantom_copy), tmp_path / "c", SETTINGS)
     assert changed.name != phantom_cache.name
-    wider = CacheSettings.native((32, 64, 64), HU_WINDOW)
+    wider = native_settings((32, 64, 64), HU_WINDOW)
     assert cache_path(tmp_path, source, wider) != cache_path(tmp_path, source, SETTINGS)
 
 

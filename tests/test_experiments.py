@@ -35,8 +35,9 @@ def staged_tables(data_dir: Path) -> list[dict]:
 def test_a_wandb_run_offline_gets_a_table_of_candidates_with_their_slices_and_its_checkpoints(
         phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
-    data_dir = tmp_path / "wandb-data"
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DATA_DIR": str(data_dir), "WANDB_SILENT": "true"}
+    data_dir = tmp_path / "runs" / "version_0" / "wandb" / "staging"  # inside the run: nothing left outside it
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_DATA_DIR"}, "WANDB_MODE": "offline",
+           "WANDB_SILENT": "true"}
     result = subprocess.run([sys.executable, "-m", "luna.fit", "--config", str(config), "--loggers=[csv, wandb]",
                              "--candidate_table.max_rows=12", "--candidate_table.mistakes=3",
                              "--wandb_checkpoints=true"], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -65,6 +66,7 @@ def test_a_wandb_run_offline_gets_a_table_of_candidates_with_their_slices_and_it
     assert any(path.read_bytes()[:2] == b"PK" and path.stat().st_size > 100_000 for path in staged)  # a checkpoint
     run = next((tmp_path / "runs" / "version_0" / "wandb").glob("offline-run-*"))
     assert (run / "files" / "media" / "images" / "val").is_dir()  # the figures of the run
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["version_0"]
 
 
 def test_the_table_keeps_every_positive_the_most_confident_mistakes_and_a_seeded_sample():

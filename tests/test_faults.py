@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -377,3 +378,56 @@ def test_init_checkpoint_loads_weights_only_unless_trusted(tmp_path):
     torch.save({"state_dict": {}, "extra": Untrusted()}, hostile)
     with pytest.raises(UntrustedCheckpointError, match="trust_checkpoint=true"):
         load_network_weights(LunaModel(), hostile)
+
+
+def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from luna.callbacks.checkpoint import AtomicCheckpointIO
+    from luna.io import files
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "weights": torch.ones(1000)}, path)
+    real_open = open
+
+    def filling(file, mode="r", *args, **kwargs):  # a disk that fills after 500 bytes of the next file
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode:
+            write = handle.write
+
+            def partial(data):
+                write(bytes(data)[:500])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            handle.write = partial
+        return handle
+
+    monkeypatch.setattr(files, "open", filling, raising=False)
+    with pytest.raises(files.DiskFullError, match=r"no space left on the device for .*last\.ckpt: it needs [\d,]+ bytes"):
+        AtomicCheckpointIO().save_checkpoint({"step": 2, "weights": torch.zeros(1000)}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint, whole
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary left
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 2 MB file system (tmpfs): too small for one checkpoint of the tiny model and its optimizer."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_fit_on_a_full_disk_says_so_in_one_line_and_leaves_no_broken_checkpoint(phantom_dir, cache_root, tmp_path,
+                                                                                  small_filesystem, capsys,
+                                                                                  monkeypatch):
+    from tests.helpers import last_error_line, run_cli
+
+    config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, small_filesystem / "runs")
+    code, stderr = run_cli(["--config", str(config)], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in stderr
+    assert re.match(r"error: no space left on the device for .*\.ckpt: it needs [\d,]+ bytes, [\d,]+ are free",
+                    last_error_line(stderr)), stderr[-2000:]
+    for checkpoint in small_filesystem.rglob("*.ckpt"):
+        torch.load(checkpoint, weights_only=False)  # every checkpoint under a final name loads
+    assert not list(small_filesystem.rglob("*.tmp"))

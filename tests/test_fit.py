@@ -153,7 +153,7 @@ def test_a_plain_install_ships_the_configs(tmp_path):
     import shutil
     import zipfile
 
-    from luna.cli.fit import DEFAULT_CONFIG
+    from luna.cli.lightning_cli import DEFAULT_CONFIG
 
     assert DEFAULT_CONFIG.is_file()
     root = Path(__file__).resolve().parents[1]
@@ -169,20 +169,24 @@ def test_a_plain_install_ships_the_configs(tmp_path):
     assert shipped and {f"luna/{name}" for name in shipped} <= names
 
 
-def test_the_console_says_how_the_run_went_and_names_existing_files(config, tmp_path, caplog):
+def test_the_console_says_how_the_run_went_and_names_existing_files(config, tmp_path, caplog, capfd):
     import logging
     import re
 
-    with caplog.at_level(logging.INFO, logger="luna"):  # pytest's captured stdout is a file, not a terminal
+    with caplog.at_level(logging.INFO):  # pytest's captured stdout is a file, not a terminal
         cli = main(["--config", str(config), "--trainer.max_epochs=2", "--loggers=[csv, tensorboard]",
                     "--trainer.enable_progress_bar=null"])
     assert cli.trainer.progress_bar_callback is None  # its last frame would land after the summary in a log file
+    printed = "".join(capfd.readouterr()) + caplog.text
+    assert "| LunaModel " in printed and "LunaMod…" not in printed  # the plain summary, not Rich's 80 columns
+    assert "`Trainer.fit` stopped" not in printed and "`Trainer.fit` stopped" not in caplog.text
+    assert "LightningCLI's args parameter" not in printed and "log_every_n_steps" not in printed
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "output is not a terminal: no progress bar" in text
     assert re.search(r"epoch 0/1: val F1 [\d.]+ \(at P >= 0\.5\) \| AUROC [\d.]+ .*\| CPM [\d.]+", text), text
     assert re.search(r"epoch 1/1: val F1", text)
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("training finished"))
-    assert "2 epochs" in summary and re.search(r"best epoch \d by val/cpm [\d.]+: F1", summary)
+    assert "(max_epochs=2 reached): 2 epochs" in summary and re.search(r"best epoch \d by val/cpm [\d.]+: F1", summary)
     paths = dict(re.findall(r"^(best checkpoint|last checkpoint|run folder): (.+)$", summary, re.M))
     assert set(paths) == {"best checkpoint", "last checkpoint", "run folder"}
     assert all(Path(path).exists() for path in paths.values())
@@ -242,6 +246,22 @@ def test_help_documents_luna_and_names_lightnings_options_in_a_paragraph(capsys)
     with pytest.raises(SystemExit):
         main(["--data.help", "PointsDataModule"])
     assert "--data.points_csv POINTS_CSV" in capsys.readouterr().out  # a data class's own options, in full
+    assert "Runs the full optimization" not in short and short.split("\n\n")[1].startswith("Train (and validate")
+    with pytest.raises(SystemExit):
+        main(["validate", "--help"])
+    validate = " ".join(capsys.readouterr().out.split())
+    assert "--ckpt_path CKPT_PATH the checkpoint to evaluate (a run's checkpoints/last.ckpt or best-*.ckpt)" in validate
+    assert '"registry"' not in validate
+
+
+def test_prepare_help_shows_the_data_options(capsys):
+    from luna.cli.prepare import main as prepare
+
+    with pytest.raises(SystemExit):
+        prepare(["--help"])
+    text = capsys.readouterr().out
+    assert "--data.data_dir DATA_DIR" in text and "--data.spacing_mm" in text and "--data.build_processes" in text
+    assert "--model." not in text and "--wandb_checkpoints" not in text and "--trainer." not in text
 
 
 def test_prepare_builds_the_cache_fit_then_reuses_and_trains_nothing(phantom_dir, tmp_path, caplog):

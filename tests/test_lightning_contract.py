@@ -42,3 +42,21 @@ def test_the_lr_finder_sweep_draws_its_bar_with_the_module_global_tqdm():
     from pytorch_lightning.tuner import lr_finder
 
     assert callable(lr_finder.tqdm) and "tqdm(desc=" in inspect.getsource(lr_finder._LRCallback.on_train_batch_start)
+
+
+def test_the_lr_finder_exits_fit_after_its_sweep_through_early_exit():
+    from pytorch_lightning.callbacks import LearningRateFinder
+
+    # luna's LearningRateReport sets _early_exit: the sweep is the whole run (no public switch for it)
+    assert "if self._early_exit:" in inspect.getsource(LearningRateFinder.lr_find)
+
+
+def test_argparse_keeps_the_option_lists_the_help_reads():
+    """luna's --help condenses Lightning's sections by walking argparse's action groups; argparse has
+    no public API to list a parser's options (``luna/cli/parser.py``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    group = parser.add_argument_group("section")
+    action = group.add_argument("--section.key")
+    assert group in parser._action_groups and action in group._group_actions and action in parser._actions

@@ -23,6 +23,7 @@ from luna.data.volume import irc_to_xyz
 from luna.luna16.sources import Luna16Candidates
 from luna.points.datamodule import PointsDataModule
 from luna.training.augment import Augmentation, ViewCrops, augment_views
+from tests.oracles import native_settings
 
 BACKGROUND, BALL = -900.0, 100.0
 ROTATED = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -137,8 +138,8 @@ def test_a_crop_reaching_outside_its_scan_is_filled_with_air_and_keeps_its_centr
 
 def test_native_crops_stay_the_books(phantom_dir, phantom_cache, tmp_path):
     """``spacing_mm: null`` is the book's crop: the session cache (native) against a direct cut."""
-    from luna.data.crops import crop_start
     from luna.data.volume import Volume
+    from tests.oracles import crop_start
 
     cache = CropCache(phantom_cache)
     assert cache.views == [View((32, 48, 48))]
@@ -155,7 +156,7 @@ def test_native_crops_stay_the_books(phantom_dir, phantom_cache, tmp_path):
 def test_the_cache_key_covers_the_spacing_and_a_damaged_physical_crop_is_cut_again(phantom_dir, tmp_path, caplog):
     source = Luna16Candidates(phantom_dir)
     one = CacheSettings((View((16, 32, 32), (1.0, 1.0, 1.0)),))
-    assert cache_path(tmp_path, source, one) != cache_path(tmp_path, source, CacheSettings.native((16, 32, 32)))
+    assert cache_path(tmp_path, source, one) != cache_path(tmp_path, source, native_settings((16, 32, 32)))
     assert cache_path(tmp_path, source, one) != cache_path(tmp_path, source, CacheSettings((View((16, 32, 32),
                                                                                                   (1.0, 1.0, 1.25)),)))
     path = build_cache(source, tmp_path, one)
@@ -174,8 +175,11 @@ def test_the_cache_key_covers_the_spacing_and_a_damaged_physical_crop_is_cut_aga
 
 @pytest.mark.parametrize("spacing", [(0.0, 1.0, 1.0), (float("nan"), 1.0, 1.0), (-1.0, 1.0, 1.0), (1.0, 1.0)])
 def test_a_bad_spacing_is_an_error_naming_the_option(spacing, tmp_path):
-    with pytest.raises(ValueError, match=r"^spacing_mm=.*(finite, positive|three spacings)"):
+    with pytest.raises(ValueError, match=r"^data\.spacing_mm=.*(finite, positive|three spacings)"):
         PointsDataModule(points_csv=tmp_path / "points.csv", cache_dir=tmp_path, spacing_mm=spacing)
+    with pytest.raises(ValueError, match=r"^data\.extra_views\[0\]\.spacing_mm=.*(finite, positive|three spacings)"):
+        PointsDataModule(points_csv=tmp_path / "points.csv", cache_dir=tmp_path, spacing_mm=(1.0, 1.0, 1.0),
+                         extra_views=[View((16, 16, 16), spacing)])
 
 
 def test_a_view_larger_than_every_scan_is_an_error_naming_it(ball_scans, tmp_path):
@@ -183,8 +187,21 @@ def test_a_view_larger_than_every_scan_is_an_error_naming_it(ball_scans, tmp_pat
     dm = PointsDataModule(points_csv=points_csv, cache_dir=tmp_path, width_irc=(16, 16, 16), spacing_mm=(1, 1, 1),
                           extra_views=[View((64, 64, 64), (2.0, 2.0, 2.0))], build_processes=1)
     with pytest.raises(CacheBuildError, match=r"^data\.extra_views\[0\]: 64x64x64 voxels at 2x2x2 mm \(128x128x128 mm\) "
-                                              r"is larger than every volume on every axis"):
+                                              r"is larger than every volume"):
         dm.prepare_data()
+
+
+@pytest.mark.parametrize("spacing, message", [
+    ((1e-6, 1e-6, 1e-6), "spans less than one voxel of every volume along some axis"),
+    ((1e6, 1.0, 1.0), "is larger than every volume"),
+])
+def test_a_unit_mistake_in_the_spacing_is_refused_before_any_crop_is_cut(ball_scans, tmp_path, spacing, message):
+    points_csv, _ = ball_scans
+    dm = PointsDataModule(points_csv=points_csv, cache_dir=tmp_path / "cache", width_irc=(16, 16, 16),
+                          spacing_mm=spacing, build_processes=1)
+    with pytest.raises(CacheBuildError, match=rf"^the first view \(data\.width_irc, data\.spacing_mm\): .*{message}"):
+        dm.prepare_data()
+    assert not list((tmp_path / "cache").rglob("*.npy"))  # refused from the headers, before cutting
 
 
 def test_views_of_one_candidate_are_augmented_together():

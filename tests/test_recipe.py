@@ -13,6 +13,7 @@ from luna.luna16.datamodule import LunaDataModule
 from luna.training.finetuning import ProgressiveUnfreezing
 from luna.training.module import LunaClassifier
 from tests.helpers import tiny_config
+from tests.oracles import book_augmentation
 
 
 def test_progressive_unfreezing_keeps_frozen_weights_and_adds_slower_groups(phantom_dir, cache_root, tmp_path):
@@ -59,7 +60,6 @@ def test_lr_finder_suggests_a_rate_that_trains(phantom_dir, cache_root, tmp_path
 
 
 def test_presized_context_trains_augmented_and_validates_on_the_exact_crop(phantom_dir, tmp_path):
-    from luna.training.augment import Augmentation
 
     datamodule = LunaDataModule(phantom_dir, cache_dir=tmp_path / "cache", batch_size=4, num_workers=0,
                                 context_irc=(48, 64, 64), negatives_per_positive=1, samples_per_epoch=8)
@@ -72,7 +72,7 @@ def test_presized_context_trains_augmented_and_validates_on_the_exact_crop(phant
         def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
             shapes["val"] = tuple(batch["crop"].shape)
 
-    module = LunaClassifier(augmentation=Augmentation.book())
+    module = LunaClassifier(augmentation=book_augmentation())
     pl.Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
                enable_checkpointing=False, enable_progress_bar=False, callbacks=[Shapes()]).fit(module, datamodule=datamodule)
     assert shapes == {"train": (4, 1, 32, 48, 48), "val": (4, 1, 32, 48, 48)}

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from luna.data.crops import CenterOutsideScanError, crop_start
+from luna.data.crops import CenterOutsideScanError
 from luna.data.volume import Geometry, ScanReadError, Volume, irc_to_xyz, xyz_to_irc
 from luna.luna16.phantom import ROTATED_DIRECTION
 from luna.luna16.release import find_scans
-from tests.oracles import reference_crop
+from tests.oracles import crop_start, reference_crop
 
 ORIGIN = np.array([-120.0, 35.0, -300.0])
 SPACING = np.array([0.7, 0.7, 2.5])

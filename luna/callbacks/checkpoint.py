@@ -11,15 +11,44 @@ there exactly (see ``LunaClassifier`` and ``TrainingSampler`` for what makes it 
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
+from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from luna.io.files import write_atomic
+
 log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files written as luna writes every file: to a temporary sibling, flushed, renamed.
+
+    Lightning's own writer goes through an fsspec transaction whose temporary file lies in the
+    system's temporary folder; on another file system the final "rename" is a copy, and a disk
+    that fills during it leaves a truncated checkpoint under its final name. Here the temporary
+    file sits beside the checkpoint, so a full disk leaves the previous file (or none) and a
+    ``DiskFullError`` naming the file, the bytes it needed and the space left. Remote paths
+    (``s3://`` and the like) keep Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getbuffer()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda handle: handle.write(data), len(data))
 
 
 class RunCheckpoint(ModelCheckpoint):

@@ -118,9 +118,16 @@ class RunLog(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking or trainer.fast_dev_run:
             return
-        minutes, seconds = divmod(int(time.monotonic() - self._started), 60)
-        lines = [f"training finished: {trainer.current_epoch} epochs, {trainer.global_step} steps in "
-                 f"{minutes} min {seconds} s"]
+        elapsed = time.monotonic() - self._started
+        duration = f"{elapsed:.1f} s" if elapsed < 60 else f"{int(elapsed) // 60} min {int(elapsed) % 60} s"
+        if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+            why = f"max_steps={trainer.max_steps} reached"
+        elif trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs:
+            why = f"max_epochs={trainer.max_epochs} reached"
+        else:
+            why = "stopped early"
+        lines = [f"training finished ({why}): {trainer.current_epoch} epochs, {trainer.global_step} steps in "
+                 f"{duration}"]
         checkpoint = trainer.checkpoint_callback
         threshold = _threshold(pl_module, "val")
         if isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor and self.history:

@@ -24,15 +24,18 @@ class _CurrentStderr(logging.StreamHandler):
 
 
 class _Dropping(logging.Filter):
-    """Drops Lightning's lines that a user can do nothing about: its tip to install its cloud logger
-    (every command), and "`weights_only` was not set" when its SLURM handler saves before a requeue."""
+    """Drops Lightning's lines that a user can do nothing about (its tip to install its cloud logger,
+    on every command; "`weights_only` was not set" when its SLURM handler saves before a requeue)
+    or that luna says better ("`Trainer.fit` stopped", printed before the last epoch's line: luna's
+    summary says why training finished)."""
 
-    def __init__(self, fragment: str) -> None:
+    def __init__(self, *fragments: str) -> None:
         super().__init__()
-        self.fragment = fragment
+        self.fragments = fragments
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.fragment not in record.getMessage()
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
 
 
 def setup_logging() -> None:
@@ -42,6 +45,6 @@ def setup_logging() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logging.getLogger().addHandler(handler)
     logging.getLogger("luna").setLevel(logging.INFO)
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_Dropping("litlogger"))
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_Dropping("litlogger", "`Trainer.fit` stopped"))
     logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").addFilter(
         _Dropping("`weights_only` was not set"))

@@ -88,7 +88,9 @@ def option_error(message: str, argv: Sequence[str], known: Sequence[str], sugges
 
 def describe(error: BaseException) -> str:
     """One line for a user's error: a full disk names the file even when the writer did not."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(error, DiskFullError):
+    if isinstance(error, DiskFullError):
+        return error.strerror  # names the file, the bytes it needed and the space left
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" while writing {error.filename}" if error.filename else ""
         return f"no space left on the device{where}: free some space (or write elsewhere) and run the command again"
     return reason(error)

@@ -13,11 +13,14 @@ from __future__ import annotations
 import logging
 import sys
 
+from pytorch_lightning.cli import LightningArgumentParser
+
 from luna.cli.console import setup_logging
 from luna.cli.errors import run_command
-from luna.cli.fit import DEFAULT_CONFIG, USER_ERRORS, LunaArgumentParser, LunaCLI
+from luna.cli.fit import USER_ERRORS
+from luna.cli.lightning_cli import DEFAULT_CONFIG, LunaCLI, build_cli
+from luna.cli.parser import LunaArgumentParser
 from luna.data.datamodule import CropDataModule
-from luna.training.module import LunaClassifier
 
 log = logging.getLogger("luna.prepare")  # not __name__: this module runs as __main__
 USAGE = "python -m luna.prepare [--config FILE ...] [--data.key=VALUE ...]"
@@ -26,30 +29,39 @@ DESCRIPTION = ("Build the crop cache of a luna.fit configuration (same configs a
 
 
 class PrepareCLI(LunaCLI):
-    """``luna.fit``'s parser and configs; only the data is instantiated (no Trainer, no run folder)."""
+    """``luna.fit``'s parser and configs; only the data is used (no Trainer, no run folder)."""
 
     def instantiate_classes(self) -> None:
         self.config_init = self.parser.instantiate_classes(self.config)
-        self.datamodule = self._get(self.config_init, "data")
+        self.datamodule = self.config_init["data"]
+
+
+class PrepareArgumentParser(LunaArgumentParser):
+    """``luna.fit``'s parser, whose ``--help`` shows what matters here: the configs and the data
+    options (of ``LunaDataModule``; another data class lists its own with ``--data.help CLASS``)."""
+
+    def format_help(self) -> str:
+        from jsonargparse import ActionConfigFile
+
+        from luna.luna16.datamodule import LunaDataModule
+
+        shown = LightningArgumentParser(prog=self.prog, usage=self.usage, description=self.description)
+        shown.add_argument("-c", "--config", action=ActionConfigFile, help="a luna.fit config file (repeatable)")
+        shown.add_class_arguments(LunaDataModule, "data", skip={"phantom"})
+        return shown.format_help().replace("``", "") + (
+            "\nThe data class is the config's (configs/default.yaml: LunaDataModule); another class lists its "
+            "options with --data.help CLASS (e.g. PointsDataModule). Every other luna.fit option is accepted and "
+            "ignored.\n")
 
 
 def main(args: list[str] | None = None) -> CropDataModule:
     """Build (or check and reuse, or finish) the cache the configuration's data module reads, open
     it and log its split; returns the data module, set up."""
     setup_logging()
-    LunaArgumentParser.argv = list(sys.argv[1:] if args is None else args)
-    cli = PrepareCLI(
-        LunaClassifier,
-        CropDataModule,
-        subclass_mode_data=True,
-        run=False,
-        save_config_callback=None,
-        parser_class=LunaArgumentParser,
-        auto_configure_optimizers=False,
-        parser_kwargs={"prog": "python -m luna.prepare", "usage": USAGE, "default_config_files": [str(DEFAULT_CONFIG)],
-                       "description": DESCRIPTION},
-        args=args,
-    )
+    cli = build_cli(PrepareCLI, list(sys.argv[1:] if args is None else args), PrepareArgumentParser,
+                    {"prog": "python -m luna.prepare", "usage": USAGE, "description": DESCRIPTION,
+                     "default_config_files": [str(DEFAULT_CONFIG)]},
+                    run=False, save_config_callback=None)
     datamodule = cli.datamodule
     datamodule.prepare_data()
     datamodule.setup("fit")

@@ -13,15 +13,20 @@ can never drift apart, and moving ``default_root_dir`` moves all of it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Literal
 
 from lightning_utilities.core.rank_zero import rank_zero_only
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
+log = logging.getLogger(__name__)
+
 LoggerName = Literal["csv", "tensorboard", "wandb"]
+_claimed: list[Path] = []  # the run folders this process made, until its command ends
 
 
 def next_version(root: str | Path) -> int:
@@ -43,9 +48,27 @@ def claim_version(root: str | Path) -> int:
     while True:
         try:
             (root / f"version_{version}").mkdir()
-            return version
         except FileExistsError:
             version += 1
+            continue
+        _claimed.append(root / f"version_{version}")
+        return version
+
+
+def discard_unused_runs() -> None:
+    """After a command failed: remove the run folders it made that hold no checkpoint and no
+    metrics (it stopped before training or evaluating anything), so that the next run takes their
+    number and ``logs/version_0`` stays the first run that did something."""
+    while _claimed:
+        folder = _claimed.pop()
+        if folder.is_dir() and not any(folder.glob("checkpoints/*.ckpt")) and not (folder / "metrics.csv").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s: the run stopped before it trained or evaluated anything", folder)
+
+
+def forget_claimed_runs() -> None:
+    """After a command ended well: its run folders are kept."""
+    _claimed.clear()
 
 
 def run_loggers(root: str | Path, names: list[LoggerName], project: str = "luna",
@@ -67,12 +90,46 @@ def run_loggers(root: str | Path, names: list[LoggerName], project: str = "luna"
         loggers.append(TensorBoardLogger(root, name="", version=version, sub_dir="tensorboard", default_hp_metric=False))
     if "wandb" in names:
         folder = root / f"version_{version}"
+        check_wandb_login()
         # W&B stages tables, their images and checkpoints as artifacts in its data folder until they are
-        # synced: keep them with the runs instead of in the home folder
-        os.environ.setdefault("WANDB_DATA_DIR", str((root / "wandb-data").resolve()))
+        # synced: keep them in the run's own folder, which `wandb sync` reads and a user deletes as one
+        _stage_wandb_in(folder / "wandb" / "staging")
         # offline unless WANDB_MODE=online (after `wandb login`); `wandb sync` uploads offline runs later, with
         # the artifacts (tables, checkpoints) staged meanwhile: wandb's own mode, so Lightning stages those too
         os.environ.setdefault("WANDB_MODE", "offline")
         loggers.append(WandbLogger(project=project, name=f"{root.name}/version_{version}", save_dir=str(folder),
                                    log_model=wandb_checkpoints))
     return loggers
+
+
+_staging: list[str] = []  # the WANDB_DATA_DIR luna set last (a user's own is left alone)
+
+
+def _stage_wandb_in(folder: Path) -> None:
+    """Point W&B's staging folder (``WANDB_DATA_DIR``) at this run, unless the user chose one."""
+    given = os.environ.get("WANDB_DATA_DIR")
+    if given is None or given in _staging:
+        os.environ["WANDB_DATA_DIR"] = str(folder.resolve())
+        _staging.append(os.environ["WANDB_DATA_DIR"])
+
+
+def check_wandb_login() -> None:
+    """With ``WANDB_MODE=online``, a run needs an API key: without one, one line now instead of
+    wandb's traceback once the run has started.
+
+    Raises:
+        ValueError: online, and neither ``WANDB_API_KEY`` nor a ``wandb login`` entry in ``~/.netrc``.
+    """
+    if os.environ.get("WANDB_MODE", "offline") != "online" or os.environ.get("WANDB_API_KEY"):
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        known = netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        known = False
+    if not known:
+        raise ValueError(f"WANDB_MODE=online but no W&B API key for {host}: run `wandb login` or set WANDB_API_KEY, "
+                         "or leave WANDB_MODE unset to log offline (`wandb sync` uploads the run later)")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_WIDTH_IRC = (32, 48, 48)  # the book's crop (slices, rows, columns): named once, used everywhere
+DEFAULT_WIDTH_IRC = (32, 48, 48)  # the book's crop (slices, rows, columns), the size its LunaModel is built for
 
 
 @dataclass(frozen=True)
@@ -39,25 +39,34 @@ class View:
     spacing_mm: tuple[float, float, float] | None = None
     context_irc: tuple[int, int, int] | None = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "width_irc", check_width(self.width_irc, "width_irc"))
-        if self.spacing_mm is not None:
-            object.__setattr__(self, "spacing_mm", check_spacing(self.spacing_mm))
+    def __post_init__(self) -> None:  # plain tuples: YAML and JSON give lists
+        for name in ("width_irc", "spacing_mm", "context_irc"):
+            value = getattr(self, name)
+            if isinstance(value, (list, np.ndarray)):
+                object.__setattr__(self, name, tuple(value.tolist() if isinstance(value, np.ndarray) else value))
+
+    def checked(self, option: str = "") -> View:
+        """This view with its values checked and normalised; an error names ``option`` and the field
+        (``option="data.extra_views[0]."`` gives ``data.extra_views[0].spacing_mm=...``).
+
+        Raises:
+            ValueError: a width that is not three positive voxel counts, a spacing that is not three
+                finite positive millimetres, or a context smaller than the width.
+        """
+        width = check_width(self.width_irc, f"{option}width_irc")
+        spacing = None if self.spacing_mm is None else check_spacing(self.spacing_mm, f"{option}spacing_mm")
+        context = None
         if self.context_irc is not None:
-            context = check_width(self.context_irc, "context_irc")
-            if any(c < w for c, w in zip(context, self.width_irc)):
-                raise ValueError(f"context_irc={list(context)} must be at least width_irc={list(self.width_irc)} "
-                                 "on every axis")
-            object.__setattr__(self, "context_irc", context)
+            context = check_width(self.context_irc, f"{option}context_irc")
+            if any(c < w for c, w in zip(context, width)):
+                raise ValueError(f"{option}context_irc={list(context)} must be at least {option}width_irc="
+                                 f"{list(width)} on every axis")
+        return View(width, spacing, context)
 
     @property
     def cached_irc(self) -> tuple[int, int, int]:
         """The crop the cache holds: the context when there is one, else the network's crop."""
         return self.context_irc or self.width_irc
-
-    @property
-    def physical(self) -> bool:
-        return self.spacing_mm is not None
 
     def describe(self) -> str:
         """``32x48x48 voxels at 1.25x0.7x0.7 mm`` or ``32x48x48 native voxels``."""
@@ -114,11 +123,6 @@ def crop_starts(center_irc: np.ndarray, width_irc: Sequence[int], shape_irc: Seq
         axis = int((width > shape).argmax())
         raise ValueError(f"crop width {tuple(width.tolist())} exceeds the volume shape {tuple(shape.tolist())} on axis {axis}")
     return np.clip(center - width // 2, 0, shape - width)
-
-
-def crop_start(center_irc: Sequence[int], width_irc: Sequence[int], shape_irc: Sequence[int]) -> tuple[int, ...]:
-    """``crop_starts`` of one centre, as a tuple."""
-    return tuple(int(start) for start in crop_starts(np.asarray(center_irc), width_irc, shape_irc)[0])
 
 
 def resample_crops(

@@ -118,8 +118,8 @@ class CropDataModule(pl.LightningDataModule):
         _positive("negatives_per_positive", negatives_per_positive, 0)
         _positive("build_processes", build_processes)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.views = [View(tuple(width_irc), None if spacing_mm is None else tuple(spacing_mm),
-                           None if context_irc is None else tuple(context_irc)), *(extra_views or [])]
+        given = [View(width_irc, spacing_mm, context_irc), *(extra_views or [])]
+        self.views = [view.checked("data." if k == 0 else f"data.extra_views[{k - 1}].") for k, view in enumerate(given)]
         names = ("the first view (data.width_irc, data.spacing_mm)",
                  *(f"data.extra_views[{k}]" for k in range(len(self.views) - 1)))
         self.settings = CacheSettings(tuple(View(view.cached_irc, view.spacing_mm) for view in self.views),
@@ -182,12 +182,16 @@ class CropDataModule(pl.LightningDataModule):
         """Hook run by ``prepare_data`` before the cache is built (the phantom generators use it)."""
 
     def input_path(self, given: str | Path | None, phantom: object | None, phantom_folder: str,
-                   what: str) -> tuple[Path, bool]:
+                   what: str, cache_beside: str) -> tuple[Path, bool]:
         """``(given, False)``, or, when it is None, ``(<cache_dir>/<phantom_folder>, True)``: where
-        ``phantom`` is to be generated (``cache_dir`` None: the project's ``data_cache/``, as the
-        phantom has no data folder to sit beside). Phantom data is never a stand-in for a path that
-        was given."""
+        ``phantom`` is to be generated. Phantom data is never a stand-in for a path that was given.
+
+        With ``cache_dir`` None, the crop cache goes beside the data, ``<given's folder>/<cache_beside>``
+        (real data's cache on its own large disk, never in the code checkout), or for a phantom,
+        which has no data folder to sit beside, in the project's ``data_cache/``."""
         if given is not None:
+            if self.cache_dir is None:
+                self.cache_dir = Path(given).parent / cache_beside
             return Path(given), False
         if phantom is None:
             raise ValueError(f"{what} is required, or phantom to generate phantom data")

@@ -110,11 +110,6 @@ class CropDataset(Dataset):
         self._columns: tuple | None = None
 
     @property
-    def width_irc(self) -> tuple[int, int, int]:
-        """The model's crop of the first view."""
-        return self.widths_irc[0]
-
-    @property
     def labels(self) -> np.ndarray:
         """The class of every sample (computed in the process that asks: samplers, not workers)."""
         if self._labels is None:

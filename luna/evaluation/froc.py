@@ -2,20 +2,10 @@
 
 LUNA16 systems are compared by one number: the competition performance metric (CPM), the mean
 sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per scan. This module computes it from
-arrays (no files, no Lightning), with the official script's rules (``shared/LUNA16.md``):
-
-* **Cap**: a scan with more than 100 marks keeps only the marks whose probability is strictly
-  greater than its 101st-highest; ties at that value all go (101 marks tied at the top leave none).
-* **Hits**: a mark hits a finding when its squared distance to the centre is strictly below
-  ``(diameter / 2)²``; a negative diameter means 10 mm. A nodule hit by any mark is detected with
-  the highest probability among the marks that hit it (a mark may hit several nodules), and every
-  such mark leaves the false-positive pool. Marks still in the pool that hit an irrelevant finding
-  are ignored. The rest are false positives.
-* **Curve**: an ROC-style curve over the detected nodules and the false positives, sensitivity
-  counted against *all* nodules of the evaluated scans; the seven sensitivities are read off it by
-  linear interpolation (``np.interp``, holding the last value beyond the curve's end).
-* **Interval**: bootstrap over scans (a scan's marks and nodules travel with it), each resample's
-  curve evaluated in the same way; seeded here, unlike the official script.
+arrays (no files, no Lightning) with the official script's rules: the 100-mark cap with ties, hits
+strictly inside the radius, a nodule's highest-probability hit, irrelevant findings ignored,
+interpolation on the curve, a bootstrap over scans. ``docs/luna16.md`` states each rule once; the
+functions below say which one they apply, and the tests keep a literal transcription beside them.
 
 Where the official script divides by zero, this module defines the result instead: with no
 detected nodule the sensitivity is 0 everywhere (the script gives NaN), and with no nodule at all

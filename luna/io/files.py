@@ -120,3 +120,16 @@ def write_folder_atomically(out_dir: str | Path, write: Callable[[Path], None]) 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def folder_size(folder: str | Path) -> int:
+    """The bytes of every file under ``folder``."""
+    return sum(file.stat().st_size for file in Path(folder).rglob("*") if file.is_file())
+
+
+def describe_bytes(size: int) -> str:
+    """``1.2 GB``: a size as a reader wants it (decimal units, as disks are sold)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"

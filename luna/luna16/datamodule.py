@@ -28,13 +28,11 @@ class _Luna16DataModule(CropDataModule):
         super().__init__(**kwargs)
         self.phantom = phantom
         self.data_dir, self.generates_phantom = self.input_path(
-            data_dir, phantom, f"phantom-{spec_digest(phantom)}" if phantom else "", "data_dir")
-        if not self.generates_phantom:
-            if not self.data_dir.is_dir():
-                raise FileNotFoundError(f"data_dir={self.data_dir}: the LUNA16 folder does not exist (it should hold "
-                                        "subset*/<seriesuid>.mhd and the CSVs)")
-            if self.cache_dir is None:  # beside the data: on its (large) disk, out of the code checkout
-                self.cache_dir = self.data_dir.parent / f"{self.data_dir.name}-luna-cache"
+            data_dir, phantom, f"phantom-{spec_digest(phantom)}" if phantom else "", "data_dir",
+            cache_beside=f"{Path(data_dir or '.').name}-luna-cache")
+        if not self.generates_phantom and not self.data_dir.is_dir():
+            raise FileNotFoundError(f"data_dir={self.data_dir}: the LUNA16 folder does not exist (it should hold "
+                                    "subset*/<seriesuid>.mhd and the CSVs)")
 
     def describe_inputs(self) -> dict[str, str | None]:
         return {"data_dir": str(self.data_dir.resolve())}
@@ -70,6 +68,17 @@ class LunaDataModule(_Luna16DataModule):
 
     def make_source(self) -> Luna16Candidates:
         return Luna16Candidates(self.data_dir, self.candidates_file, self.annotations_file)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open and split the cache; say how many annotated nodules the validation scans hold (the
+        FROC counts those, while the split counts candidate rows: a nodule may have several)."""
+        opened = self.cache is None
+        super().setup(stage)
+        reference = self.evaluation_reference("val") if opened else None
+        if reference is not None:
+            log.info("validation: %d scans with %d annotated nodules (FROC and CPM count these; the %d nodule "
+                     "crops above are candidate rows, several per nodule at times)", len(reference.scans),
+                     len(reference.nodules.scan), int(self.val_dataset.labels.sum()))
 
     def evaluation_reference(self, stage: str) -> Reference | None:
         """The scans and findings LUNA16's FROC scores a stage against, or None when it means nothing.

@@ -45,7 +45,7 @@ import SimpleITK as sitk
 
 from luna.data.synthetic import ball, ellipsoid, tube
 from luna.data.volume import irc_to_xyz
-from luna.io.files import write_folder_atomically
+from luna.io.files import describe_bytes, folder_size, write_folder_atomically
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,6 @@ class PhantomSpec:
     noise_hu: float = 30.0
     geometry: Geometry = "simple"
     field_of_view_mm: tuple[float, float, float] = (90.0, 120.0, 120.0)
-
-    @classmethod
-    def read(cls, marker: Path) -> PhantomSpec:
-        """The spec recorded in a phantom folder's ``phantom.json``."""
-        fields = json.loads(marker.read_text())
-        tuples = {name: tuple(fields[name]) for name in ("shape_irc", "field_of_view_mm") if name in fields}
-        return cls(**{**fields, **tuples})
 
 
 @dataclass
@@ -295,7 +288,7 @@ def _csv_row(uid: str, xyz: tuple[float, float, float], last: str) -> str:
 def generate_phantom(out_dir: str | Path, spec: PhantomSpec = PhantomSpec()) -> Path:
     """Write a LUNA16-format phantom folder to ``out_dir`` (atomically, a new folder) and return its path."""
     write_folder_atomically(out_dir, lambda folder: _write_phantom(folder, spec))
-    log.info("phantom LUNA16 data written to %s (%d scans)", out_dir, spec.series)
+    log.info("phantom LUNA16 data written to %s (%d scans, %s)", out_dir, spec.series, describe_bytes(folder_size(out_dir)))
     return Path(out_dir)
 
 

@@ -18,9 +18,8 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from luna.data.crops import DEFAULT_WIDTH_IRC
-
 BLOCK_COUNT = 4
+BOOK_WIDTH_IRC = (32, 48, 48)  # the crop the book's model is built for: its head sees 64 x 2 x 3 x 3 features
 HeadInit = Literal["kaiming", "zero"]
 
 
@@ -64,7 +63,7 @@ class LunaTrunk(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, conv_channels: int = 8,
-                 width_irc: Sequence[int] = DEFAULT_WIDTH_IRC) -> None:
+                 width_irc: Sequence[int] = BOOK_WIDTH_IRC) -> None:
         super().__init__()
         pool = 2**BLOCK_COUNT
         if len(width_irc) != 3 or any(size % pool or size <= 0 for size in width_irc):
@@ -98,7 +97,7 @@ def init_weights(network: nn.Module, head: nn.Linear, head_init: HeadInit) -> No
         if isinstance(module, (nn.Linear, nn.Conv3d)):
             nn.init.kaiming_normal_(module.weight.data, a=0, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
-                _, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight.data)
+                fan_out = module.weight.shape[0] * math.prod(module.weight.shape[2:])  # out channels x kernel
                 bound = 1 / math.sqrt(fan_out)
                 nn.init.uniform_(module.bias, -bound, bound)
     if head_init == "zero":
@@ -128,7 +127,7 @@ class LunaModel(LunaTrunk):
     """
 
     def __init__(
-        self, in_channels: int = 1, conv_channels: int = 8, width_irc: Sequence[int] = DEFAULT_WIDTH_IRC,
+        self, in_channels: int = 1, conv_channels: int = 8, width_irc: Sequence[int] = BOOK_WIDTH_IRC,
         num_classes: int = 2, head_init: HeadInit = "zero",
     ) -> None:
         super().__init__(in_channels, conv_channels, width_irc)

@@ -32,9 +32,7 @@ class PointsDataModule(CropDataModule):
         self.phantom = phantom
         folder = f"points-phantom-{spec_digest(phantom)}" if phantom else ""
         self.points_csv, self.generates_phantom = self.input_path(points_csv, phantom, f"{folder}/{POINTS_FILE}",
-                                                                  "points_csv")
-        if not self.generates_phantom and self.cache_dir is None:  # beside the data, out of the code checkout
-            self.cache_dir = self.points_csv.parent / "luna-cache"
+                                                                  "points_csv", cache_beside="luna-cache")
 
     def describe_inputs(self) -> dict[str, str | None]:
         return {"points_csv": str(self.points_csv.resolve())}

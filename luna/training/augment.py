@@ -7,9 +7,9 @@ sample). Here the whole batch is transformed in one call after it reaches the de
 axes, a rotation about the I axis, then Gaussian noise in HU.
 
 Presizing: training batches may hold a larger *context* crop than the model sees, with
-``window_irc`` saying where the model's crop (cut by the reference rule, ``luna.data.volume.crop_starts``)
-lies inside it. The augmentation samples from the whole context, so offsets and rotations see real
-voxels instead of inventing border voxels.
+``window_irc`` saying where the model's crop (cut by the reference rule,
+``luna.data.crops.crop_starts``) lies inside it. The augmentation samples from the whole context,
+so offsets and rotations see real voxels instead of inventing border voxels.
 
 Several views of one candidate (fields of view, spacings) are transformed together
 (``augment_views``): the same flips, the same scale and the same rotation about the candidate,
@@ -53,10 +53,6 @@ class Augmentation:  # not frozen: Lightning walks hyperparameters with apply_to
         """Whether the transform needs interpolation (anything beyond flips and noise)."""
         return self.offset > 0 or self.scale > 0 or self.rotate
 
-    @classmethod
-    def book(cls) -> Augmentation:
-        """The book's chapter 12 settings."""
-        return cls(flip_irc=(True, True, True), offset=0.1, scale=0.2, rotate=True, noise_hu=25.0)
 
 
 def window_crop(crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int]) -> torch.Tensor:
@@ -98,12 +94,6 @@ class ViewCrops(NamedTuple):
     width_irc: tuple[int, int, int]
     offset_irc: torch.Tensor | None = None
     voxel_mm: torch.Tensor | None = None
-
-
-def _affine(augmentation: Augmentation, flips: torch.Tensor) -> torch.Tensor:
-    """``[B, 3, 4]`` book transforms in the model crop's normalised (x, y, z) = (C, R, I) frame."""
-    linear, shift = _draw_linear(augmentation, flips), _draw_shift(augmentation, flips)
-    return torch.cat([linear, shift[:, :, None]], dim=2)
 
 
 def _draw_linear(augmentation: Augmentation, flips: torch.Tensor) -> torch.Tensor:
@@ -176,13 +166,6 @@ def _flipped(crops: torch.Tensor, flips: torch.Tensor, augmentation: Augmentatio
             mask = flips[:, dim].view(-1, 1, 1, 1, 1)
             crops = torch.where(mask, crops.flip(2 + dim), crops)
     return crops
-
-
-def augment(
-    crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int], augmentation: Augmentation
-) -> torch.Tensor:
-    """``augment_views`` of a single view, rotating about the middle of the model crop (the book)."""
-    return augment_views([ViewCrops(crops, window_irc, tuple(width_irc))], augmentation)[0]
 
 
 def _resample(crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int],

@@ -20,11 +20,10 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from luna.data.contract import crop_data
-from luna.data.crops import DEFAULT_WIDTH_IRC
 from luna.data.dataset import CropBatch
 from luna.metrics.figures import display_window
 from luna.metrics.stage import EvaluationOutcome, StageMetrics
-from luna.models.luna_model import LunaModel, MultiViewLunaModel, Network
+from luna.models.luna_model import BOOK_WIDTH_IRC, LunaModel, MultiViewLunaModel, Network
 from luna.training.augment import Augmentation, ViewCrops, augment_views, flip, mixup, window_crop
 from luna.training.evaluation import EvaluationChoices
 from luna.training.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
@@ -123,7 +122,7 @@ class LunaClassifier(pl.LightningModule):
         lr_decay_per_unit: float = 1.0,
     ) -> None:
         super().__init__()
-        input_widths_irc = [[int(w) for w in width] for width in (input_widths_irc or [DEFAULT_WIDTH_IRC])]
+        input_widths_irc = [[int(w) for w in width] for width in (input_widths_irc or [BOOK_WIDTH_IRC])]
         # plain lists: hparams.yaml stays safe-loadable; compile is the command's choice, not the checkpoint's
         self.save_hyperparameters(ignore=["network", "optimizer", "compile"])
         self.compile = compile
@@ -188,7 +187,7 @@ class LunaClassifier(pl.LightningModule):
                              f"{len(self.input_widths_irc)} (model.input_widths_irc, linked from the data)")
         inputs = [ViewCrops(view["crop"].float(), view["window_irc"], width, view["offset_irc"], view["voxel_mm"])
                   for view, width in zip(views, self.input_widths_irc)]
-        if self._trainer is not None and self._trainer.training:
+        if self._attached_trainer() is not None and self.trainer.training:
             crops = augment_views(inputs, self.augmentation)
         else:
             crops = [window_crop(view.crops, view.window_irc, view.width_irc) for view in inputs]
@@ -196,6 +195,13 @@ class LunaClassifier(pl.LightningModule):
             crops = [crop.contiguous(memory_format=torch.channels_last_3d) for crop in crops]
         extra = [{**view, "crop": crop} for view, crop in zip(views[1:], crops[1:])]
         return {**batch, "crop": crops[0], "extra_views": extra}
+
+    def _attached_trainer(self) -> pl.Trainer | None:
+        """The Trainer running this module, or None (the model summary's example, a module in a script)."""
+        try:
+            return self.trainer
+        except RuntimeError:  # Lightning's "is not attached to a Trainer"
+            return None
 
     @staticmethod
     def network_input(batch: CropBatch) -> torch.Tensor | list[torch.Tensor]:
@@ -350,7 +356,7 @@ class LunaClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._checkpoint_epoch = int(checkpoint.get("epoch", 0))
         states = checkpoint.get("luna_rng")
-        if states is not None and self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
+        if states is not None and self._attached_trainer() is not None and self.trainer.state.fn == TrainerFn.FITTING:
             torch.set_rng_state(states["torch"])
             kind, keys, position, has_gauss, cached = states["numpy"]
             np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))

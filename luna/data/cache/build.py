@@ -54,13 +54,21 @@ from luna.data.cutting import cut_crops
 from luna.data.table import CropSource, CropTable, file_name_of
 from luna.data.volume import (
     HU_WINDOW,
+    Geometry,
     MetaHeader,
     ScanReadError,
     Volume,
     check_intensity,
     xyz_to_irc_many,
 )
-from luna.io.files import DiskFullError, remove_stale_temporaries, writable_problem, write_atomic
+from luna.io.files import (
+    DiskFullError,
+    describe_bytes,
+    folder_size,
+    remove_stale_temporaries,
+    writable_problem,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +93,6 @@ class CacheSettings:
         if not self.views or not all(isinstance(view, View) for view in self.views):
             raise ValueError("a crop cache needs at least one View")
         check_intensity(self.intensity_window, self.intensity_scale)
-
-    @classmethod
-    def native(cls, width_irc: tuple[int, int, int], intensity_window: tuple[float, float] = HU_WINDOW,
-               intensity_scale: float = 1.0) -> CacheSettings:
-        """One native crop of ``width_irc`` voxels per row: the book's cache."""
-        return cls((View(tuple(width_irc)),), tuple(intensity_window), intensity_scale)
 
     def view_name(self, view: int) -> str:
         return self.view_names[view] if view < len(self.view_names) else f"view {view}"
@@ -365,12 +367,12 @@ def _build(source: CropSource, path: Path, settings: CacheSettings, processes: i
         if len(rows) and not _record_readable(record):
             npys = [images_dir / image_file(files[k], view) for view in range(len(settings.views))]
             jobs.append((table.image_paths[k], table.center_xyz[rows], settings, npys, record, skip_bad_scans))
+    check_views_fit(settings, [table.image_paths[k] for k in present])
     log.info("crop cache %s (%s; %s): cutting %d of %d images with %d process(es)", path, source.describe(),
              ", ".join(view.describe() for view in settings.views), len(jobs), len(present), processes)
     _run_jobs(jobs, processes)
     records = {k: json.loads((images_dir / f"{files[k]}.json").read_text()) for k in present
                if starts[k + 1] > starts[k]}
-    _check_views_fit(settings, records)
     columns, crops_of, skipped = _assemble_columns(table, records)
     _write_columns(path, columns)
     _write_manifest(path, table, files, settings, records, crops_of, skipped, len(columns["row"]))
@@ -385,20 +387,41 @@ def _record_readable(record: Path) -> bool:
     return True
 
 
-def _check_views_fit(settings: CacheSettings, records: dict[int, dict]) -> None:
-    """A physical view larger than every volume on every axis would hold each whole volume and
-    padding around it: a unit or spacing mistake, reported instead of cut."""
-    extents = np.array([np.multiply(r["shape_irc"], r["spacing_irc"]) for r in records.values() if not r["error"]])
-    for k, view in enumerate(settings.views):
-        if view.spacing_mm is None or not len(extents):
-            continue
+UNIT_MISTAKE = 10  # a view more than this many times the largest volume along an axis is a unit mistake
+
+
+def check_views_fit(settings: CacheSettings, image_paths: list[Path]) -> None:
+    """Refuse, before any crop is cut, a physical view that cannot be meant: one larger than every
+    volume on every axis, or more than ``UNIT_MISTAKE`` times the largest along one axis (it would
+    hold whole volumes and padding), or one whose whole extent along an axis is less than one voxel
+    of every volume (its crops would be constant). Both are unit or spacing mistakes
+    (``spacing_mm`` is in millimetres). Reads the volumes' headers only (a DICOM series: whole)."""
+    physical = [(k, view) for k, view in enumerate(settings.views) if view.spacing_mm is not None]
+    if not physical:
+        return
+    geometries = []
+    for path in image_paths:
+        try:
+            geometries.append(Geometry.read(path))
+        except RuntimeError:
+            continue  # an unreadable volume is named when its crops are cut
+    if not geometries:
+        return
+    spacing = np.array([geometry.spacing_xyz[::-1] for geometry in geometries])
+    extents = np.array([geometry.shape_irc for geometry in geometries]) * spacing
+    largest, finest = extents.max(axis=0), spacing.min(axis=0)
+    axes = "I, R, C"
+    for k, view in physical:
         size = np.multiply(view.width_irc, view.spacing_mm)
-        if (extents < size).all():
-            largest = extents.max(axis=0)
-            raise CacheBuildError(
-                f"{settings.view_name(k)}: {view.describe()} ({'x'.join(f'{v:g}' for v in size)} mm) is larger than "
-                f"every volume on every axis (the largest extents are {'x'.join(f'{v:.0f}' for v in largest)} mm "
-                "along I, R, C): use fewer voxels or a finer spacing")
+        described = f"{settings.view_name(k)}: {view.describe()} ({'x'.join(f'{v:g}' for v in size)} mm)"
+        if (extents < size).all() or (size > UNIT_MISTAKE * largest).any():
+            raise CacheBuildError(f"{described} is larger than every volume (the largest extents are "
+                                  f"{'x'.join(f'{v:.0f}' for v in largest)} mm along {axes}): use fewer voxels or "
+                                  "a finer spacing (spacing_mm is in millimetres)")
+        if (size < finest).any():
+            raise CacheBuildError(f"{described} spans less than one voxel of every volume along some axis (the "
+                                  f"finest spacings are {'x'.join(f'{v:.3g}' for v in finest)} mm along {axes}): "
+                                  "its crops would be constant; is spacing_mm in millimetres?")
 
 
 def _assemble_columns(table: CropTable, records: dict[int, dict]) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
@@ -471,5 +494,6 @@ def _write_manifest(path: Path, table: CropTable, files: list[str], settings: Ca
         "crops_per_class": counts.tolist(),
     }
     _write_json(path / MANIFEST, manifest)
-    log.info("crop cache %s complete: %d crops (%s)", path, crops,
-             ", ".join(f"{n} {name}" for n, name in zip(counts.tolist(), table.class_names)))
+    log.info("crop cache %s complete: %d crops (%s), %s on disk", path, crops,
+             ", ".join(f"{n} {name}" for n, name in zip(counts.tolist(), table.class_names)), describe_bytes(folder_size(path)))
+
