@@ -1,6 +1,5 @@
 """``python -m luna.tune``: hyperparameter sweeps and seed repeats (``luna.cli.tune``)."""
 
-
 from luna.cli.tune import cli, main
 
 __all__ = ["cli", "main"]

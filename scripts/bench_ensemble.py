@@ -50,16 +50,31 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir
     crossval = work / "crossval"
-    common = [f"--trainer.default_root_dir={work / 'runs'}", f"--data.cache_dir={work / 'cache'}",
-              "--trainer.enable_progress_bar=false"]
+    common = [
+        f"--trainer.default_root_dir={work / 'runs'}",
+        f"--data.cache_dir={work / 'cache'}",
+        "--trainer.enable_progress_bar=false",
+    ]
     run("-m", "luna.crossval", "--output", str(crossval), f"--trainer.max_epochs={args.epochs}", *common)
-    own_fold_cpm = {int(fold): record["cpm"] for fold, record in
-                    json.loads((crossval / "crossval.json").read_text())["per_fold"].items()}
+    own_fold_cpm = {
+        int(fold): record["cpm"]
+        for fold, record in json.loads((crossval / "crossval.json").read_text())["per_fold"].items()
+    }
 
     heldout = work / "heldout"
     if not (heldout / "phantom.json").is_file():
-        run("-m", "luna.phantom", "luna16", str(heldout), "--series", str(args.heldout_series), "--seed",
-            str(args.heldout_seed), "--subsets", "1")
+        run(
+            "-m",
+            "luna.phantom",
+            "luna16",
+            str(heldout),
+            "--series",
+            str(args.heldout_series),
+            "--seed",
+            str(args.heldout_seed),
+            "--subsets",
+            "1",
+        )
     on_heldout = [f"--data.data_dir={heldout}", "--data.phantom=null", "--data.eval_images=all", *common]
     predictions = work / "predictions"
     predictions.mkdir(parents=True, exist_ok=True)
@@ -68,8 +83,14 @@ def main() -> None:
         files[f"fold {fold}"] = predictions / f"fold{fold}.csv"
         if not files[f"fold {fold}"].is_file():
             checkpoint = json.loads((crossval / f"fold{fold}" / "trained.json").read_text())["checkpoint"]
-            run("-m", "luna.fit", "predict", f"--ckpt_path={checkpoint}", f"--predictions.path={files[f'fold {fold}']}",
-                *on_heldout)
+            run(
+                "-m",
+                "luna.fit",
+                "predict",
+                f"--ckpt_path={checkpoint}",
+                f"--predictions.path={files[f'fold {fold}']}",
+                *on_heldout,
+            )
     files["ensemble"] = predictions / "ensemble.csv"
     if not files["ensemble"].is_file():
         run("-m", "luna.crossval", "--ensemble", "--output", str(crossval), *on_heldout)
@@ -78,26 +99,42 @@ def main() -> None:
     scored = {}
     for name, path in files.items():
         evaluation = evaluate_submission(path, heldout, bootstrap_samples=0)
-        scored[name] = (evaluation.result.cpm, cpm_resamples(evaluation.marks, evaluation.reference, RESAMPLES, seed=0))
+        scored[name] = (
+            evaluation.result.cpm,
+            cpm_resamples(evaluation.marks, evaluation.reference, RESAMPLES, seed=0),
+        )
     counts = evaluation.result.counts
     singles = [name for name in scored if name != "ensemble"]
     chosen = max(singles, key=lambda name: own_fold_cpm[int(name.split()[1])])
     oracle = max(singles, key=lambda name: scored[name][0])
     ensemble_cpm, ensemble_resamples = scored["ensemble"]
     single_cpms = np.array([scored[name][0] for name in singles])
-    print(f"\nheld-out phantom: {counts.scans} scans, {counts.nodules} nodules (seed {args.heldout_seed}); "
-          f"{len(singles)} fold models trained {args.epochs} epochs each; {RESAMPLES} paired bootstrap resamples "
-          "of the held-out scans\n")
+    print(
+        f"\nheld-out phantom: {counts.scans} scans, {counts.nodules} nodules (seed {args.heldout_seed}); "
+        f"{len(singles)} fold models trained {args.epochs} epochs each; {RESAMPLES} paired bootstrap resamples "
+        "of the held-out scans\n"
+    )
     print("| model | held-out CPM | 95 % CI | its own fold's CPM (selection) |")
     print("| --- | --- | --- | --- |")
     for name in singles:
-        print(f"| {name} | {scored[name][0]:.3f} | {interval(scored[name][1])} | {own_fold_cpm[int(name.split()[1])]:.3f} |")
-    print(f"| ensemble of {len(singles)} (mean probability) | {ensemble_cpm:.3f} | {interval(ensemble_resamples)} | — |")
-    print(f"\nsingle fold models: mean {single_cpms.mean():.3f} ± {single_cpms.std(ddof=1):.3f} (sd over the folds), "
-          f"range {single_cpms.min():.3f}-{single_cpms.max():.3f}")
-    for label, name in (("the fold chosen by its own subset's CPM", chosen), ("the best fold on these scans (optimistic)", oracle)):
+        print(
+            f"| {name} | {scored[name][0]:.3f} | {interval(scored[name][1])} | {own_fold_cpm[int(name.split()[1])]:.3f} |"
+        )
+    print(
+        f"| ensemble of {len(singles)} (mean probability) | {ensemble_cpm:.3f} | {interval(ensemble_resamples)} | — |"
+    )
+    print(
+        f"\nsingle fold models: mean {single_cpms.mean():.3f} ± {single_cpms.std(ddof=1):.3f} (sd over the folds), "
+        f"range {single_cpms.min():.3f}-{single_cpms.max():.3f}"
+    )
+    for label, name in (
+        ("the fold chosen by its own subset's CPM", chosen),
+        ("the best fold on these scans (optimistic)", oracle),
+    ):
         difference = ensemble_resamples - scored[name][1]
-        print(f"ensemble - {label} ({name}): {ensemble_cpm - scored[name][0]:+.3f} (paired 95 % CI {interval(difference)})")
+        print(
+            f"ensemble - {label} ({name}): {ensemble_cpm - scored[name][0]:+.3f} (paired 95 % CI {interval(difference)})"
+        )
 
 
 if __name__ == "__main__":

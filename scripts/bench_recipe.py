@@ -49,9 +49,17 @@ RECIPES = [
     Recipe("balanced + augmented", negatives_per_positive=1, module={"augmentation": BOOK}),
     Recipe("+ TTA (4 flips)", tta_of="balanced + augmented", evaluation={"tta_flips": [[], [0], [1], [2]]}),
     Recipe("+ mixup 0.4", negatives_per_positive=1, module={"augmentation": BOOK, "mixup_alpha": 0.4}),
-    Recipe("+ label smoothing 0.1", negatives_per_positive=1, module={"augmentation": BOOK, "label_smoothing": 0.1}),
-    Recipe("fine-tuned from plain (discriminative lr)", negatives_per_positive=1,
-           module={"augmentation": BOOK, "lr_decay_per_unit": 0.5}, init_from="plain (natural ratio)"),
+    Recipe(
+        "+ label smoothing 0.1",
+        negatives_per_positive=1,
+        module={"augmentation": BOOK, "label_smoothing": 0.1},
+    ),
+    Recipe(
+        "fine-tuned from plain (discriminative lr)",
+        negatives_per_positive=1,
+        module={"augmentation": BOOK, "lr_decay_per_unit": 0.5},
+        init_from="plain (natural ratio)",
+    ),
 ]
 
 
@@ -66,14 +74,27 @@ def run_recipes(args: argparse.Namespace) -> None:
     for recipe in RECIPES:
         pl.seed_everything(0, verbose=False)
         datamodule = LunaDataModule(
-            None, cache_dir=work / "cache", val_stride=5, batch_size=args.batch_size, num_workers=2,
-            negatives_per_positive=recipe.negatives_per_positive, samples_per_epoch=args.steps * args.batch_size,
+            None,
+            cache_dir=work / "cache",
+            val_stride=5,
+            batch_size=args.batch_size,
+            num_workers=2,
+            negatives_per_positive=recipe.negatives_per_positive,
+            samples_per_epoch=args.steps * args.batch_size,
             phantom=PhantomSpec(series=args.series, seed=3),
         )
         init = checkpoints.get(recipe.init_from or recipe.tta_of or "")
-        module = LunaClassifier(optimizer=optimizer, init_checkpoint=str(init) if init else None, **recipe.module)
-        quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-                 "enable_model_summary": False, "accelerator": "auto", "devices": 1}
+        module = LunaClassifier(
+            optimizer=optimizer, init_checkpoint=str(init) if init else None, **recipe.module
+        )
+        quiet = {
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "accelerator": "auto",
+            "devices": 1,
+        }
         trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, **quiet)
         start = time.perf_counter()
         if recipe.tta_of is None:
@@ -83,11 +104,22 @@ def run_recipes(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - start
         module.configure_evaluation(EvaluationChoices(**recipe.evaluation))
         metrics = pl.Trainer(**quiet).validate(module, datamodule=datamodule, verbose=False)[0]
-        rows.append((recipe.name, metrics["val/f1"], metrics["val/auroc"], metrics["val/cpm"],
-                     metrics["val/calibration_error"], metrics["val/samples"], seconds))
+        rows.append(
+            (
+                recipe.name,
+                metrics["val/f1"],
+                metrics["val/auroc"],
+                metrics["val/cpm"],
+                metrics["val/calibration_error"],
+                metrics["val/samples"],
+                seconds,
+            )
+        )
         logging.getLogger("bench").info("%s: F1 %.3f", recipe.name, metrics["val/f1"])
     print(f"\nValidation on held-out series, {args.steps} steps of {args.batch_size} per training run:\n")
-    print("| recipe | val F1 (at 0.5) | val AUROC | val CPM | calibration error (ECE) | validation samples | training s |")
+    print(
+        "| recipe | val F1 (at 0.5) | val AUROC | val CPM | calibration error (ECE) | validation samples | training s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, f1, auroc, cpm, ece, samples, seconds in rows:
         print(f"| {name} | {f1:.3f} | {auroc:.3f} | {cpm:.3f} | {ece:.3f} | {int(samples)} | {seconds:.0f} |")
@@ -127,8 +159,10 @@ def time_augmentation(batch_size: int, repeats: int) -> None:
     if torch.cuda.is_available():
         on_device, device_windows = crops.cuda(), windows.cuda()
         batched_gpu = best(lambda: augment(on_device, device_windows, (32, 48, 48), BOOK))
-        print(f"- batched on {torch.cuda.get_device_name()} (luna): {batched_gpu:,.0f} crops/s "
-              f"({batched_gpu / per_sample:.1f}x the per-sample CPU path)")
+        print(
+            f"- batched on {torch.cuda.get_device_name()} (luna): {batched_gpu:,.0f} crops/s "
+            f"({batched_gpu / per_sample:.1f}x the per-sample CPU path)"
+        )
 
 
 def main() -> None:

@@ -44,21 +44,29 @@ def write_v2_candidates(data_dir: Path, rows: int, positives: int = 1_557, nodul
     centers = []
     for s, cls in zip(scan_of.tolist(), label.tolist()):
         g = geometries[s]
-        centers.append(irc_to_xyz(rng.uniform(0, np.array(g.shape_irc) - 1), g.origin_xyz, g.spacing_xyz, g.direction))
+        centers.append(
+            irc_to_xyz(rng.uniform(0, np.array(g.shape_irc) - 1), g.origin_xyz, g.spacing_xyz, g.direction)
+        )
         x, y, z = centers[-1]
         lines.append(f"{scans[s][0]},{x!r},{y!r},{z!r},{cls}\n")
     (data_dir / "candidates.csv").write_text("".join(lines))
     picks = rng.choice(np.flatnonzero(label), nodules, replace=False)
     annotations = ["seriesuid,coordX,coordY,coordZ,diameter_mm\n"] + [
         f"{scans[scan_of[k]][0]},{centers[k][0]!r},{centers[k][1]!r},{centers[k][2]!r},{float(rng.uniform(3.25, 32.3))!r}\n"
-        for k in picks.tolist()]
+        for k in picks.tolist()
+    ]
     (data_dir / "annotations.csv").write_text("".join(annotations))
     (data_dir / "v2-candidates.done").touch()
 
 
 def run_python(code: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if result.returncode:
         raise RuntimeError(result.stderr[-3000:])
     return result.stdout
@@ -124,11 +132,14 @@ print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_m
 """
 
 
-def predict(work: Path, data: Path, cache: Path, width: str, eval_images: list[str] | str) -> tuple[int, float, int]:
+def predict(
+    work: Path, data: Path, cache: Path, width: str, eval_images: list[str] | str
+) -> tuple[int, float, int]:
     """``luna.fit predict`` of a near-zero-cost network: rows written, seconds, peak main memory (bytes)."""
     out = work / "predictions.csv"
     config = work / "predict.yaml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         data:
           data_dir: {data}
           cache_dir: {cache}
@@ -140,11 +151,14 @@ def predict(work: Path, data: Path, cache: Path, width: str, eval_images: list[s
           network:
             class_path: tests.test_scale.MeanLogits
         trainer:
-          default_root_dir: {work / 'runs'}
+          default_root_dir: {work / "runs"}
           enable_progress_bar: false
         loggers: [csv]
-    """))
-    seconds, peak = run_python(PREDICT, "predict", "--config", str(config), f"--predictions.path={out}").split()[-2:]
+    """)
+    )
+    seconds, peak = run_python(
+        PREDICT, "predict", "--config", str(config), f"--predictions.path={out}"
+    ).split()[-2:]
     with out.open() as handle:
         rows = sum(1 for _ in handle) - 1
     return rows, float(seconds), int(peak)
@@ -164,13 +178,19 @@ def main() -> None:
     if not (data / "v2-candidates.done").is_file():
         shutil.rmtree(data, ignore_errors=True)
         start = time.perf_counter()
-        generate_phantom(data, PhantomSpec(series=args.scans, seed=0, shape_irc=(48, 96, 96), missing_series=0))
+        generate_phantom(
+            data, PhantomSpec(series=args.scans, seed=0, shape_irc=(48, 96, 96), missing_series=0)
+        )
         write_v2_candidates(data, args.rows)
-        print(f"[data] {args.scans} phantom scans and a {args.rows:,}-row candidate list written in "
-              f"{time.perf_counter() - start:.0f} s")
+        print(
+            f"[data] {args.scans} phantom scans and a {args.rows:,}-row candidate list written in "
+            f"{time.perf_counter() - start:.0f} s"
+        )
     start = time.perf_counter()
     candidates = load_candidate_arrays(data / "annotations.csv", data / "candidates.csv")
-    print(f"[candidates] {len(candidates):,} rows loaded, joined and ordered in {time.perf_counter() - start:.1f} s")
+    print(
+        f"[candidates] {len(candidates):,} rows loaded, joined and ordered in {time.perf_counter() - start:.1f} s"
+    )
 
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
@@ -180,27 +200,39 @@ def main() -> None:
     worker_peak = max(int(line) for line in added.read_text().split())
     (path,) = cache.glob("luna-*")
     crop_bytes = sum(p.stat().st_size for p in (path / "images").glob("*.npy"))
-    print(f"[build] {args.scans} scans, {len(candidates):,} crops of {args.width}: {build_seconds:.0f} s with 2 "
-          f"processes ({build_seconds / args.scans:.2f} s a scan); a build worker adds at most "
-          f"{worker_peak / 2**20:.0f} MiB; crops {crop_bytes / 2**30:.2f} GiB")
+    print(
+        f"[build] {args.scans} scans, {len(candidates):,} crops of {args.width}: {build_seconds:.0f} s with 2 "
+        f"processes ({build_seconds / args.scans:.2f} s a scan); a build worker adds at most "
+        f"{worker_peak / 2**20:.0f} MiB; crops {crop_bytes / 2**30:.2f} GiB"
+    )
 
     for method in ("fork", "spawn"):
-        setup, first, thousand, ten_thousand = run_python(WORKERS, str(data), str(cache), width, method).split()
-        print(f"[workers, {method}] DataModule setup {float(setup):.2f} s; a training worker's private memory after 1 / 1,000 / "
-              f"10,000 batches of 32: {int(first) / 2**20:.1f} / {int(thousand) / 2**20:.1f} / "
-              f"{int(ten_thousand) / 2**20:.1f} MiB")
+        setup, first, thousand, ten_thousand = run_python(
+            WORKERS, str(data), str(cache), width, method
+        ).split()
+        print(
+            f"[workers, {method}] DataModule setup {float(setup):.2f} s; a training worker's private memory after 1 / 1,000 / "
+            f"10,000 batches of 32: {int(first) / 2**20:.1f} / {int(thousand) / 2**20:.1f} / "
+            f"{int(ten_thousand) / 2**20:.1f} MiB"
+        )
 
     uids = sorted(find_scans(data))
     tenth = predict(work, data, cache, width, uids[: len(uids) // 10])
     everything = predict(work, data, cache, width, "all")
     for (rows, seconds, peak), name in ((tenth, "a tenth of the scans"), (everything, "every scan")):
-        print(f"[predict] {name}: {rows:,} rows in {seconds:.0f} s with the open-file limit at 1024; peak main "
-              f"memory {peak / 2**20:.0f} MiB")
-    print(f"[predict] peak main memory, every scan / a tenth: {everything[2] / tenth[2]:.2f} for "
-          f"{everything[0] / tenth[0]:.1f}x the rows")
+        print(
+            f"[predict] {name}: {rows:,} rows in {seconds:.0f} s with the open-file limit at 1024; peak main "
+            f"memory {peak / 2**20:.0f} MiB"
+        )
+    print(
+        f"[predict] peak main memory, every scan / a tenth: {everything[2] / tenth[2]:.2f} for "
+        f"{everything[0] / tenth[0]:.1f}x the rows"
+    )
     crop_voxels = 32 * 48 * 48
-    print(f"[real size] LUNA16 V2 at 32x48x48: crops {len(candidates) * crop_voxels * 2 / 1e9:.0f} GB "
-          f"(2 bytes a voxel)")
+    print(
+        f"[real size] LUNA16 V2 at 32x48x48: crops {len(candidates) * crop_voxels * 2 / 1e9:.0f} GB "
+        f"(2 bytes a voxel)"
+    )
 
 
 if __name__ == "__main__":

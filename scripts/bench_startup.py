@@ -39,8 +39,9 @@ def wall_seconds(command: list[str]) -> float:
 
 def import_times(code: str) -> dict[str, tuple[int, int]]:
     """``{module: (self µs, cumulative µs)}`` from ``-X importtime``, in import order."""
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
+    )
     times = {}
     for line in result.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
@@ -64,17 +65,23 @@ def main() -> None:
     for name, values in seconds.items():
         print(f"{name:<26}{median[name]:>10.2f}{min(values):>8.2f}{max(values):>8.2f}")
     share = median["import luna.cli.fit"] - median["import pytorch_lightning"]
-    print(f"\nluna's share of `import luna.cli.fit`: {share:.2f} s of {median['import luna.cli.fit']:.2f} s "
-          f"({share / median['import luna.cli.fit']:.0%}); target < 1 s")
-    print(f"`luna.fit --help` / `import pytorch_lightning`: {median['luna.fit --help'] / median['import pytorch_lightning']:.2f}x")
+    print(
+        f"\nluna's share of `import luna.cli.fit`: {share:.2f} s of {median['import luna.cli.fit']:.2f} s "
+        f"({share / median['import luna.cli.fit']:.0%}); target < 1 s"
+    )
+    print(
+        f"`luna.fit --help` / `import pytorch_lightning`: {median['luna.fit --help'] / median['import pytorch_lightning']:.2f}x"
+    )
 
     lightning = set(import_times("import pytorch_lightning"))
     luna = import_times("import luna.cli.fit")
     only_luna = {name: times for name, times in luna.items() if name not in lightning}
     own = sum(times[0] for name, times in only_luna.items() if name.split(".")[0] == "luna")
     brought = sum(times[0] for name, times in only_luna.items() if name.split(".")[0] != "luna")
-    print(f"\n-X importtime (one process), modules beyond `import pytorch_lightning`: luna's own {own / 1e6:.2f} s, "
-          f"others {brought / 1e6:.2f} s (Lightning's CLI, SimpleITK, ...)")
+    print(
+        f"\n-X importtime (one process), modules beyond `import pytorch_lightning`: luna's own {own / 1e6:.2f} s, "
+        f"others {brought / 1e6:.2f} s (Lightning's CLI, SimpleITK, ...)"
+    )
     packages: dict[str, int] = {}
     for name, (own_us, _) in only_luna.items():
         packages[name.split(".")[0]] = packages.get(name.split(".")[0], 0) + own_us

@@ -25,7 +25,9 @@ from luna.luna16.phantom import PhantomSpec
 from luna.training.module import LunaClassifier
 
 
-def samples_per_second(module: LunaClassifier, batches, steps: int, device: torch.device, autocast: bool) -> float:
+def samples_per_second(
+    module: LunaClassifier, batches, steps: int, device: torch.device, autocast: bool
+) -> float:
     optimizer = module.configure_optimizers()
     iterator = iter(batches)
     for step in range(steps + 3):  # three warm-up steps
@@ -57,33 +59,50 @@ def main() -> None:
     views = {  # the three fields of view of scripts/bench_physical.py (Dou et al. 2017's idea)
         "one view, 32x48x48 native": {},
         "three views, 16x32x32 + 32x48x48 at 1.25x0.7x0.7 mm + 32x48x48 at 2.5x1.4x1.4 mm": {
-            "width_irc": (16, 32, 32), "spacing_mm": (1.25, 0.7, 0.7),
-            "extra_views": [View((32, 48, 48), (1.25, 0.7, 0.7)), View((32, 48, 48), (2.5, 1.4, 1.4))]},
+            "width_irc": (16, 32, 32),
+            "spacing_mm": (1.25, 0.7, 0.7),
+            "extra_views": [View((32, 48, 48), (1.25, 0.7, 0.7)), View((32, 48, 48), (2.5, 1.4, 1.4))],
+        },
     }
     settings = [False] + ([True] if device.type == "cuda" else [])
     results: dict[tuple[str, bool], float] = {}
     for name, data in views.items():
         datamodule = LunaDataModule(
-            None, cache_dir=args.workdir / "cache", batch_size=args.batch_size, num_workers=args.num_workers,
-            negatives_per_positive=1, samples_per_epoch=args.batch_size * (args.steps + 3),
-            phantom=PhantomSpec(series=20, seed=0), **data)
+            None,
+            cache_dir=args.workdir / "cache",
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            negatives_per_positive=1,
+            samples_per_epoch=args.batch_size * (args.steps + 3),
+            phantom=PhantomSpec(series=20, seed=0),
+            **data,
+        )
         datamodule.prepare_data()
         datamodule.setup("fit")
         module = LunaClassifier(input_widths_irc=datamodule.input_widths_irc).to(device)
         module.log = lambda *a, **k: None  # no Trainer here: logging is not what is measured
-        module.trainer = type("Stub", (), {"training": True, "estimated_stepping_batches": args.steps, "global_step": 0})()
+        module.trainer = type(
+            "Stub", (), {"training": True, "estimated_stepping_batches": args.steps, "global_step": 0}
+        )()
         fixed = next(iter(datamodule.train_dataloader()))
         for autocast in settings:
             model_alone = samples_per_second(module, iter(lambda: fixed, None), args.steps, device, autocast)
-            with_loader = samples_per_second(module, datamodule.train_dataloader(), args.steps, device, autocast)
+            with_loader = samples_per_second(
+                module, datamodule.train_dataloader(), args.steps, device, autocast
+            )
             results[name, autocast] = with_loader
             label = "bf16 autocast, channels_last_3d" if autocast else "fp32, channels_last_3d"
-            print(f"[{device.type}, {label}] {name}: model alone {model_alone:.1f} samples/s, through "
-                  f"LunaDataModule {with_loader:.1f} samples/s: loader ratio {with_loader / model_alone:.2f}")
+            print(
+                f"[{device.type}, {label}] {name}: model alone {model_alone:.1f} samples/s, through "
+                f"LunaDataModule {with_loader:.1f} samples/s: loader ratio {with_loader / model_alone:.2f}"
+            )
     one, three = views
     for autocast in settings:
-        print(f"[{device.type}{', bf16' if autocast else ''}] three views / one view, through the DataModule: "
-              f"{results[three, autocast] / results[one, autocast]:.2f}x the samples/s")
+        print(
+            f"[{device.type}{', bf16' if autocast else ''}] three views / one view, through the DataModule: "
+            f"{results[three, autocast] / results[one, autocast]:.2f}x the samples/s"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -32,8 +32,18 @@ BEGIN, END = "<!-- default-job:begin -->", "<!-- default-job:end -->"
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
@@ -41,7 +51,9 @@ def machine() -> str:
 
 
 def luna(args: list[str], cwd: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", "luna.fit", *args], cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "luna.fit", *args], cwd=cwd, capture_output=True, text=True
+    )
     if result.returncode:
         raise RuntimeError(result.stderr[-3000:])
     return result.stdout + result.stderr
@@ -61,8 +73,13 @@ def validation_froc(work: Path, run: Path) -> dict:
     """The README's walk-through: ``predict`` with the run's last checkpoint (the validation scans,
     into ``<run>/predictions.csv``), then ``luna.evaluate`` on that file alone; its froc.json."""
     luna(["predict", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], work)
-    subprocess.run([sys.executable, "-m", "luna.evaluate", str(run / "predictions.csv")], cwd=work, check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "luna.evaluate", str(run / "predictions.csv")],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads((run / "froc.json").read_text())
 
 
@@ -83,33 +100,39 @@ def main() -> None:
     plain, corrected = (validate(work, run, extra) for extra in ([], ["--evaluation.prior_correction=true"]))
     froc = validation_froc(work, run)
     low, high = froc["cpm_ci"]
-    line = lambda row: (f"CPM {value(row, 'cpm'):.3f}, F1 {value(row, 'f1'):.3f} at P ≥ 0.5 (best-threshold F1 "  # noqa: E731
-                        f"{value(row, 'f1_best'):.3f} at {value(row, 'f1_best_threshold'):.2f}, optimistic), AUROC "
-                        f"{value(row, 'auroc'):.3f}, ECE {value(row, 'calibration_error'):.3f}")
-    block = "\n".join([
-        BEGIN,
-        f"Measured {datetime.date.today()} on {machine()} with `python -m luna.fit` (no arguments, from an empty "
-        f"folder: phantom generated, crop cache built; `scripts/measure_default_job.py` ran it and wrote this).",
-        "",
-        f"- Wall clock: {minutes} min {seconds} s for 10 epochs of 1,024 balanced samples; validation: "
-        f"{int(value(last, 'samples'))} candidates of {froc['scans']} scans, {froc['nodules']} nodules.",
-        f"- After the last epoch: {line(last)}.",
-        f"- The last checkpoint's validation predictions scored by `luna.evaluate` (the walk-through above: "
-        f"`predict`, then `luna.evaluate logs/version_0/predictions.csv`): CPM {froc['cpm']:.3f}, 95 % CI "
-        f"{low:.3f}–{high:.3f} (1,000 bootstrap resamples of the scans); sensitivity "
-        f"{' / '.join(f'{v:.3f}' for v in froc['sensitivity'])} at 1/8 … 8 FP/scan.",
-        f"- Best epoch by CPM (epoch {int(best['epoch'])}, kept as `best-*.ckpt`): {line(best)}.",
-        f"- Prior correction of the last checkpoint (`validate --evaluation.prior_correction=true`): ECE "
-        f"{plain['val/calibration_error']:.3f} → {corrected['val/calibration_error']:.3f}, F1 at 0.5 "
-        f"{plain['val/f1']:.3f} → {corrected['val/f1']:.3f}, precision {plain['val/precision']:.3f} → "
-        f"{corrected['val/precision']:.3f}, recall {plain['val/recall']:.3f} → {corrected['val/recall']:.3f}; "
-        f"AUROC and CPM unchanged ({corrected['val/auroc']:.3f}, {corrected['val/cpm']:.3f}): the ranking is the same.",
-        END,
-    ])
+    line = lambda row: (
+        f"CPM {value(row, 'cpm'):.3f}, F1 {value(row, 'f1'):.3f} at P ≥ 0.5 (best-threshold F1 "  # noqa: E731
+        f"{value(row, 'f1_best'):.3f} at {value(row, 'f1_best_threshold'):.2f}, optimistic), AUROC "
+        f"{value(row, 'auroc'):.3f}, ECE {value(row, 'calibration_error'):.3f}"
+    )
+    block = "\n".join(
+        [
+            BEGIN,
+            f"Measured {datetime.date.today()} on {machine()} with `python -m luna.fit` (no arguments, from an empty "
+            f"folder: phantom generated, crop cache built; `scripts/measure_default_job.py` ran it and wrote this).",
+            "",
+            f"- Wall clock: {minutes} min {seconds} s for 10 epochs of 1,024 balanced samples; validation: "
+            f"{int(value(last, 'samples'))} candidates of {froc['scans']} scans, {froc['nodules']} nodules.",
+            f"- After the last epoch: {line(last)}.",
+            f"- The last checkpoint's validation predictions scored by `luna.evaluate` (the walk-through above: "
+            f"`predict`, then `luna.evaluate logs/version_0/predictions.csv`): CPM {froc['cpm']:.3f}, 95 % CI "
+            f"{low:.3f}–{high:.3f} (1,000 bootstrap resamples of the scans); sensitivity "
+            f"{' / '.join(f'{v:.3f}' for v in froc['sensitivity'])} at 1/8 … 8 FP/scan.",
+            f"- Best epoch by CPM (epoch {int(best['epoch'])}, kept as `best-*.ckpt`): {line(best)}.",
+            f"- Prior correction of the last checkpoint (`validate --evaluation.prior_correction=true`): ECE "
+            f"{plain['val/calibration_error']:.3f} → {corrected['val/calibration_error']:.3f}, F1 at 0.5 "
+            f"{plain['val/f1']:.3f} → {corrected['val/f1']:.3f}, precision {plain['val/precision']:.3f} → "
+            f"{corrected['val/precision']:.3f}, recall {plain['val/recall']:.3f} → {corrected['val/recall']:.3f}; "
+            f"AUROC and CPM unchanged ({corrected['val/auroc']:.3f}, {corrected['val/cpm']:.3f}): the ranking is the same.",
+            END,
+        ]
+    )
     readme = args.readme.read_text()
     if BEGIN not in readme or END not in readme:
         raise SystemExit(f"{args.readme} has no {BEGIN} ... {END} block to replace")
-    args.readme.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, readme, flags=re.S))
+    args.readme.write_text(
+        re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, readme, flags=re.S)
+    )
     print(block)
 
 

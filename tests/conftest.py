@@ -47,5 +47,7 @@ def points_dir(tmp_path_factory) -> Path:
     """A points-CSV dataset: NIfTI volumes, three classes, two volumes per patient."""
     from luna.points.phantom import PointsPhantomSpec, generate_points_phantom
 
-    return generate_points_phantom(tmp_path_factory.mktemp("points") / "data",
-                                   PointsPhantomSpec(patients=6, findings_per_image=5, seed=3, shape_irc=(40, 64, 64)))
+    return generate_points_phantom(
+        tmp_path_factory.mktemp("points") / "data",
+        PointsPhantomSpec(patients=6, findings_per_image=5, seed=3, shape_irc=(40, 64, 64)),
+    )

@@ -29,31 +29,43 @@ class Candidate:
     diameter_mm: float
 
 
-def load_candidates(annotations_csv: str | Path, candidates_csv: str | Path,
-                    series_uids: set[str] | None = None) -> list[Candidate]:
+def load_candidates(
+    annotations_csv: str | Path, candidates_csv: str | Path, series_uids: set[str] | None = None
+) -> list[Candidate]:
     """``load_candidate_arrays`` as a list of records, in the reference order."""
     arrays = load_candidate_arrays(annotations_csv, candidates_csv, series_uids)
     uids = [arrays.series_uids[s] for s in arrays.series.tolist()]
-    return [Candidate(uid, tuple(xyz), nodule, diameter) for uid, xyz, nodule, diameter in
-            zip(uids, arrays.center_xyz.tolist(), arrays.is_nodule.tolist(), arrays.diameter_mm.tolist())]
+    return [
+        Candidate(uid, tuple(xyz), nodule, diameter)
+        for uid, xyz, nodule, diameter in zip(
+            uids, arrays.center_xyz.tolist(), arrays.is_nodule.tolist(), arrays.diameter_mm.tolist()
+        )
+    ]
 
 
 def candidate_of(datamodule, index: int) -> Candidate:
     """The candidate behind a batch's ``index`` entry, from a LUNA16 DataModule's cache."""
     cache = datamodule.cache
-    return Candidate(cache.image_ids[int(cache.image_of[index])], tuple(np.asarray(cache.center_xyz[index]).tolist()),
-                     bool(cache.labels[index]), float(cache.column("diameter_mm")[index]))
+    return Candidate(
+        cache.image_ids[int(cache.image_of[index])],
+        tuple(np.asarray(cache.center_xyz[index]).tolist()),
+        bool(cache.labels[index]),
+        float(cache.column("diameter_mm")[index]),
+    )
 
 
-def reference_crop(volume: Volume, center_xyz: Sequence[float],
-                   width_irc: Sequence[int] = DEFAULT_WIDTH_IRC) -> tuple[np.ndarray, tuple[int, int, int]]:
+def reference_crop(
+    volume: Volume, center_xyz: Sequence[float], width_irc: Sequence[int] = DEFAULT_WIDTH_IRC
+) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The book's crop around a point: ``(int16 view of shape width_irc, center_irc)``."""
     center_irc = volume.xyz_to_irc(center_xyz)
     starts = crop_start(center_irc, width_irc, volume.voxels.shape)
     return volume.voxels[tuple(slice(s, s + w) for s, w in zip(starts, width_irc))], center_irc
 
 
-def crop_start(center_irc: Sequence[int], width_irc: Sequence[int], shape_irc: Sequence[int]) -> tuple[int, ...]:
+def crop_start(
+    center_irc: Sequence[int], width_irc: Sequence[int], shape_irc: Sequence[int]
+) -> tuple[int, ...]:
     """``crop_starts`` of one centre, as a tuple."""
     return tuple(int(start) for start in crop_starts(np.asarray(center_irc), width_irc, shape_irc)[0])
 
@@ -76,7 +88,8 @@ def book_affine(augmentation: Augmentation, flips: torch.Tensor) -> torch.Tensor
     return torch.cat([_draw_linear(augmentation, flips), _draw_shift(augmentation, flips)[:, :, None]], dim=2)
 
 
-def augment(crops: torch.Tensor, window_irc: torch.Tensor, width_irc: Sequence[int],
-            augmentation: Augmentation) -> torch.Tensor:
+def augment(
+    crops: torch.Tensor, window_irc: torch.Tensor, width_irc: Sequence[int], augmentation: Augmentation
+) -> torch.Tensor:
     """``augment_views`` of a single view, rotating about the middle of the model crop (the book)."""
     return augment_views([ViewCrops(crops, window_irc, tuple(width_irc))], augmentation)[0]

@@ -27,10 +27,14 @@ def test_zero_magnitudes_are_the_exact_identity():
 def test_random_flips_are_exact_flip_about_half_the_samples_and_only_the_asked_axes():
     crops = batch(size=64)
     torch.manual_seed(0)
-    flipped = augment(crops, torch.zeros(64, 3, dtype=torch.long), WIDTH, Augmentation(flip_irc=(False, False, True)))
+    flipped = augment(
+        crops, torch.zeros(64, 3, dtype=torch.long), WIDTH, Augmentation(flip_irc=(False, False, True))
+    )
     same = [torch.equal(flipped[k], crops[k]) for k in range(64)]
     along_c = [torch.equal(flipped[k], crops[k].flip(3)) for k in range(64)]
-    assert all(a or b for a, b in zip(same, along_c))  # exact: the sample itself or its mirror along C, nothing else
+    assert all(
+        a or b for a, b in zip(same, along_c)
+    )  # exact: the sample itself or its mirror along C, nothing else
     assert 16 <= sum(along_c) <= 48  # p = 0.5: both happen
 
 
@@ -55,9 +59,14 @@ def test_one_crop_rule_puts_the_centre_at_width_over_two_for_odd_and_even_widths
         assert 0 <= start <= size - width
         if width // 2 <= center <= size - 1 - (width - 1 - width // 2):
             assert center - start == width // 2  # away from the borders: the centre voxel is at width // 2
-    assert crop_start((17, 50, 50), (33, 1, 1), (100, 100, 100))[0] == 1  # the book's round(17 - 16.5) gives 0
+    assert (
+        crop_start((17, 50, 50), (33, 1, 1), (100, 100, 100))[0] == 1
+    )  # the book's round(17 - 16.5) gives 0
     even = np.random.default_rng(0).integers(0, 100, (200, 3))
-    book = [[min(max(int(round(c - w / 2)), 0), 100 - w) for c, w in zip(row, (32, 48, 48))] for row in even.tolist()]
+    book = [
+        [min(max(int(round(c - w / 2)), 0), 100 - w) for c, w in zip(row, (32, 48, 48))]
+        for row in even.tolist()
+    ]
     assert crop_starts(even, (32, 48, 48), (100, 100, 100)).tolist() == book  # even widths: the book's rule
 
 

@@ -24,8 +24,12 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def candidate(cache: CropCache, k: int):
-    return (cache.image_ids[cache.image_of[k]], tuple(cache.center_xyz[k].tolist()), bool(cache.labels[k]),
-            float(cache.column("diameter_mm")[k]))
+    return (
+        cache.image_ids[cache.image_of[k]],
+        tuple(cache.center_xyz[k].tolist()),
+        bool(cache.labels[k]),
+        float(cache.column("diameter_mm")[k]),
+    )
 
 
 def test_crops_match_the_reference_crop_and_order(phantom_dir, phantom_cache):
@@ -33,7 +37,8 @@ def test_crops_match_the_reference_crop_and_order(phantom_dir, phantom_cache):
     scans = find_scans(phantom_dir)
     expected = load_candidates(phantom_dir / "annotations.csv", phantom_dir / "candidates.csv", set(scans))
     assert [candidate(cache, k) for k in range(len(cache))] == [
-        (c.series_uid, c.center_xyz, c.is_nodule, c.diameter_mm) for c in expected]
+        (c.series_uid, c.center_xyz, c.is_nodule, c.diameter_mm) for c in expected
+    ]
     for k in range(0, len(cache), 17):
         series_uid, center_xyz = candidate(cache, k)[:2]
         crop, center_irc = reference_crop(Volume.read(scans[series_uid]), center_xyz)
@@ -62,7 +67,9 @@ def test_unchanged_inputs_reuse_the_cache_without_reading_scans(phantom_dir, pha
 
 def test_changed_inputs_build_a_new_cache(phantom_copy, phantom_cache, tmp_path):
     source = Luna16Candidates(phantom_copy)
-    assert build_cache(source, phantom_cache.parent, SETTINGS) == phantom_cache  # same content, other folder: reused
+    assert (
+        build_cache(source, phantom_cache.parent, SETTINGS) == phantom_cache
+    )  # same content, other folder: reused
     with (phantom_copy / "candidates.csv").open("a") as handle:
         first_row = (phantom_copy / "candidates.csv").read_text().splitlines()[1]
         handle.write(first_row + "\n")
@@ -100,8 +107,10 @@ KILLER = textwrap.dedent(
 @pytest.mark.parametrize("kill_at_rename", [1, 4, 9, 24, 25, 34])
 def test_killed_build_resumes_to_identical_bytes(phantom_dir, phantom_cache, tmp_path, kill_at_rename):
     """Kill the builder at its Nth atomic rename (12 images x 2 files, 9 columns, then the manifest)."""
-    result = subprocess.run([sys.executable, "-c", KILLER, str(phantom_dir), str(tmp_path), str(kill_at_rename)],
-                            cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", KILLER, str(phantom_dir), str(tmp_path), str(kill_at_rename)],
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == -9
     partial = tmp_path / phantom_cache.name
     assert not (partial / "manifest.json").exists()
@@ -111,12 +120,15 @@ def test_killed_build_resumes_to_identical_bytes(phantom_dir, phantom_cache, tmp
     assert filecmp.dircmp(resumed, phantom_cache).diff_files == []
 
 
-def test_series_not_on_disk_give_one_summary_warning_or_a_note_for_the_phantom(phantom_copy, tmp_path, caplog):
+def test_series_not_on_disk_give_one_summary_warning_or_a_note_for_the_phantom(
+    phantom_copy, tmp_path, caplog
+):
     with caplog.at_level(logging.INFO):
         build_cache(Luna16Candidates(phantom_copy), tmp_path / "phantom", SETTINGS)
     notes = [r for r in caplog.records if "not on disk" in r.getMessage()]
     assert [(r.levelno, r.getMessage()) for r in notes] == [
-        (logging.INFO, "4 rows of 2 images not on disk (on purpose, as in a partial download): skipped")]
+        (logging.INFO, "4 rows of 2 images not on disk (on purpose, as in a partial download): skipped")
+    ]
     caplog.clear()
     (phantom_copy / "phantom.json").unlink()  # the same files, as a user's partial download
     with caplog.at_level(logging.WARNING):
@@ -131,8 +143,12 @@ def test_candidate_outside_its_scan_is_skipped_with_a_warning(phantom_copy, tmp_
         handle.write(f"{uid},5000.0,5000.0,5000.0,0\n")
     with caplog.at_level(logging.WARNING):
         path = build_cache(Luna16Candidates(phantom_copy), tmp_path, SETTINGS)
-    assert any("1 rows lie outside their volume" in r.getMessage() and uid in r.getMessage()
-               and "(5000.0, 5000.0, 5000.0)" in r.getMessage() for r in caplog.records)
+    assert any(
+        "1 rows lie outside their volume" in r.getMessage()
+        and uid in r.getMessage()
+        and "(5000.0, 5000.0, 5000.0)" in r.getMessage()
+        for r in caplog.records
+    )
     cache = CropCache(path)
     assert not (np.asarray(cache.center_xyz) == 5000.0).all(axis=1).any()
 
@@ -140,7 +156,9 @@ def test_candidate_outside_its_scan_is_skipped_with_a_warning(phantom_copy, tmp_
 def test_bad_scan_fails_naming_it_or_is_skipped_on_request(phantom_copy, tmp_path, caplog):
     source = Luna16Candidates(phantom_copy)
     scans = find_scans(phantom_copy)
-    uid = [uid for uid in source.table().image_ids if uid in scans][-1]  # cut last: the others' crops stay to resume
+    uid = [uid for uid in source.table().image_ids if uid in scans][
+        -1
+    ]  # cut last: the others' crops stay to resume
     raw = scans[uid].with_suffix(".raw")
     raw.write_bytes(raw.read_bytes()[:4096])
     source = Luna16Candidates(phantom_copy)

@@ -52,7 +52,14 @@ def test_join_takes_first_annotation_within_a_quarter_diameter_on_every_axis(csv
 def test_order_is_descending_on_nodule_diameter_series_center(csvs):
     ordered = [(c.is_nodule, c.diameter_mm, c.series_uid, c.center_xyz) for c in load_candidates(*csvs)]
     assert ordered == sorted(ordered, reverse=True)
-    assert [c[:2] for c in ordered] == [(True, 12.0), (True, 8.0), (True, 0.0), (False, 4.0), (False, 0.0), (False, 0.0)]
+    assert [c[:2] for c in ordered] == [
+        (True, 12.0),
+        (True, 8.0),
+        (True, 0.0),
+        (False, 4.0),
+        (False, 0.0),
+        (False, 0.0),
+    ]
 
 
 def test_series_filter_keeps_only_given_series(csvs):
@@ -79,13 +86,17 @@ def test_missing_column_names_file_line_and_column(tmp_path, csvs):
 
 def test_wrong_header_is_reported(tmp_path, csvs):
     bad = write(tmp_path / "annotations.csv", "series,x,y,z,d", [f"{UID_A},1,2,3,4"])
-    with pytest.raises(CsvFormatError, match="missing column.*seriesuid, coordX, coordY, coordZ, diameter_mm"):
+    with pytest.raises(
+        CsvFormatError, match="missing column.*seriesuid, coordX, coordY, coordZ, diameter_mm"
+    ):
         load_candidates(bad, csvs[1])
 
 
 def test_non_numeric_value_names_file_line_and_column(tmp_path, csvs):
     bad = write(
-        tmp_path / "cands.csv", "seriesuid,coordX,coordY,coordZ,class", [f"{UID_A},1,2,3,0", f"{UID_A},1,two,3,0"]
+        tmp_path / "cands.csv",
+        "seriesuid,coordX,coordY,coordZ,class",
+        [f"{UID_A},1,2,3,0", f"{UID_A},1,two,3,0"],
     )
     with pytest.raises(CsvFormatError, match=r"cands\.csv, line 3, column coordY: 'two' is not a number"):
         load_candidates(csvs[0], bad)

@@ -21,46 +21,85 @@ MM = "[1.25, 0.7, 0.7]"
 def trained(phantom_dir, tmp_path_factory):
     """A run trained on crops in millimetres, and one on native crops (same sizes)."""
     folder = tmp_path_factory.mktemp("crops")
-    config = tiny_config(folder / "tiny.yaml", phantom_dir, folder / "cache", folder / "runs",
-                         width_irc=[16, 32, 32])
+    config = tiny_config(
+        folder / "tiny.yaml", phantom_dir, folder / "cache", folder / "runs", width_irc=[16, 32, 32]
+    )
     main(["--config", str(config), f"--data.spacing_mm={MM}", f"--trainer.default_root_dir={folder / 'mm'}"])
     main(["--config", str(config), f"--trainer.default_root_dir={folder / 'native'}"])
-    return (config, folder / "mm" / "version_0" / "checkpoints" / "last.ckpt",
-            folder / "native" / "version_0" / "checkpoints" / "last.ckpt")
+    return (
+        config,
+        folder / "mm" / "version_0" / "checkpoints" / "last.ckpt",
+        folder / "native" / "version_0" / "checkpoints" / "last.ckpt",
+    )
 
 
 def test_the_checkpoint_records_its_spacing_and_intensities(trained):
     _, mm, native = trained
     recorded = torch.load(mm, weights_only=False)["hyper_parameters"]
-    assert recorded["input_spacings_mm"] == [[1.25, 0.7, 0.7]] and recorded["input_intensity"] == [-1000, 1000, 1]
+    assert recorded["input_spacings_mm"] == [[1.25, 0.7, 0.7]] and recorded["input_intensity"] == [
+        -1000,
+        1000,
+        1,
+    ]
     assert torch.load(native, weights_only=False)["hyper_parameters"]["input_spacings_mm"] == [None]
 
 
 @pytest.mark.parametrize("command", ["predict", "validate", "test", "fit"])
-def test_a_millimetre_checkpoint_on_native_crops_is_one_line_naming_spacing_mm(trained, command, capsys,
-                                                                              monkeypatch, tmp_path):
+def test_a_millimetre_checkpoint_on_native_crops_is_one_line_naming_spacing_mm(
+    trained, command, capsys, monkeypatch, tmp_path
+):
     config, mm, _ = trained
-    code, stderr = run_cli([command, "--config", str(config), f"--ckpt_path={mm}", "--trainer.max_epochs=2",
-                            f"--trainer.default_root_dir={tmp_path}"], capsys, monkeypatch)
+    code, stderr = run_cli(
+        [
+            command,
+            "--config",
+            str(config),
+            f"--ckpt_path={mm}",
+            "--trainer.max_epochs=2",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        capsys,
+        monkeypatch,
+    )
     line = last_error_line(stderr)
     assert code == 2 and "Traceback" not in stderr
-    assert "was trained on crops of 16x32x32 voxels at 1.25x0.7x0.7 mm" in line and "data.spacing_mm=[1.25, 0.7, 0.7]" in line
+    assert (
+        "was trained on crops of 16x32x32 voxels at 1.25x0.7x0.7 mm" in line
+        and "data.spacing_mm=[1.25, 0.7, 0.7]" in line
+    )
     assert not (tmp_path / "predictions.csv").exists()
 
 
 def test_given_its_spacing_the_checkpoint_predicts(trained, tmp_path):
     config, mm, _ = trained
     out = tmp_path / "p.csv"
-    main(["predict", "--config", str(config), f"--ckpt_path={mm}", f"--data.spacing_mm={MM}",
-          f"--predictions.path={out}"])
+    main(
+        [
+            "predict",
+            "--config",
+            str(config),
+            f"--ckpt_path={mm}",
+            f"--data.spacing_mm={MM}",
+            f"--predictions.path={out}",
+        ]
+    )
     assert len(list(csv.DictReader(out.open()))) > 10
 
 
 def test_an_ensemble_never_mixes_crops(trained, capsys, monkeypatch, tmp_path):
     config, mm, native = trained
-    code, stderr = run_cli(["predict", "--config", str(config), f"--ckpt_path={native}",
-                            f"--evaluation.ensemble=[{mm}]", f"--predictions.path={tmp_path / 'p.csv'}"],
-                           capsys, monkeypatch)
+    code, stderr = run_cli(
+        [
+            "predict",
+            "--config",
+            str(config),
+            f"--ckpt_path={native}",
+            f"--evaluation.ensemble=[{mm}]",
+            f"--predictions.path={tmp_path / 'p.csv'}",
+        ],
+        capsys,
+        monkeypatch,
+    )
     line = last_error_line(stderr)
     assert code == 2 and f"checkpoint {mm} was trained on crops of 16x32x32 voxels at 1.25x0.7x0.7 mm" in line
     assert "evaluation.ensemble" in line and "data.spacing_mm" in line

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def crossval(*args):
-    result = subprocess.run([sys.executable, "-m", "luna.crossval", *args], capture_output=True, text=True, cwd=ROOT,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "luna.crossval", *args], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
 
@@ -35,12 +36,16 @@ def test_folds_run_in_turn_resume_and_merge_into_one_scored_submission(phantom_d
     for fold in (0, 1):
         predicted = rows(output / f"fold{fold}" / "predictions.csv")
         subset = {p.stem for p in (phantom_dir / f"subset{fold}").glob("*.mhd")}
-        assert predicted and {row["seriesuid"] for row in predicted} == subset  # every held-out scan, only those
+        assert (
+            predicted and {row["seriesuid"] for row in predicted} == subset
+        )  # every held-out scan, only those
     merged = rows(output / "predictions.csv")
     assert len(merged) == sum(len(rows(output / f"fold{k}" / "predictions.csv")) for k in (0, 1))
     record = json.loads((output / "crossval.json").read_text())
     assert record["folds"] == [0, 1] and set(record["per_fold"]) == {"0", "1"}
-    expected = evaluate_submission(output / "predictions.csv", phantom_dir, subsets=[0, 1], bootstrap_samples=0)
+    expected = evaluate_submission(
+        output / "predictions.csv", phantom_dir, subsets=[0, 1], bootstrap_samples=0
+    )
     assert record["merged"]["cpm"] == pytest.approx(expected.result.cpm)
     assert record["merged"]["cpm_ci"] is not None and (output / "froc.png").is_file()
     assert "per-fold CPM" in log and "only folds [0, 1] have predictions" in log
@@ -63,8 +68,23 @@ def test_folds_run_in_turn_resume_and_merge_into_one_scored_submission(phantom_d
 
 def test_merge_only_with_nothing_predicted_says_so(tmp_path, phantom_dir, cache_root):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "unused")
-    result = subprocess.run([sys.executable, "-m", "luna.crossval", "--merge_only", "--config", str(config),
-                             "--output", str(tmp_path / "empty")], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "luna.crossval",
+            "--merge_only",
+            "--config",
+            str(config),
+            "--output",
+            str(tmp_path / "empty"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 2 and "no fold of" in result.stderr
-    bad = subprocess.run([sys.executable, "-m", "luna.crossval", "--folds", "12"], capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, "-m", "luna.crossval", "--folds", "12"], capture_output=True, text=True, cwd=ROOT
+    )
     assert bad.returncode == 2 and "folds must be among 0-9" in bad.stderr

@@ -79,7 +79,9 @@ def test_int16_batches_become_the_same_float32_crops_on_the_device(phantom_dir, 
     on_device = module.on_after_batch_transfer(batch, 0)
     assert on_device["crop"].dtype == torch.float32
     expected = np.stack([dm.cache.crop(int(k)).astype(np.float32) for k in batch["index"]])[:, None]
-    assert torch.equal(on_device["crop"], torch.from_numpy(expected))  # bit-identical to converting on the CPU
+    assert torch.equal(
+        on_device["crop"], torch.from_numpy(expected)
+    )  # bit-identical to converting on the CPU
 
 
 def test_balanced_epochs_have_the_requested_ratio_and_reshuffle(phantom_dir, cache_root):
@@ -136,15 +138,18 @@ def test_phantom_is_generated_on_first_use_only_when_no_data_dir_is_given(tmp_pa
     dm = make(None, tmp_path / "cache", phantom=spec, val_stride=2)
     assert dm.data_dir.parent == tmp_path / "cache" and dm.data_dir.name.startswith("phantom-")
     assert (dm.data_dir / "subset1").is_dir() and len(np.unique(dm.cache.image_of)) == 4
-    with pytest.raises(FileNotFoundError, match=f"data_dir={tmp_path / 'typo'}: the LUNA16 folder does not exist"):
+    with pytest.raises(
+        FileNotFoundError, match=f"data_dir={tmp_path / 'typo'}: the LUNA16 folder does not exist"
+    ):
         LunaDataModule(tmp_path / "typo", phantom=spec, cache_dir=tmp_path / "cache")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing written for the typo
     with pytest.raises(ValueError, match="data_dir is required"):
         LunaDataModule(None, cache_dir=tmp_path)
 
 
-def test_the_cache_defaults_to_a_folder_beside_the_data_and_the_phantom_to_data_cache(phantom_dir, points_dir,
-                                                                                       tmp_path, monkeypatch, capsys):
+def test_the_cache_defaults_to_a_folder_beside_the_data_and_the_phantom_to_data_cache(
+    phantom_dir, points_dir, tmp_path, monkeypatch, capsys
+):
     from luna.cli.fit import main
     from luna.points.datamodule import PointsDataModule
 
@@ -154,8 +159,14 @@ def test_the_cache_defaults_to_a_folder_beside_the_data_and_the_phantom_to_data_
     assert LunaDataModule(phantom=PhantomSpec(series=4)).data_dir.parent == Path("data_cache")
     # the points config keeps a user's cache beside their CSV, out of the code checkout
     with pytest.raises(SystemExit):
-        main(["--config", str(Path(__file__).parents[1] / "configs/points.yaml"),
-              f"--data.points_csv={points_dir / 'points.csv'}", "--print_config"])
+        main(
+            [
+                "--config",
+                str(Path(__file__).parents[1] / "configs/points.yaml"),
+                f"--data.points_csv={points_dir / 'points.csv'}",
+                "--print_config",
+            ]
+        )
     assert yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["cache_dir"] is None
 
 
@@ -164,8 +175,10 @@ def test_setup_without_prepare_data_explains(phantom_dir, tmp_path):
         LunaDataModule(phantom_dir, cache_dir=tmp_path).setup("fit")
 
 
-@pytest.mark.parametrize("argument, value", [("batch_size", -1), ("batch_size", 0), ("num_workers", -2),
-                                             ("val_stride", 1), ("samples_per_epoch", 0)])
+@pytest.mark.parametrize(
+    "argument, value",
+    [("batch_size", -1), ("batch_size", 0), ("num_workers", -2), ("val_stride", 1), ("samples_per_epoch", 0)],
+)
 def test_bad_values_are_named(phantom_dir, tmp_path, argument, value):
     with pytest.raises(ValueError, match=f"{argument}={value}"):
         LunaDataModule(phantom_dir, cache_dir=tmp_path, **{argument: value})

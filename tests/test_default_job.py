@@ -10,8 +10,13 @@ import pytest
 @pytest.mark.slow
 def test_the_default_job_generates_data_trains_and_learns(tmp_path):
     # Run from an empty folder: the phantom data, the cache and the logs all land under it.
-    result = subprocess.run([sys.executable, "-m", "luna.fit", "--trainer.enable_progress_bar=false"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+    result = subprocess.run(
+        [sys.executable, "-m", "luna.fit", "--trainer.enable_progress_bar=false"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     phantoms = list((tmp_path / "data_cache").glob("phantom-*/candidates.csv"))
     assert len(phantoms) == 1, phantoms

@@ -19,13 +19,33 @@ from tests.helpers import tiny_config
 from tests.test_cache import tree_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-SCALARS = ("accuracy", "precision", "recall", "f1", "auroc", "average_precision", "calibration_error", "loss",
-           "loss_positive", "loss_negative", "samples", "f1_best", "f1_best_threshold", "cpm")
+SCALARS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "auroc",
+    "average_precision",
+    "calibration_error",
+    "loss",
+    "loss_positive",
+    "loss_negative",
+    "samples",
+    "f1_best",
+    "f1_best_threshold",
+    "cpm",
+)
 
 
 def luna(*args, env=None, timeout=300):
-    result = subprocess.run([sys.executable, "-m", "luna.fit", *args], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, **(env or {})}, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "luna.fit", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -68,8 +88,15 @@ def test_ddp_predictions_equal_one_process(trained, tmp_path):
     outputs = {}
     for processes, extra in ((1, []), (2, DDP)):
         outputs[processes] = tmp_path / f"p{processes}.csv"
-        luna("predict", "--config", str(config), f"--ckpt_path={checkpoint}", f"--predictions.path={outputs[processes]}",
-             f"--trainer.default_root_dir={tmp_path / str(processes)}", *extra)
+        luna(
+            "predict",
+            "--config",
+            str(config),
+            f"--ckpt_path={checkpoint}",
+            f"--predictions.path={outputs[processes]}",
+            f"--trainer.default_root_dir={tmp_path / str(processes)}",
+            *extra,
+        )
     one, two = (list(csv.reader(outputs[k].open())) for k in (1, 2))
     assert len(one) == split_size(config) + 1 and [r[:4] for r in one] == [r[:4] for r in two]
     assert all(abs(float(a[4]) - float(b[4])) < 1e-6 for a, b in zip(one[1:], two[1:]))
@@ -99,7 +126,11 @@ def test_two_processes_on_an_empty_cache_build_once_and_both_train(phantom_dir, 
     assert tree_bytes(tmp_path / "cache" / phantom_cache.name) == tree_bytes(phantom_cache)
     hparams = yaml.safe_load((tmp_path / "runs" / "version_0" / "hparams.yaml").read_text())
     assert hparams["world_size"] == 2 and hparams["global_batch_size"] == 16
-    rows = [r for r in csv.DictReader((tmp_path / "runs" / "version_0" / "metrics.csv").open()) if r.get("train/samples")]
+    rows = [
+        r
+        for r in csv.DictReader((tmp_path / "runs" / "version_0" / "metrics.csv").open())
+        if r.get("train/samples")
+    ]
     assert float(rows[-1]["train/samples"]) == 16  # both ranks' 8 samples, synchronised
 
 
@@ -108,16 +139,27 @@ def test_a_failed_build_stops_every_rank_with_its_error(phantom_copy, tmp_path):
     raw.write_bytes(raw.read_bytes()[:2048])
     config = tiny_config(tmp_path / "tiny.yaml", phantom_copy, tmp_path / "cache", tmp_path / "runs")
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "luna.fit", "--config", str(config), *DDP],
-                            capture_output=True, text=True, cwd=ROOT, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-m", "luna.fit", "--config", str(config), *DDP],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=240,
+    )
     assert result.returncode != 0
     assert raw.stem in result.stderr
     assert time.monotonic() - started < 200  # no hang at a barrier
 
 
 SLURM_ENV = {
-    "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "luna-test", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
-    "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NAME": "luna-test",
+    "SLURM_NTASKS": "2",
+    "SLURM_NTASKS_PER_NODE": "2",
+    "SLURM_NNODES": "1",
+    "SLURM_NODEID": "0",
+    "SLURM_PROCID": "1",
+    "SLURM_LOCALID": "1",
 }
 
 
@@ -149,22 +191,35 @@ def shellcheck(script: Path | str) -> None:
         subprocess.run(["shellcheck", "-x", str(script)], check=True, cwd=ROOT)
 
 
-def submit(tmp_path: Path, script: str, sbatch_reply: str, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+def submit(
+    tmp_path: Path, script: str, sbatch_reply: str, *args: str
+) -> tuple[subprocess.CompletedProcess, Path]:
     """Run a submitting script with ``sbatch`` stubbed: the stub records its arguments, one call a
     line, and then runs ``sbatch_reply`` (which prints the job id); the run and the record."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "sbatch.calls"
     stub(bin_dir, "sbatch", f'echo "$@" >> {calls}\n{sbatch_reply}\n')
     shellcheck(script)
-    done = subprocess.run(["bash", script, *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    done = subprocess.run(
+        ["bash", script, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )
     return done, calls
 
 
 def slurm_env(tmp_path: Path, bin_dir: Path, directives: dict) -> dict:
-    return {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-            "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3",
-            "SLURM_NTASKS_PER_NODE": directives["ntasks-per-node"], "SLURM_NNODES": directives["nodes"],
-            "LUNA_RUNS": str(tmp_path / "runs")}
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "SLURM_SUBMIT_DIR": str(ROOT),
+        "SLURM_JOB_ID": "7",
+        "SLURM_ARRAY_TASK_ID": "3",
+        "SLURM_NTASKS_PER_NODE": directives["ntasks-per-node"],
+        "SLURM_NNODES": directives["nodes"],
+        "LUNA_RUNS": str(tmp_path / "runs"),
+    }
 
 
 @pytest.mark.parametrize("script", SBATCH, ids=lambda p: p.name)
@@ -176,39 +231,83 @@ def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
     bin_dir = tmp_path / "bin"
     if script.name == "crossval_merge.sbatch":  # CPU only, no srun: record the command it runs
         stub(bin_dir, "python", f'echo "$@" > {tmp_path / "python.args"}\n')
-        done = subprocess.run(["bash", str(script), "--config", "x.yaml"], env=slurm_env(tmp_path, bin_dir, directives),
-                              cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(
+            ["bash", str(script), "--config", "x.yaml"],
+            env=slurm_env(tmp_path, bin_dir, directives),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr
         assert (tmp_path / "python.args").read_text().split() == [
-            "-m", "luna.crossval", "--merge_only", "--output", str(tmp_path / "runs" / "crossval"), "--config", "x.yaml"]
+            "-m",
+            "luna.crossval",
+            "--merge_only",
+            "--output",
+            str(tmp_path / "runs" / "crossval"),
+            "--config",
+            "x.yaml",
+        ]
         return
     if script.name == "prepare.sbatch":  # CPU only, no srun: the cache luna.prepare would build, and where
         env = {**slurm_env(tmp_path, bin_dir, directives), "SLURM_CPUS_PER_TASK": directives["cpus-per-task"]}
         refused = subprocess.run(["bash", str(script)], env=env, cwd=ROOT, capture_output=True, text=True)
-        assert refused.returncode != 0 and "set LUNA_CACHE" in refused.stderr  # never a node-local scratch folder
-        printed = subprocess.run(["bash", str(script), "--print_config"], env={**env, "LUNA_CACHE": str(tmp_path / "c")},
-                                 cwd=ROOT, capture_output=True, text=True)
+        assert (
+            refused.returncode != 0 and "set LUNA_CACHE" in refused.stderr
+        )  # never a node-local scratch folder
+        printed = subprocess.run(
+            ["bash", str(script), "--print_config"],
+            env={**env, "LUNA_CACHE": str(tmp_path / "c")},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert printed.returncode == 0, printed.stderr[-3000:]
         data = yaml.safe_load(printed.stdout)["data"]["init_args"]
-        assert data["cache_dir"] == str(tmp_path / "c") and data["build_processes"] == int(directives["cpus-per-task"])
+        assert data["cache_dir"] == str(tmp_path / "c") and data["build_processes"] == int(
+            directives["cpus-per-task"]
+        )
         return
     if script.name == "tune.sbatch":  # every array task is a worker of one study: record what it runs
-        stub(bin_dir, "srun", f'while [[ "$1" == --* ]]; do shift; done\necho "$@" > {tmp_path / "srun.args"}\n')
-        done = subprocess.run(["bash", str(script), "--search", "s.yaml", "--trials", "8"], cwd=ROOT,
-                              env=slurm_env(tmp_path, bin_dir, directives), capture_output=True, text=True)
+        stub(
+            bin_dir,
+            "srun",
+            f'while [[ "$1" == --* ]]; do shift; done\necho "$@" > {tmp_path / "srun.args"}\n',
+        )
+        done = subprocess.run(
+            ["bash", str(script), "--search", "s.yaml", "--trials", "8"],
+            cwd=ROOT,
+            env=slurm_env(tmp_path, bin_dir, directives),
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr
         args = (tmp_path / "srun.args").read_text().split()
-        assert args[:3] == ["python", "-m", "luna.tune"] and args[-4:] == ["--search", "s.yaml", "--trials", "8"]
+        assert args[:3] == ["python", "-m", "luna.tune"] and args[-4:] == [
+            "--search",
+            "s.yaml",
+            "--trials",
+            "8",
+        ]
         assert f"--trainer.default_root_dir={tmp_path / 'runs'}" in args  # the study lives on LUNA_RUNS
         return
     assert directives["signal"] == "SIGUSR1@90"
     # Run the script as SLURM would, with `srun` replaced by a stub that prints the config luna.fit gets.
     if script.name == "crossval.sbatch":  # the fold task runs luna.crossval: record what it is given
-        stub(bin_dir, "srun", f'while [[ "$1" == --* ]]; do shift; done\necho "$@" > {tmp_path / "srun.args"}\n')
+        stub(
+            bin_dir,
+            "srun",
+            f'while [[ "$1" == --* ]]; do shift; done\necho "$@" > {tmp_path / "srun.args"}\n',
+        )
     else:
         stub(bin_dir, "srun", 'while [[ "$1" == --* ]]; do shift; done\nexec "$@" --print_config\n')
-    printed = subprocess.run(["bash", str(script)], env=slurm_env(tmp_path, bin_dir, directives), cwd=ROOT,
-                             capture_output=True, text=True)
+    printed = subprocess.run(
+        ["bash", str(script)],
+        env=slurm_env(tmp_path, bin_dir, directives),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert printed.returncode == 0, printed.stderr[-3000:]
     if script.name == "crossval.sbatch":
         args = (tmp_path / "srun.args").read_text().split()
@@ -216,10 +315,16 @@ def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
         own = ["--no_merge", "--folds", "3", "--output", str(tmp_path / "runs" / "crossval")]
         assert [a for a in args[3:] if a in own] == own
         fit_args = [a for a in args[3:] if a not in own]  # what luna.crossval passes on to luna.fit
-        printed = subprocess.run([sys.executable, "-m", "luna.fit", *fit_args, "--print_config"], cwd=ROOT,
-                                 capture_output=True, text=True)
+        printed = subprocess.run(
+            [sys.executable, "-m", "luna.fit", *fit_args, "--print_config"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert printed.returncode == 0, printed.stderr[-3000:]
-        assert yaml.safe_load(printed.stdout)["data"]["init_args"]["shared_cache"] is True  # one cache for all folds
+        assert (
+            yaml.safe_load(printed.stdout)["data"]["init_args"]["shared_cache"] is True
+        )  # one cache for all folds
     config = yaml.safe_load(printed.stdout)
     assert int(config["trainer"]["devices"]) == int(directives["ntasks-per-node"])
     assert config["trainer"]["num_nodes"] == int(directives["nodes"])
@@ -229,18 +334,31 @@ def test_sbatch_scripts_parse_and_launch_what_they_allocate(script, tmp_path):
 
 
 def test_a_sweep_is_submitted_as_one_array_of_workers(tmp_path):
-    done, calls = submit(tmp_path, "scripts/slurm/tune.sh", "echo 4321", "3", "--search", "s.yaml", "--trials", "9")
+    done, calls = submit(
+        tmp_path, "scripts/slurm/tune.sh", "echo 4321", "3", "--search", "s.yaml", "--trials", "9"
+    )
     assert done.returncode == 0, done.stderr
-    assert calls.read_text().split() == ["--parsable", "--array=0-2", str(ROOT / "scripts/slurm/tune.sbatch"),
-                                         "--search", "s.yaml", "--trials", "9"]
+    assert calls.read_text().split() == [
+        "--parsable",
+        "--array=0-2",
+        str(ROOT / "scripts/slurm/tune.sbatch"),
+        "--search",
+        "s.yaml",
+        "--trials",
+        "9",
+    ]
     refused, _ = submit(tmp_path, "scripts/slurm/tune.sh", "echo 4321", "zero")
     assert refused.returncode == 2 and "WORKERS must be a positive number" in refused.stderr
 
 
 def test_crossval_submission_makes_the_merge_wait_for_every_fold(tmp_path):
-    done, calls = submit(tmp_path, "scripts/slurm/crossval.sh",
-                         'if [[ "$*" == *crossval.sbatch* ]]; then echo 1234; else echo 1235; fi',
-                         "--config", "x.yaml")
+    done, calls = submit(
+        tmp_path,
+        "scripts/slurm/crossval.sh",
+        'if [[ "$*" == *crossval.sbatch* ]]; then echo 1234; else echo 1235; fi',
+        "--config",
+        "x.yaml",
+    )
     assert done.returncode == 0, done.stderr
     first, second = calls.read_text().splitlines()
     assert first.endswith("crossval.sbatch --config x.yaml")
@@ -278,16 +396,36 @@ def test_sigusr1_saves_a_checkpoint_requeues_and_the_restart_resumes(phantom_dir
     (bin_dir / "scontrol").write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\n')
     (bin_dir / "scontrol").chmod(0o755)
     (tmp_path / "pause.py").write_text(PAUSE)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": f"{tmp_path}:{ROOT}",
-           "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "luna-test", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
-           "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": f"{tmp_path}:{ROOT}",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "luna-test",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+    }
     runs = tmp_path / "runs"
     ready = tmp_path / "ready"
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, runs, samples_per_epoch=64)
     args = [sys.executable, "-m", "luna.fit", "--config", str(config), "--trainer.max_epochs=2"]
-    job = subprocess.Popen(args + ["--trainer.callbacks+=pause.PauseForSignal", "--trainer.callbacks.step=3",
-                                   f"--trainer.callbacks.ready={ready}"],
-                           env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen(
+        args
+        + [
+            "--trainer.callbacks+=pause.PauseForSignal",
+            "--trainer.callbacks.step=3",
+            f"--trainer.callbacks.ready={ready}",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     wait_for(ready, job)  # the job is at step 3 and waits for the signal
     job.send_signal(signal.SIGUSR1)
     output, _ = job.communicate()
@@ -299,7 +437,9 @@ def test_sigusr1_saves_a_checkpoint_requeues_and_the_restart_resumes(phantom_dir
     saved = torch.load(hpc[-1], weights_only=False)
     assert saved["global_step"] == 3
     # The "requeued" job starts again with the same command: it must resume from the HPC checkpoint.
-    restarted = subprocess.run(args + ["--trainer.max_epochs=3"], env=env, cwd=ROOT, capture_output=True, text=True)
+    restarted = subprocess.run(
+        args + ["--trainer.max_epochs=3"], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "Restoring states from the checkpoint path at" in restarted.stdout + restarted.stderr
     assert "hpc_ckpt" in restarted.stdout + restarted.stderr

@@ -33,15 +33,35 @@ def staged_tables(data_dir: Path) -> list[dict]:
 
 
 def test_a_wandb_run_offline_gets_a_table_of_candidates_with_their_slices_and_its_checkpoints(
-        phantom_dir, cache_root, tmp_path):
+    phantom_dir, cache_root, tmp_path
+):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
-    data_dir = tmp_path / "runs" / "version_0" / "wandb" / "staging"  # inside the run: nothing left outside it
-    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_DATA_DIR"}, "WANDB_MODE": "offline",
-           "WANDB_SILENT": "true"}
-    result = subprocess.run([sys.executable, "-m", "luna.fit", "--config", str(config), "--loggers=[csv, wandb]",
-                             "--candidate_table.max_rows=12", "--candidate_table.mistakes=3",
-                             "--wandb_checkpoints=true"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
+    data_dir = (
+        tmp_path / "runs" / "version_0" / "wandb" / "staging"
+    )  # inside the run: nothing left outside it
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "WANDB_DATA_DIR"},
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "luna.fit",
+            "--config",
+            str(config),
+            "--loggers=[csv, wandb]",
+            "--candidate_table.max_rows=12",
+            "--candidate_table.mistakes=3",
+            "--wandb_checkpoints=true",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     tables = staged_tables(data_dir)
     assert len(tables) == 1  # one validation, one table
@@ -63,7 +83,9 @@ def test_a_wandb_run_offline_gets_a_table_of_candidates_with_their_slices_and_it
     staged = [path for path in (data_dir / "artifacts" / "staging").iterdir()]
     pngs = {path.read_bytes() for path in staged if path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"}
     assert len(pngs) > len(rows)  # the slices themselves (three a row, a few alike)
-    assert any(path.read_bytes()[:2] == b"PK" and path.stat().st_size > 100_000 for path in staged)  # a checkpoint
+    assert any(
+        path.read_bytes()[:2] == b"PK" and path.stat().st_size > 100_000 for path in staged
+    )  # a checkpoint
     run = next((tmp_path / "runs" / "version_0" / "wandb").glob("offline-run-*"))
     assert (run / "files" / "media" / "images" / "val").is_dir()  # the figures of the run
     assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["version_0"]
@@ -76,9 +98,16 @@ def test_the_table_keeps_every_positive_the_most_confident_mistakes_and_a_seeded
 
     def batch(labels, probs):
         size = len(labels)
-        return ({"label": torch.tensor(labels), "index": torch.arange(size), "crop": torch.zeros(size, 1, 4, 6, 6),
-                 "offset_irc": torch.full((size, 3), 2), "window_irc": torch.zeros(size, 3, dtype=torch.long)},
-                torch.tensor([[1 - p, p] for p in probs]))
+        return (
+            {
+                "label": torch.tensor(labels),
+                "index": torch.arange(size),
+                "crop": torch.zeros(size, 1, 4, 6, 6),
+                "offset_irc": torch.full((size, 3), 2),
+                "window_irc": torch.zeros(size, 3, dtype=torch.long),
+            },
+            torch.tensor([[1 - p, p] for p in probs]),
+        )
 
     table = CandidateTable(max_rows=6, mistakes=2, seed=1)
     labels = [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
@@ -87,7 +116,9 @@ def test_the_table_keeps_every_positive_the_most_confident_mistakes_and_a_seeded
     kept = {row.index for row in table._positives} | {entry[2].index for entry in table._mistakes}
     assert kept == {0, 9, 1, 3}  # both positives; the mistakes at 0.95 and 0.8, not 0.7 or 0.6
     assert {row.index for row in table._sample} == {2, 4, 5, 6, 7, 8}  # the rest, 0.6 and 0.7 included
-    table._keep(*batch([0] * 30, [0.1] * 30), (-1000.0, 400.0))  # more than max_rows: a seeded sample of all of them stays
+    table._keep(
+        *batch([0] * 30, [0.1] * 30), (-1000.0, 400.0)
+    )  # more than max_rows: a seeded sample of all of them stays
     assert len(table._sample) == 6 and table._offered == 36
     assert all(row.slices[0].dtype == np.uint8 and row.slices[0].shape == (6, 6) for row in table._sample)
 
@@ -99,7 +130,14 @@ def two_seeds(phantom_dir, cache_root, tmp_path_factory):
     config = tiny_config(folder / "tiny.yaml", phantom_dir, cache_root, folder / "runs")
     checkpoints = []
     for seed in (1, 2):
-        main(["--config", str(config), f"--seed_everything={seed}", f"--trainer.default_root_dir={folder / str(seed)}"])
+        main(
+            [
+                "--config",
+                str(config),
+                f"--seed_everything={seed}",
+                f"--trainer.default_root_dir={folder / str(seed)}",
+            ]
+        )
         checkpoints.append(folder / str(seed) / "version_0" / "checkpoints" / "last.ckpt")
     return config, checkpoints
 
@@ -112,16 +150,23 @@ def probabilities(path: Path) -> dict[tuple, float]:
 def test_an_ensemble_predicts_the_mean_probability_of_its_members(two_seeds, tmp_path):
     config, (first, second) = two_seeds
     out = {}
-    for name, extra in (("first", [f"--ckpt_path={first}"]), ("second", [f"--ckpt_path={second}"]),
-                        ("both", [f"--ckpt_path={first}", f"--evaluation.ensemble=[{second}]"])):
+    for name, extra in (
+        ("first", [f"--ckpt_path={first}"]),
+        ("second", [f"--ckpt_path={second}"]),
+        ("both", [f"--ckpt_path={first}", f"--evaluation.ensemble=[{second}]"]),
+    ):
         path = tmp_path / f"{name}.csv"
         main(["predict", "--config", str(config), *extra, f"--predictions.path={path}"])
         out[name] = probabilities(path)
     assert out["both"].keys() == out["first"].keys() and len(out["both"]) > 10
     for key, value in out["both"].items():
         assert value == pytest.approx((out["first"][key] + out["second"][key]) / 2, abs=1e-6)
-    assert any(abs(out["first"][key] - out["second"][key]) > 1e-3 for key in out["both"])  # two different models
-    cli = main(["validate", "--config", str(config), f"--ckpt_path={first}", f"--evaluation.ensemble=[{second}]"])
+    assert any(
+        abs(out["first"][key] - out["second"][key]) > 1e-3 for key in out["both"]
+    )  # two different models
+    cli = main(
+        ["validate", "--config", str(config), f"--ckpt_path={first}", f"--evaluation.ensemble=[{second}]"]
+    )
     assert 0 <= cli.trainer.callback_metrics["val/auroc"] <= 1
 
 
@@ -134,10 +179,15 @@ def test_an_ensemble_of_another_model_or_in_fit_is_one_line(two_seeds, tmp_path,
     changed["data"]["width_irc"] = [16, 32, 32]
     other.write_text(yaml.safe_dump(changed))
     for args, message in (
-            (["fit", "--config", str(config), f"--evaluation.ensemble=[{second}]"],
-             "error: evaluation.ensemble averages trained models in validate, test and predict"),
-            (["validate", "--config", str(other), f"--evaluation.ensemble=[{second}]"],
-             f"error: checkpoint {second} was trained on crops of 32x48x48 native voxels")):
+        (
+            ["fit", "--config", str(config), f"--evaluation.ensemble=[{second}]"],
+            "error: evaluation.ensemble averages trained models in validate, test and predict",
+        ),
+        (
+            ["validate", "--config", str(other), f"--evaluation.ensemble=[{second}]"],
+            f"error: checkpoint {second} was trained on crops of 32x48x48 native voxels",
+        ),
+    ):
         monkeypatch.setattr(sys, "argv", ["luna", *args])
         with pytest.raises(SystemExit) as stopped:
             cli()
@@ -150,9 +200,22 @@ def test_an_ensemble_of_another_model_or_in_fit_is_one_line(two_seeds, tmp_path,
 def test_the_folds_of_a_cross_validation_predict_together(phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "unused")
     output = tmp_path / "cv"
-    run = lambda *args: subprocess.run([sys.executable, "-m", "luna.crossval", "--config", str(config),  # noqa: E731
-                                        "--output", str(output), *args], cwd=ROOT, capture_output=True, text=True,
-                                       timeout=600)
+    run = lambda *args: subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "luna.crossval",
+            "--config",
+            str(config),  # noqa: E731
+            "--output",
+            str(output),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run("--folds", "0,1", "--no_merge").returncode == 0
     done = run("--ensemble", "--data.eval_images=all")
     assert done.returncode == 0, done.stderr[-3000:]

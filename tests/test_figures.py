@@ -17,17 +17,29 @@ def outcome(epoch=7):
     rng = np.random.default_rng(0)
     labels = torch.tensor([1] * 10 + [0] * 30)
     p = torch.tensor(labels.numpy() * 0.3 + rng.random(40) * 0.7, dtype=torch.float32)  # overlapping classes
-    metrics = StageMetrics("val", class_names=["non-nodule", "nodule"], curves=True, crop_shape=(4, 8, 8),
-                           mistakes=3)
-    identity = {"index": torch.arange(40), "image": torch.zeros(40, dtype=torch.long),
-                "center_xyz": torch.tensor(rng.uniform(-100, 100, (40, 3))),
-                "voxel_mm": torch.tensor([[2.5, 0.7, 0.7]] * 40, dtype=torch.float64)}
-    metrics.update(torch.stack([1 - p, p], 1), labels, torch.zeros(40), identity, torch.zeros(40, 4, 8, 8),
-                   torch.tensor([[2, 4, 4]] * 40))
+    metrics = StageMetrics(
+        "val", class_names=["non-nodule", "nodule"], curves=True, crop_shape=(4, 8, 8), mistakes=3
+    )
+    identity = {
+        "index": torch.arange(40),
+        "image": torch.zeros(40, dtype=torch.long),
+        "center_xyz": torch.tensor(rng.uniform(-100, 100, (40, 3))),
+        "voxel_mm": torch.tensor([[2.5, 0.7, 0.7]] * 40, dtype=torch.float64),
+    }
+    metrics.update(
+        torch.stack([1 - p, p], 1),
+        labels,
+        torch.zeros(40),
+        identity,
+        torch.zeros(40, 4, 8, 8),
+        torch.tensor([[2, 4, 4]] * 40),
+    )
     result = metrics.compute(epoch=epoch)
     findings = Findings(np.zeros(2, dtype=np.int64), np.zeros((2, 3)), np.array([10.0, 10.0]))
-    result.froc = froc(Marks(np.zeros(3, dtype=np.int64), np.zeros((3, 3)), np.array([0.9, 0.5, 0.1])),
-                       Reference(["a"], findings, Findings.empty()))
+    result.froc = froc(
+        Marks(np.zeros(3, dtype=np.int64), np.zeros((3, 3)), np.array([0.9, 0.5, 0.1])),
+        Reference(["a"], findings, Findings.empty()),
+    )
     return result
 
 
@@ -65,7 +77,9 @@ def test_reliability_shows_intervals_that_widen_for_small_bins_and_the_counts_be
     low, high = wilson_interval(np.array([2.0, 200.0]), np.array([4.0, 400.0]))
     assert (high - low)[0] > 4 * (high - low)[1]  # 2/4 is far less certain than 200/400
     assert 0 <= low[0] < 0.5 < high[0] <= 1
-    low, high = wilson_interval(np.array([0.0]), np.array([5.0]))  # none of 5: still an interval, inside [0, 1]
+    low, high = wilson_interval(
+        np.array([0.0]), np.array([5.0])
+    )  # none of 5: still an interval, inside [0, 1]
     assert low[0] == 0 and 0.3 < high[0] < 0.6
     count = np.arange(1.0, 400.0)  # all-or-none bins: rounding once put a bound a hair past the rate (6 of 6)
     for successes in (0 * count, count):
@@ -97,10 +111,17 @@ def test_froc_figure_has_a_log_axis_the_seven_points_and_its_legend_below():
 
 
 def test_importing_luna_leaves_the_matplotlib_backend_alone():
-    code = ("import matplotlib; import luna.fit, luna.evaluation.figures, luna.callbacks.figures, luna.evaluate; "
-            "print(matplotlib.get_backend())")
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MPLBACKEND": "svg"},
-                            capture_output=True, text=True, check=True)
+    code = (
+        "import matplotlib; import luna.fit, luna.evaluation.figures, luna.callbacks.figures, luna.evaluate; "
+        "print(matplotlib.get_backend())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "MPLBACKEND": "svg"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert result.stdout.strip() == "svg"
 
 

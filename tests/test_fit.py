@@ -28,7 +28,8 @@ def run_dir(tmp_path, version=0):
 def test_python_m_luna_fit_trains_end_to_end(config, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "luna.fit", "--config", str(config), "--data.batch_size=4"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = run_dir(tmp_path)
@@ -87,14 +88,24 @@ def test_validate_test_and_predict_are_subcommands(config, tmp_path, phantom_dir
 
 def test_last_checkpoint_is_the_last_epoch_when_the_monitor_never_improves(config, tmp_path):
     # "epoch" in mode "min" is best at epoch 0 and never improves after it.
-    main(["--config", str(config), "--trainer.max_epochs=3", "--checkpoint.monitor=epoch", "--checkpoint.mode=min"])
+    main(
+        [
+            "--config",
+            str(config),
+            "--trainer.max_epochs=3",
+            "--checkpoint.monitor=epoch",
+            "--checkpoint.mode=min",
+        ]
+    )
     checkpoints = run_dir(tmp_path) / "checkpoints"
     last = torch.load(checkpoints / "last.ckpt", weights_only=False)
     assert (last["epoch"], last["global_step"]) == (2, 6)
     assert [p.name for p in checkpoints.glob("best-*.ckpt")] == ["best-epoch000-step2.ckpt"]
 
 
-def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(config, tmp_path, phantom_dir, caplog):
+def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(
+    config, tmp_path, phantom_dir, caplog
+):
     from luna.luna16.scoring import evaluate_submission, predicted_scans
 
     main(["--config", str(config), "--checkpoint.monitor=val/cpm", "--checkpoint.mode=max"])
@@ -105,7 +116,9 @@ def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(c
         cli = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}"])
     cpm = float(cli.trainer.callback_metrics["val/cpm"])
     validation = run / "validate" / "version_0"  # in the checkpoint's own run
-    assert (validation / "figures" / "val_froc-epoch000.png").is_file() and (validation / "metrics.csv").is_file()
+    assert (validation / "figures" / "val_froc-epoch000.png").is_file() and (
+        validation / "metrics.csv"
+    ).is_file()
     assert any(f"written to {validation}" in record.getMessage() for record in caplog.records)
     cli = main(["predict", "--config", str(config), f"--ckpt_path={checkpoint}"])
     predictions = run / "predictions.csv"
@@ -125,8 +138,10 @@ def test_val_cpm_equals_the_evaluation_of_the_predictions_and_can_be_monitored(c
     with caplog.at_level(logging.WARNING):  # scored against every scan of the folder instead: said loudly
         whole = evaluate_submission(predictions, phantom_dir, bootstrap_samples=0)
     assert whole.result.counts.scans > evaluation.result.counts.scans
-    assert any("have no row in" in record.getMessage() and "count as missed" in record.getMessage()
-               for record in caplog.records)
+    assert any(
+        "have no row in" in record.getMessage() and "count as missed" in record.getMessage()
+        for record in caplog.records
+    )
 
 
 def test_candidate_split_logs_no_cpm(config, tmp_path):
@@ -137,11 +152,19 @@ def test_candidate_split_logs_no_cpm(config, tmp_path):
 def test_every_output_of_a_run_lands_in_one_folder_under_default_root_dir(config, tmp_path):
     main(["--config", str(config), "--loggers=[csv, tensorboard]"])
     run = run_dir(tmp_path)
-    assert {p.name for p in run.iterdir()} >= {"metrics.csv", "hparams.yaml", "config.yaml", "checkpoints", "figures",
-                                                "tensorboard"}
+    assert {p.name for p in run.iterdir()} >= {
+        "metrics.csv",
+        "hparams.yaml",
+        "config.yaml",
+        "checkpoints",
+        "figures",
+        "tensorboard",
+    }
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     main(["predict", "--config", str(config), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
-    assert (run / "predictions.csv").is_file() and (run / "predictions.json").is_file()  # beside its checkpoint
+    assert (run / "predictions.csv").is_file() and (
+        run / "predictions.json"
+    ).is_file()  # beside its checkpoint
     main(["test", "--config", str(config), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
     assert (run / "test" / "version_0" / "metrics.csv").is_file()
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0"]
@@ -161,8 +184,22 @@ def test_a_plain_install_ships_the_configs(tmp_path):
     shutil.copytree(root / "luna", source / "luna", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(root / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(source)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("luna-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {p.relative_to(root / "luna").as_posix() for p in (root / "luna" / "configs").rglob("*.yaml")}
@@ -174,9 +211,18 @@ def test_the_console_says_how_the_run_went_and_names_existing_files(config, tmp_
     import re
 
     with caplog.at_level(logging.INFO):  # pytest's captured stdout is a file, not a terminal
-        cli = main(["--config", str(config), "--trainer.max_epochs=2", "--loggers=[csv, tensorboard]",
-                    "--trainer.enable_progress_bar=null"])
-    assert cli.trainer.progress_bar_callback is None  # its last frame would land after the summary in a log file
+        cli = main(
+            [
+                "--config",
+                str(config),
+                "--trainer.max_epochs=2",
+                "--loggers=[csv, tensorboard]",
+                "--trainer.enable_progress_bar=null",
+            ]
+        )
+    assert (
+        cli.trainer.progress_bar_callback is None
+    )  # its last frame would land after the summary in a log file
     printed = "".join(capfd.readouterr()) + caplog.text
     assert "| LunaModel " in printed and "LunaMod…" not in printed  # the plain summary, not Rich's 80 columns
     assert "`Trainer.fit` stopped" not in printed and "`Trainer.fit` stopped" not in caplog.text
@@ -186,7 +232,9 @@ def test_the_console_says_how_the_run_went_and_names_existing_files(config, tmp_
     assert re.search(r"epoch 0/1: val F1 [\d.]+ \(at P >= 0\.5\) \| AUROC [\d.]+ .*\| CPM [\d.]+", text), text
     assert re.search(r"epoch 1/1: val F1", text)
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("training finished"))
-    assert "(max_epochs=2 reached): 2 epochs" in summary and re.search(r"best epoch \d by val/cpm [\d.]+: F1", summary)
+    assert "(max_epochs=2 reached): 2 epochs" in summary and re.search(
+        r"best epoch \d by val/cpm [\d.]+: F1", summary
+    )
     paths = dict(re.findall(r"^(best checkpoint|last checkpoint|run folder): (.+)$", summary, re.M))
     assert set(paths) == {"best checkpoint", "last checkpoint", "run folder"}
     assert all(Path(path).exists() for path in paths.values())
@@ -199,8 +247,15 @@ def test_predict_says_where_it_wrote_and_writes_full_precision(config, tmp_path,
     main(["--config", str(config)])
     out = tmp_path / "predictions.csv"
     with caplog.at_level(logging.INFO, logger="luna"):
-        main(["predict", "--config", str(config), f"--ckpt_path={run_dir(tmp_path) / 'checkpoints' / 'last.ckpt'}",
-              f"--predictions.path={out}"])
+        main(
+            [
+                "predict",
+                "--config",
+                str(config),
+                f"--ckpt_path={run_dir(tmp_path) / 'checkpoints' / 'last.ckpt'}",
+                f"--predictions.path={out}",
+            ]
+        )
     rows = list(csv.DictReader(out.open()))
     assert any(f"predictions: {len(rows)} rows written to {out}" == r.getMessage() for r in caplog.records)
     # float32 probabilities written in full: 101 of them tied at "1.000000" would empty a scan under the cap
@@ -221,8 +276,16 @@ def test_how_to_evaluate_is_this_commands_choice_not_the_checkpoints(config, tmp
     checkpoint = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
     plain = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}"]).trainer.callback_metrics
     with caplog.at_level(logging.INFO, logger="luna"):
-        cli = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}", "--evaluation.prior_correction=true",
-                    "--evaluation.tta_flips=[[], [2]]"])
+        cli = main(
+            [
+                "validate",
+                "--config",
+                str(config),
+                f"--ckpt_path={checkpoint}",
+                "--evaluation.prior_correction=true",
+                "--evaluation.tta_flips=[[], [2]]",
+            ]
+        )
     assert cli.model.evaluation.prior_correction and cli.model.evaluation.flips == [(), (2,)]
     assert any(r.getMessage().startswith("prior correction: logits shifted by") for r in caplog.records)
     corrected = cli.trainer.callback_metrics
@@ -238,7 +301,7 @@ def test_help_documents_luna_and_names_lightnings_options_in_a_paragraph(capsys)
     full = capsys.readouterr().out
     assert len(short.splitlines()) < 350 < 600 < len(full.splitlines())
     assert "``" not in short and "``" not in full  # reST markup is for the docs, not the terminal
-    trainer = short[short.index("Lightning's Trainer:"):]
+    trainer = short[short.index("Lightning's Trainer:") :]
     assert "max_epochs, min_epochs" in trainer and "--trainer.max_epochs MAX_EPOCHS" not in short
     assert "--trainer.max_epochs MAX_EPOCHS" in full
     assert "--evaluation.threshold THRESHOLD" in short and "--checkpoint.fallback_monitor" in short
@@ -246,11 +309,16 @@ def test_help_documents_luna_and_names_lightnings_options_in_a_paragraph(capsys)
     with pytest.raises(SystemExit):
         main(["--data.help", "PointsDataModule"])
     assert "--data.points_csv POINTS_CSV" in capsys.readouterr().out  # a data class's own options, in full
-    assert "Runs the full optimization" not in short and short.split("\n\n")[1].startswith("Train (and validate")
+    assert "Runs the full optimization" not in short and short.split("\n\n")[1].startswith(
+        "Train (and validate"
+    )
     with pytest.raises(SystemExit):
         main(["validate", "--help"])
     validate = " ".join(capsys.readouterr().out.split())
-    assert "--ckpt_path CKPT_PATH the checkpoint to evaluate (a run's checkpoints/last.ckpt or best-*.ckpt)" in validate
+    assert (
+        "--ckpt_path CKPT_PATH the checkpoint to evaluate (a run's checkpoints/last.ckpt or best-*.ckpt)"
+        in validate
+    )
     assert '"registry"' not in validate
 
 
@@ -260,7 +328,11 @@ def test_prepare_help_shows_the_data_options(capsys):
     with pytest.raises(SystemExit):
         prepare(["--help"])
     text = capsys.readouterr().out
-    assert "--data.data_dir DATA_DIR" in text and "--data.spacing_mm" in text and "--data.build_processes" in text
+    assert (
+        "--data.data_dir DATA_DIR" in text
+        and "--data.spacing_mm" in text
+        and "--data.build_processes" in text
+    )
     assert "--model." not in text and "--wandb_checkpoints" not in text and "--trainer." not in text
 
 
@@ -271,7 +343,9 @@ def test_prepare_builds_the_cache_fit_then_reuses_and_trains_nothing(phantom_dir
 
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, tmp_path / "cache", tmp_path / "runs")
     datamodule = prepare(["--config", str(config), "--data.build_processes=1"])
-    assert (datamodule.cache.path / "manifest.json").is_file() and datamodule.cache.path.parent == tmp_path / "cache"
+    assert (
+        datamodule.cache.path / "manifest.json"
+    ).is_file() and datamodule.cache.path.parent == tmp_path / "cache"
     assert not (tmp_path / "runs").exists()  # no Trainer, no run folder
     with caplog.at_level(logging.INFO):
         main(["--config", str(config), "--trainer.max_steps=1", "--trainer.limit_val_batches=1"])

@@ -41,7 +41,11 @@ def test_a_mark_at_exactly_the_radius_misses_and_just_inside_hits():
 def test_double_hits_take_the_highest_probability_and_are_not_false_positives():
     nodule = findings((0, 0, 0, 0, 10))
     result = froc(marks((0, 1, 0, 0, 0.3), (0, 0, 1, 0, 0.8), (0, 30, 0, 0, 0.5)), nodule, NONE, 1)
-    assert (result.counts.detected, result.counts.double_detections, result.counts.false_positives) == (1, 1, 1)
+    assert (result.counts.detected, result.counts.double_detections, result.counts.false_positives) == (
+        1,
+        1,
+        1,
+    )
     # the nodule enters at 0.8, above the false positive at 0.5: sensitivity 1 before any false positive
     assert result.sensitivity.tolist() == [1.0] * 7
 
@@ -55,11 +59,19 @@ def test_one_mark_may_detect_two_nodules():
 def test_marks_on_irrelevant_findings_are_ignored_unless_they_hit_a_nodule():
     nodule = findings((0, 0, 0, 0, 6))
     irrelevant = findings((0, 1, 0, 0, -1), (0, 50, 0, 0, 4))  # -1: unknown size, 10 mm
-    result = froc(marks((0, 0.5, 0, 0, 0.9), (0, 5.5, 0, 0, 0.8), (0, 51, 0, 0, 0.7), (0, 90, 0, 0, 0.6)),
-                  nodule, irrelevant, 1)
+    result = froc(
+        marks((0, 0.5, 0, 0, 0.9), (0, 5.5, 0, 0, 0.8), (0, 51, 0, 0, 0.7), (0, 90, 0, 0, 0.6)),
+        nodule,
+        irrelevant,
+        1,
+    )
     # 0.5 mm: nodule hit (not irrelevant); 5.5 mm: outside the 3 mm nodule but within 5 mm of the
     # unknown-size finding; 51: within 2 mm of the 4 mm finding; 90: a false positive
-    assert (result.counts.detected, result.counts.irrelevant_marks, result.counts.false_positives) == (1, 2, 1)
+    assert (result.counts.detected, result.counts.irrelevant_marks, result.counts.false_positives) == (
+        1,
+        2,
+        1,
+    )
 
 
 def test_without_irrelevant_findings_those_marks_become_false_positives():
@@ -126,6 +138,7 @@ def test_bad_arguments_are_rejected():
 
 # ------------------------------------------------------------------ a literal transcription of the rules
 
+
 def reference_froc(mark_rows, nodule_rows, irrelevant_rows, scan_count):
     """LUNA16.md's rules, one loop at a time; returns the seven sensitivities."""
     entries, nodule_total = [], 0
@@ -138,8 +151,11 @@ def reference_froc(mark_rows, nodule_rows, irrelevant_rows, scan_count):
 
         def hits(finding):
             diameter = finding[4] if finding[4] >= 0 else 10.0
-            return [k for k, m in enumerate(scan_marks)
-                    if sum((finding[a] - m[a]) ** 2 for a in (1, 2, 3)) < (diameter / 2) ** 2]
+            return [
+                k
+                for k, m in enumerate(scan_marks)
+                if sum((finding[a] - m[a]) ** 2 for a in (1, 2, 3)) < (diameter / 2) ** 2
+            ]
 
         for nodule in (n for n in nodule_rows if n[0] == scan):
             nodule_total += 1
@@ -165,10 +181,16 @@ def reference_froc(mark_rows, nodule_rows, irrelevant_rows, scan_count):
 def test_vectorised_scoring_equals_the_literal_rules(seed):
     rng = np.random.default_rng(seed)
     scan_count = int(rng.choice([1, 3, 8, 16, 25]))
-    nodule_rows = [(s, *rng.uniform(-40, 40, 3), rng.uniform(3, 30)) for s in range(scan_count)
-                   for _ in range(rng.integers(0, 4))]
-    irrelevant_rows = [(s, *rng.uniform(-40, 40, 3), rng.choice([-1.0, rng.uniform(1, 8)])) for s in range(scan_count)
-                       for _ in range(rng.integers(0, 4))]
+    nodule_rows = [
+        (s, *rng.uniform(-40, 40, 3), rng.uniform(3, 30))
+        for s in range(scan_count)
+        for _ in range(rng.integers(0, 4))
+    ]
+    irrelevant_rows = [
+        (s, *rng.uniform(-40, 40, 3), rng.choice([-1.0, rng.uniform(1, 8)]))
+        for s in range(scan_count)
+        for _ in range(rng.integers(0, 4))
+    ]
     mark_rows = []
     for s in range(scan_count):
         for _ in range(rng.integers(0, 130)):
@@ -194,9 +216,15 @@ def test_the_bootstrap_is_seeded_and_brackets_the_cpm():
     mark_rows = [(s, *rng.normal(0, 3, 3), rng.random()) for s in range(scan_count)]
     mark_rows += [(s, 60.0 + k, 0.0, 0.0, rng.random()) for s in range(scan_count) for k in range(5)]
     args = (marks(*mark_rows), findings(*nodule_rows), NONE, scan_count)
-    first, again, other = froc(*args, bootstrap_samples=300, seed=1), froc(*args, bootstrap_samples=300, seed=1), \
-        froc(*args, bootstrap_samples=300, seed=2)
-    assert first.bootstrap.cpm_ci == again.bootstrap.cpm_ci and first.bootstrap.cpm_mean == again.bootstrap.cpm_mean
+    first, again, other = (
+        froc(*args, bootstrap_samples=300, seed=1),
+        froc(*args, bootstrap_samples=300, seed=1),
+        froc(*args, bootstrap_samples=300, seed=2),
+    )
+    assert (
+        first.bootstrap.cpm_ci == again.bootstrap.cpm_ci
+        and first.bootstrap.cpm_mean == again.bootstrap.cpm_mean
+    )
     assert first.bootstrap.cpm_mean != other.bootstrap.cpm_mean
     low, high = first.bootstrap.cpm_ci
     assert low < first.cpm < high and high - low < 0.3

@@ -16,12 +16,19 @@ def test_the_gpu_check_dry_run_prints_one_row_per_measurement(tmp_path):
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
     out = tmp_path / "table.md"
-    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run", "--out", str(out), "--workdir", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--dry-run", "--out", str(out), "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = out.read_text().splitlines()
     assert lines[0].startswith("GPU check, ") and "CPU (dry run)" in lines[0]
-    rows = [line for line in lines if line.startswith("| ") and not line.startswith(("| measurement", "| ---"))]
+    rows = [
+        line for line in lines if line.startswith("| ") and not line.startswith(("| measurement", "| ---"))
+    ]
     assert [row.split(" | ")[0][2:] for row in rows] == list(gpu_check.ROWS)
     for row in rows:
         value = row.split(" | ")[1]

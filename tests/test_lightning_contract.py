@@ -41,7 +41,9 @@ def test_the_public_hooks_the_cli_overrides_have_their_signatures():
 def test_the_lr_finder_sweep_draws_its_bar_with_the_module_global_tqdm():
     from pytorch_lightning.tuner import lr_finder
 
-    assert callable(lr_finder.tqdm) and "tqdm(desc=" in inspect.getsource(lr_finder._LRCallback.on_train_batch_start)
+    assert callable(lr_finder.tqdm) and "tqdm(desc=" in inspect.getsource(
+        lr_finder._LRCallback.on_train_batch_start
+    )
 
 
 def test_the_lr_finder_exits_fit_after_its_sweep_through_early_exit():

@@ -26,7 +26,9 @@ def scalars(threshold=0.5, curves=True):
 
 def test_per_crop_metrics_are_taken_at_the_threshold():
     at_half, _ = scalars(0.5)
-    assert at_half.scalars["val/recall"] == pytest.approx(1 / 3) and at_half.scalars["val/precision"] == pytest.approx(0.5)
+    assert at_half.scalars["val/recall"] == pytest.approx(1 / 3) and at_half.scalars[
+        "val/precision"
+    ] == pytest.approx(0.5)
     at_0_3, _ = scalars(0.3)
     assert at_0_3.scalars["val/recall"] == 1.0 and at_0_3.scalars["val/precision"] == pytest.approx(3 / 5)
     assert at_half.threshold == 0.5 and at_0_3.threshold == 0.3
@@ -60,8 +62,12 @@ def test_nonfinite_probabilities_are_left_out_counted_and_never_crash():
 
 def test_the_most_confident_mistakes_come_first_per_true_class_with_three_planes_through_each():
     metrics = StageMetrics("val", curves=True, crop_shape=(2, 2, 2), mistakes=2)
-    identity = {"index": torch.arange(8), "image": torch.zeros(8, dtype=torch.long), "center_xyz": torch.zeros(8, 3),
-                "voxel_mm": torch.ones(8, 3, dtype=torch.float64)}
+    identity = {
+        "index": torch.arange(8),
+        "image": torch.zeros(8, dtype=torch.long),
+        "center_xyz": torch.zeros(8, 3),
+        "voxel_mm": torch.ones(8, 3, dtype=torch.float64),
+    }
     crops = 100 * torch.arange(8.0)[:, None, None, None] + torch.arange(8.0).reshape(1, 2, 2, 2)
     marker = torch.tensor([[1, 0, 1]] * 8)
     marker[2, 0] = 5  # a centre outside its crop is cut at the nearest slice, never an index error

@@ -6,8 +6,15 @@ import torch
 from luna.models.luna_model import LunaModel, load_book_checkpoint
 from luna.training.module import LunaClassifier
 
-BOOK_KEYS = {"tail_batchnorm.weight", "tail_batchnorm.bias", "tail_batchnorm.running_mean",
-             "tail_batchnorm.running_var", "tail_batchnorm.num_batches_tracked", "head_linear.weight", "head_linear.bias"}
+BOOK_KEYS = {
+    "tail_batchnorm.weight",
+    "tail_batchnorm.bias",
+    "tail_batchnorm.running_mean",
+    "tail_batchnorm.running_var",
+    "tail_batchnorm.num_batches_tracked",
+    "head_linear.weight",
+    "head_linear.bias",
+}
 
 
 def test_shape_parameter_count_and_book_keys():
@@ -37,7 +44,9 @@ def test_kaiming_fan_out_initialisation_and_a_head_that_starts_at_chance():
     logits, probabilities = model(torch.randn(3, 1, 32, 48, 48) * 300)
     assert torch.equal(logits, torch.zeros(3, 2)) and torch.allclose(probabilities, torch.full((3, 2), 0.5))
     book = LunaModel(head_init="kaiming")
-    assert book.head_linear.weight.std().item() == pytest.approx(math.sqrt(2 / 2), rel=0.1)  # fan_out = 2 classes
+    assert book.head_linear.weight.std().item() == pytest.approx(
+        math.sqrt(2 / 2), rel=0.1
+    )  # fan_out = 2 classes
     for conv in (model.block3.conv2, model.block4.conv1, model.block4.conv2):
         fan_out = conv.out_channels * 27
         assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.05)

@@ -13,13 +13,25 @@ from luna.training.module import LunaClassifier
 
 @pytest.fixture
 def datamodule(phantom_dir, cache_root):
-    return LunaDataModule(phantom_dir, cache_dir=cache_root, batch_size=8, num_workers=0,
-                          negatives_per_positive=1, samples_per_epoch=16)
+    return LunaDataModule(
+        phantom_dir,
+        cache_dir=cache_root,
+        batch_size=8,
+        num_workers=0,
+        negatives_per_positive=1,
+        samples_per_epoch=16,
+    )
 
 
 def trainer(tmp_path, **kwargs):
-    return pl.Trainer(accelerator="cpu", devices=1, logger=CSVLogger(tmp_path), enable_progress_bar=False,
-                      enable_checkpointing=False, **kwargs)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        **kwargs,
+    )
 
 
 def test_sanity_check_does_not_leak_into_validation_metrics(datamodule, tmp_path):
@@ -27,8 +39,18 @@ def test_sanity_check_does_not_leak_into_validation_metrics(datamodule, tmp_path
     run.fit(LunaClassifier(), datamodule=datamodule)
     assert run.callback_metrics["val/samples"] == len(datamodule.val_dataset)
     assert run.callback_metrics["train/samples"] == 16
-    for name in ("accuracy", "precision", "recall", "f1", "auroc", "average_precision", "calibration_error", "loss",
-                 "loss_positive", "loss_negative"):
+    for name in (
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "auroc",
+        "average_precision",
+        "calibration_error",
+        "loss",
+        "loss_positive",
+        "loss_negative",
+    ):
         assert f"val/{name}" in run.callback_metrics
 
 
@@ -47,7 +69,9 @@ def test_predict_returns_plain_copies_of_indices_and_probabilities(datamodule, t
 def test_a_monai_network_replaces_luna_model(datamodule, tmp_path):
     from monai.networks.nets import DenseNet
 
-    network = DenseNet(spatial_dims=3, in_channels=1, out_channels=2, init_features=8, growth_rate=8, block_config=(2, 2))
+    network = DenseNet(
+        spatial_dims=3, in_channels=1, out_channels=2, init_features=8, growth_rate=8, block_config=(2, 2)
+    )
     run = trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0)
     run.fit(LunaClassifier(network=network), datamodule=datamodule)
     assert "val/auroc" in run.callback_metrics
@@ -74,7 +98,8 @@ def test_prior_correction_turns_balanced_odds_into_natural_odds(datamodule, tmp_
     corrected = LunaClassifier(channels_last=False)
     settings = EvaluationSettings(prior_correction=True)
     trainer(tmp_path, max_steps=1, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[settings]).fit(
-        corrected, datamodule=datamodule)
+        corrected, datamodule=datamodule
+    )
     natural, sampled = datamodule.class_frequencies()
     assert sampled.tolist() == [0.5, 0.5] and 0 < natural[1] < 0.5  # balanced epochs, rarer nodules
     plain = LunaClassifier(channels_last=False)
@@ -85,4 +110,6 @@ def test_prior_correction_turns_balanced_odds_into_natural_odds(datamodule, tmp_
     # odds of a nodule multiplied by natural[1] / natural[0]: add the log of that to the log-odds
     expected = torch.sigmoid(logits[:, 1] - logits[:, 0] + float(np.log(natural[1] / natural[0])))
     assert torch.allclose(corrected.probabilities(crops)[:, 1].double(), expected, atol=1e-6)
-    assert torch.allclose(plain.probabilities(crops)[:, 1].double(), torch.sigmoid(logits[:, 1] - logits[:, 0]), atol=1e-6)
+    assert torch.allclose(
+        plain.probabilities(crops)[:, 1].double(), torch.sigmoid(logits[:, 1] - logits[:, 0]), atol=1e-6
+    )

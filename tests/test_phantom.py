@@ -25,15 +25,26 @@ def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path):
 
 def test_layout_and_columns_are_luna16s(phantom_dir):
     assert sorted(p.name for p in phantom_dir.iterdir() if p.is_dir()) == [
-        "seg-lungs-LUNA16", "subset0", "subset1", "subset2", "subset3"
+        "seg-lungs-LUNA16",
+        "subset0",
+        "subset1",
+        "subset2",
+        "subset3",
     ]
     assert {p.name for p in phantom_dir.iterdir() if p.is_file()} == {
-        "annotations.csv", "annotations_excluded.csv", "annotations_with_malignancy.csv", "candidates.csv",
-        "seriesuids.csv", "phantom.json"}
+        "annotations.csv",
+        "annotations_excluded.csv",
+        "annotations_with_malignancy.csv",
+        "candidates.csv",
+        "seriesuids.csv",
+        "phantom.json",
+    }
     listed = (phantom_dir / "seriesuids.csv").read_text().split()  # the scans on disk, no header
     assert len(listed) == len(set(listed)) and set(listed) == set(find_scans(phantom_dir))
     excluded = list(csv.DictReader(open(phantom_dir / "annotations_excluded.csv")))
-    assert excluded and any(float(r["diameter_mm"]) == -1 for r in excluded)  # unsized findings, as in the release
+    assert excluded and any(
+        float(r["diameter_mm"]) == -1 for r in excluded
+    )  # unsized findings, as in the release
     assert all(float(r["diameter_mm"]) < 3 for r in excluded if float(r["diameter_mm"]) > 0)
     with open(phantom_dir / "annotations.csv") as f:
         assert next(csv.reader(f)) == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
@@ -43,7 +54,9 @@ def test_layout_and_columns_are_luna16s(phantom_dir):
     on_disk = set(find_scans(phantom_dir))
     listed = {row[0] for row in rows[1:]}
     assert len(listed - on_disk) == 2  # series listed but not on disk
-    diameters = [float(row[4]) for row in csv.reader(open(phantom_dir / "annotations.csv")) if row[0] != "seriesuid"]
+    diameters = [
+        float(row[4]) for row in csv.reader(open(phantom_dir / "annotations.csv")) if row[0] != "seriesuid"
+    ]
     assert 3.0 <= min(diameters) and max(diameters) <= 30.0
 
 
@@ -82,7 +95,21 @@ def test_nodules_are_brighter_than_their_surroundings_on_average(phantom_cache):
 def test_command_line(tmp_path):
     out = tmp_path / "cli"
     subprocess.run(
-        [sys.executable, "-m", "luna.phantom", "luna16", str(out), "--series", "2", "--seed", "4", "--shape_irc", "40", "64", "64"],
+        [
+            sys.executable,
+            "-m",
+            "luna.phantom",
+            "luna16",
+            str(out),
+            "--series",
+            "2",
+            "--seed",
+            "4",
+            "--shape_irc",
+            "40",
+            "64",
+            "64",
+        ],
         check=True,
     )
     assert len(find_scans(out)) == 2
@@ -105,11 +132,16 @@ def test_the_luna16_geometry_has_luna16s_spacings_nodule_sizes_and_pleural_blobs
     diameters = [float(r["diameter_mm"]) for r in csv.DictReader(open(folder / "annotations.csv"))]
     on_disk = [d for d in diameters if d != 6.5]  # the missing series' nodules are written at 6.5 mm
     assert min(on_disk) >= 3.25 and max(on_disk) <= 32 and 4.5 < float(np.median(on_disk)) < 9
-    scan = _make_scan(spec, 3, np.random.default_rng(0))  # every pleural blob is a negative candidate, on a lung wall
+    scan = _make_scan(
+        spec, 3, np.random.default_rng(0)
+    )  # every pleural blob is a negative candidate, on a lung wall
     spacing = scan.spacing_xyz[::-1]
     extent = np.array(scan.hu.shape) * spacing
     semi = np.array([0.44, 0.28, 0.18]) * extent
     centers = [extent * np.array([0.5, 0.48, 0.5 + side * 0.21]) for side in (-1, 1)]
-    on_wall = [point for point in scan.negatives_irc
-               if any(abs((((point * spacing - c) / semi) ** 2).sum() - 1) < 1e-6 for c in centers)]
+    on_wall = [
+        point
+        for point in scan.negatives_irc
+        if any(abs((((point * spacing - c) / semi) ** 2).sum() - 1) < 1e-6 for c in centers)
+    ]
     assert len(on_wall) >= 2  # three blobs, less any that fell within reach of a nodule

@@ -29,8 +29,12 @@ BACKGROUND, BALL = -900.0, 100.0
 ROTATED = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 # (spacing I, R, C in mm, direction, file suffix): MRI-like thick slices, isotropic, LUNA16's
 # extremes, a flipped and a rotated direction, MetaImage and NIfTI
-SCANS = [((3.0, 0.5, 0.5), np.eye(3), ".nii.gz"), ((1.0, 1.0, 1.0), np.diag([-1.0, -1.0, 1.0]), ".mhd"),
-         ((2.5, 0.7, 0.7), ROTATED, ".nii.gz"), ((0.625, 0.9, 0.9), np.eye(3), ".mhd")]
+SCANS = [
+    ((3.0, 0.5, 0.5), np.eye(3), ".nii.gz"),
+    ((1.0, 1.0, 1.0), np.diag([-1.0, -1.0, 1.0]), ".mhd"),
+    ((2.5, 0.7, 0.7), ROTATED, ".nii.gz"),
+    ((0.625, 0.9, 0.9), np.eye(3), ".mhd"),
+]
 DIAMETERS = (10.0, 16.0)
 
 
@@ -77,8 +81,9 @@ def ball_scans(tmp_path_factory) -> tuple[Path, list[float]]:
 def test_every_ball_is_centred_and_of_the_same_size_whatever_the_scan(ball_scans, tmp_path, spacing_mm):
     points_csv, diameters = ball_scans
     width = (24, 24, 24) if spacing_mm == (1.0, 1.0, 1.0) else (12, 48, 32)
-    dm = PointsDataModule(points_csv=points_csv, cache_dir=tmp_path, width_irc=width, spacing_mm=spacing_mm,
-                          build_processes=1)
+    dm = PointsDataModule(
+        points_csv=points_csv, cache_dir=tmp_path, width_irc=width, spacing_mm=spacing_mm, build_processes=1
+    )
     dm.prepare_data()
     dm.setup()
     cache = dm.cache
@@ -107,7 +112,9 @@ def test_linear_resampling_equals_simpleitks_at_the_edges_and_with_a_rotated_dir
     image.SetOrigin(tuple(origin))
     image.SetDirection(tuple(ROTATED.ravel()))
     width, target_irc = (9, 14, 11), np.array([1.1, 1.3, 0.9])
-    centers_xyz = np.array([[-20.0, 10.0, 60.0], [-40.0, 4.0, 31.0], [-10.3, 40.2, 100.0]])  # inside, at an edge, a corner
+    centers_xyz = np.array(
+        [[-20.0, 10.0, 60.0], [-40.0, 4.0, 31.0], [-10.3, 40.2, 100.0]]
+    )  # inside, at an edge, a corner
     center_irc = (np.linalg.solve(ROTATED, (centers_xyz - origin).T).T / spacing_xyz)[:, ::-1]
     crops = resample_crops(values, center_irc, spacing_xyz[::-1], width, target_irc, fill=-1000.0)
     for crop, center in zip(crops, centers_xyz):
@@ -125,8 +132,13 @@ def test_linear_resampling_equals_simpleitks_at_the_edges_and_with_a_rotated_dir
 
 def test_a_crop_reaching_outside_its_scan_is_filled_with_air_and_keeps_its_centre(ball_scans, tmp_path):
     points_csv, _ = ball_scans
-    dm = PointsDataModule(points_csv=points_csv, cache_dir=tmp_path, width_irc=(24, 24, 24), spacing_mm=(4.0, 4.0, 1.0),
-                          build_processes=1)  # 96 mm on I and R: beyond the 60 mm scans
+    dm = PointsDataModule(
+        points_csv=points_csv,
+        cache_dir=tmp_path,
+        width_irc=(24, 24, 24),
+        spacing_mm=(4.0, 4.0, 1.0),
+        build_processes=1,
+    )  # 96 mm on I and R: beyond the 60 mm scans
     dm.prepare_data()
     dm.setup()
     for k in range(len(dm.cache)):
@@ -153,19 +165,25 @@ def test_native_crops_stay_the_books(phantom_dir, phantom_cache, tmp_path):
         assert np.array_equal(cache.crop(k), expected)
 
 
-def test_the_cache_key_covers_the_spacing_and_a_damaged_physical_crop_is_cut_again(phantom_dir, tmp_path, caplog):
+def test_the_cache_key_covers_the_spacing_and_a_damaged_physical_crop_is_cut_again(
+    phantom_dir, tmp_path, caplog
+):
     source = Luna16Candidates(phantom_dir)
     one = CacheSettings((View((16, 32, 32), (1.0, 1.0, 1.0)),))
     assert cache_path(tmp_path, source, one) != cache_path(tmp_path, source, native_settings((16, 32, 32)))
-    assert cache_path(tmp_path, source, one) != cache_path(tmp_path, source, CacheSettings((View((16, 32, 32),
-                                                                                                  (1.0, 1.0, 1.25)),)))
+    assert cache_path(tmp_path, source, one) != cache_path(
+        tmp_path, source, CacheSettings((View((16, 32, 32), (1.0, 1.0, 1.25)),))
+    )
     path = build_cache(source, tmp_path, one)
     original = CropCache(path)
     intact = [original.crop(k).copy() for k in range(len(original))]
     npy = sorted((path / "images").glob("*.view0.npy"))[0]
     data = bytearray(npy.read_bytes())
     page = 4096
-    data[-2 * page:-page], data[-page:] = data[-page:], data[-2 * page:-page]  # two pages swapped inside a crop
+    data[-2 * page : -page], data[-page:] = (
+        data[-page:],
+        data[-2 * page : -page],
+    )  # two pages swapped inside a crop
     npy.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
         served = [CropCache(path).crop(k).copy() for k in range(len(original))]
@@ -177,29 +195,56 @@ def test_the_cache_key_covers_the_spacing_and_a_damaged_physical_crop_is_cut_aga
 def test_a_bad_spacing_is_an_error_naming_the_option(spacing, tmp_path):
     with pytest.raises(ValueError, match=r"^data\.spacing_mm=.*(finite, positive|three spacings)"):
         PointsDataModule(points_csv=tmp_path / "points.csv", cache_dir=tmp_path, spacing_mm=spacing)
-    with pytest.raises(ValueError, match=r"^data\.extra_views\[0\]\.spacing_mm=.*(finite, positive|three spacings)"):
-        PointsDataModule(points_csv=tmp_path / "points.csv", cache_dir=tmp_path, spacing_mm=(1.0, 1.0, 1.0),
-                         extra_views=[View((16, 16, 16), spacing)])
+    with pytest.raises(
+        ValueError, match=r"^data\.extra_views\[0\]\.spacing_mm=.*(finite, positive|three spacings)"
+    ):
+        PointsDataModule(
+            points_csv=tmp_path / "points.csv",
+            cache_dir=tmp_path,
+            spacing_mm=(1.0, 1.0, 1.0),
+            extra_views=[View((16, 16, 16), spacing)],
+        )
 
 
 def test_a_view_larger_than_every_scan_is_an_error_naming_it(ball_scans, tmp_path):
     points_csv, _ = ball_scans
-    dm = PointsDataModule(points_csv=points_csv, cache_dir=tmp_path, width_irc=(16, 16, 16), spacing_mm=(1, 1, 1),
-                          extra_views=[View((64, 64, 64), (2.0, 2.0, 2.0))], build_processes=1)
-    with pytest.raises(CacheBuildError, match=r"^data\.extra_views\[0\]: 64x64x64 voxels at 2x2x2 mm \(128x128x128 mm\) "
-                                              r"is larger than every volume"):
+    dm = PointsDataModule(
+        points_csv=points_csv,
+        cache_dir=tmp_path,
+        width_irc=(16, 16, 16),
+        spacing_mm=(1, 1, 1),
+        extra_views=[View((64, 64, 64), (2.0, 2.0, 2.0))],
+        build_processes=1,
+    )
+    with pytest.raises(
+        CacheBuildError,
+        match=r"^data\.extra_views\[0\]: 64x64x64 voxels at 2x2x2 mm \(128x128x128 mm\) "
+        r"is larger than every volume",
+    ):
         dm.prepare_data()
 
 
-@pytest.mark.parametrize("spacing, message", [
-    ((1e-6, 1e-6, 1e-6), "spans less than one voxel of every volume along some axis"),
-    ((1e6, 1.0, 1.0), "is larger than every volume"),
-])
-def test_a_unit_mistake_in_the_spacing_is_refused_before_any_crop_is_cut(ball_scans, tmp_path, spacing, message):
+@pytest.mark.parametrize(
+    "spacing, message",
+    [
+        ((1e-6, 1e-6, 1e-6), "spans less than one voxel of every volume along some axis"),
+        ((1e6, 1.0, 1.0), "is larger than every volume"),
+    ],
+)
+def test_a_unit_mistake_in_the_spacing_is_refused_before_any_crop_is_cut(
+    ball_scans, tmp_path, spacing, message
+):
     points_csv, _ = ball_scans
-    dm = PointsDataModule(points_csv=points_csv, cache_dir=tmp_path / "cache", width_irc=(16, 16, 16),
-                          spacing_mm=spacing, build_processes=1)
-    with pytest.raises(CacheBuildError, match=rf"^the first view \(data\.width_irc, data\.spacing_mm\): .*{message}"):
+    dm = PointsDataModule(
+        points_csv=points_csv,
+        cache_dir=tmp_path / "cache",
+        width_irc=(16, 16, 16),
+        spacing_mm=spacing,
+        build_processes=1,
+    )
+    with pytest.raises(
+        CacheBuildError, match=rf"^the first view \(data\.width_irc, data\.spacing_mm\): .*{message}"
+    ):
         dm.prepare_data()
     assert not list((tmp_path / "cache").rglob("*.npy"))  # refused from the headers, before cutting
 
@@ -207,8 +252,13 @@ def test_a_unit_mistake_in_the_spacing_is_refused_before_any_crop_is_cut(ball_sc
 def test_views_of_one_candidate_are_augmented_together():
     torch.manual_seed(0)
     base = torch.randn(4, 1, 48, 48, 48) * 300
-    small = ViewCrops(base[:, :, 8:40, 8:40, 8:40].contiguous(), torch.full((4, 3), 8), (16, 16, 16),
-                      torch.full((4, 3), 16), torch.ones(4, 3))  # candidate at voxel 16 of its 32-voxel context
+    small = ViewCrops(
+        base[:, :, 8:40, 8:40, 8:40].contiguous(),
+        torch.full((4, 3), 8),
+        (16, 16, 16),
+        torch.full((4, 3), 16),
+        torch.ones(4, 3),
+    )  # candidate at voxel 16 of its 32-voxel context
     large = ViewCrops(base, torch.full((4, 3), 8), (32, 32, 32), torch.full((4, 3), 24), torch.ones(4, 3))
     augmentation = Augmentation(flip_irc=(True, True, True), offset=0.1, scale=0.2, rotate=True)
     out_small, out_large = augment_views([small, large], augmentation)
@@ -220,13 +270,21 @@ def test_views_of_one_candidate_are_augmented_together():
 
 def test_the_manifest_records_the_views_and_each_image_spacing(ball_scans, tmp_path):
     points_csv, _ = ball_scans
-    dm = PointsDataModule(points_csv=points_csv, cache_dir=tmp_path, width_irc=(16, 16, 16), spacing_mm=(1, 1, 1),
-                          extra_views=[View((16, 16, 16))], build_processes=1)
+    dm = PointsDataModule(
+        points_csv=points_csv,
+        cache_dir=tmp_path,
+        width_irc=(16, 16, 16),
+        spacing_mm=(1, 1, 1),
+        extra_views=[View((16, 16, 16))],
+        build_processes=1,
+    )
     dm.prepare_data()
     dm.setup()
     manifest = json.loads((dm.cache.path / "manifest.json").read_text())
-    assert manifest["views"] == [{"width_irc": [16, 16, 16], "spacing_mm": [1.0, 1.0, 1.0]},
-                                 {"width_irc": [16, 16, 16], "spacing_mm": None}]
+    assert manifest["views"] == [
+        {"width_irc": [16, 16, 16], "spacing_mm": [1.0, 1.0, 1.0]},
+        {"width_irc": [16, 16, 16], "spacing_mm": None},
+    ]
     recorded = np.array(sorted(tuple(entry["spacing_irc"]) for entry in manifest["images"]))
     assert np.allclose(recorded, sorted(spacing for spacing, _, _ in SCANS), atol=1e-6)  # NIfTI keeps float32
     sample = dm.val_dataset[0]
@@ -239,18 +297,37 @@ def test_physical_multi_view_crops_train_validate_and_predict_through_the_cli(ph
     from luna.cli.fit import main
     from tests.helpers import tiny_config
 
-    config = tiny_config(tmp_path / "views.yaml", phantom_dir, tmp_path / "cache", tmp_path / "runs",
-                         width_irc=[16, 32, 32], spacing_mm=[1.25, 1.0, 1.0], context_irc=[24, 40, 40],
-                         extra_views=[{"width_irc": [16, 16, 16], "spacing_mm": [2.5, 2.5, 2.5]}])
-    augmented = ["--model.augmentation.flip_irc=[true, true, true]", "--model.augmentation.offset=0.1",
-                 "--model.augmentation.rotate=true", "--model.mixup_alpha=0.4"]
+    config = tiny_config(
+        tmp_path / "views.yaml",
+        phantom_dir,
+        tmp_path / "cache",
+        tmp_path / "runs",
+        width_irc=[16, 32, 32],
+        spacing_mm=[1.25, 1.0, 1.0],
+        context_irc=[24, 40, 40],
+        extra_views=[{"width_irc": [16, 16, 16], "spacing_mm": [2.5, 2.5, 2.5]}],
+    )
+    augmented = [
+        "--model.augmentation.flip_irc=[true, true, true]",
+        "--model.augmentation.offset=0.1",
+        "--model.augmentation.rotate=true",
+        "--model.mixup_alpha=0.4",
+    ]
     cli = main(["--config", str(config), *augmented])
     assert type(cli.model.network).__name__ == "MultiViewLunaModel"
     assert cli.model.hparams.input_widths_irc == [[16, 32, 32], [16, 16, 16]]
     checkpoint = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
     out = tmp_path / "predictions.csv"
-    cli = main(["predict", "--config", str(config), f"--ckpt_path={checkpoint}", f"--predictions.path={out}",
-                "--evaluation.tta_flips=[[], [2]]"])
+    cli = main(
+        [
+            "predict",
+            "--config",
+            str(config),
+            f"--ckpt_path={checkpoint}",
+            f"--predictions.path={out}",
+            "--evaluation.tta_flips=[[], [2]]",
+        ]
+    )
     rows = out.read_text().splitlines()
     assert len(rows) == 1 + len(cli.datamodule.eval_dataset)
     cli = main(["validate", "--config", str(config), f"--ckpt_path={checkpoint}"])
@@ -266,8 +343,14 @@ def test_the_luna16_mm_config_asks_for_three_views_in_millimetres(capsys):
         main(["--config", "configs/luna16.yaml", "--config", "configs/luna16_mm.yaml", "--print_config"])
     data = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
     assert data["data_dir"] == "/path/to/LUNA16" and data["spacing_mm"] == [1.25, 0.7, 0.7]
-    views = [(data["width_irc"], data["spacing_mm"])] + [(v["width_irc"], v["spacing_mm"]) for v in data["extra_views"]]
-    assert views == [([16, 32, 32], [1.25, 0.7, 0.7]), ([32, 48, 48], [1.25, 0.7, 0.7]), ([32, 48, 48], [2.5, 1.4, 1.4])]
+    views = [(data["width_irc"], data["spacing_mm"])] + [
+        (v["width_irc"], v["spacing_mm"]) for v in data["extra_views"]
+    ]
+    assert views == [
+        ([16, 32, 32], [1.25, 0.7, 0.7]),
+        ([32, 48, 48], [1.25, 0.7, 0.7]),
+        ([32, 48, 48], [2.5, 1.4, 1.4]),
+    ]
 
 
 def test_a_single_crop_network_given_several_views_is_a_one_line_error(phantom_dir, tmp_path):
@@ -276,12 +359,31 @@ def test_a_single_crop_network_given_several_views_is_a_one_line_error(phantom_d
 
     from tests.helpers import tiny_config
 
-    config = tiny_config(tmp_path / "views.yaml", phantom_dir, tmp_path / "cache", tmp_path / "runs",
-                         width_irc=[16, 32, 32], extra_views=[{"width_irc": [16, 16, 16], "spacing_mm": [2, 2, 2]}])
-    result = subprocess.run([sys.executable, "-m", "luna.fit", "--config", str(config),
-                             "--model.network=luna.models.LunaModel", "--model.network.width_irc=[16, 32, 32]"],
-                            capture_output=True, text=True, timeout=300)
+    config = tiny_config(
+        tmp_path / "views.yaml",
+        phantom_dir,
+        tmp_path / "cache",
+        tmp_path / "runs",
+        width_irc=[16, 32, 32],
+        extra_views=[{"width_irc": [16, 16, 16], "spacing_mm": [2, 2, 2]}],
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "luna.fit",
+            "--config",
+            str(config),
+            "--model.network=luna.models.LunaModel",
+            "--model.network.width_irc=[16, 32, 32]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: model.network=LunaModel takes one crop, but the data gives 2 views"), lines[-5:]
+    assert lines[-1].startswith(
+        "error: model.network=LunaModel takes one crop, but the data gives 2 views"
+    ), lines[-5:]
     assert "Traceback" not in result.stderr

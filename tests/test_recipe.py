@@ -16,9 +16,17 @@ from tests.helpers import tiny_config
 from tests.oracles import book_augmentation
 
 
-def test_progressive_unfreezing_keeps_frozen_weights_and_adds_slower_groups(phantom_dir, cache_root, tmp_path):
-    datamodule = LunaDataModule(phantom_dir, cache_dir=cache_root, batch_size=8, num_workers=0,
-                                negatives_per_positive=1, samples_per_epoch=16)
+def test_progressive_unfreezing_keeps_frozen_weights_and_adds_slower_groups(
+    phantom_dir, cache_root, tmp_path
+):
+    datamodule = LunaDataModule(
+        phantom_dir,
+        cache_dir=cache_root,
+        batch_size=8,
+        num_workers=0,
+        negatives_per_positive=1,
+        samples_per_epoch=16,
+    )
     module = LunaClassifier()
     snapshots = []
 
@@ -28,8 +36,15 @@ def test_progressive_unfreezing_keeps_frozen_weights_and_adds_slower_groups(phan
 
     unfreezing = ProgressiveUnfreezing(trainable_at_start=1, epochs_per_unit=1, lr_decay_per_unit=0.5)
     start = {k: v.detach().clone() for k, v in module.network.named_parameters()}
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, callbacks=[unfreezing, Snapshot()])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[unfreezing, Snapshot()],
+    )
     trainer.fit(module, datamodule=datamodule)
     changed_first = {k.split(".")[0] for k in start if not torch.equal(start[k], snapshots[0][k])}
     changed_second = {k.split(".")[0] for k in start if not torch.equal(snapshots[0][k], snapshots[1][k])}
@@ -40,29 +55,59 @@ def test_progressive_unfreezing_keeps_frozen_weights_and_adds_slower_groups(phan
 
 
 def test_lr_finder_suggests_a_rate_that_trains(phantom_dir, cache_root, tmp_path, capsys):
-    config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs", samples_per_epoch=480)
-    main(["--config", str(config), "--config", "configs/presets/lr_find.yaml",
-          "--trainer.callbacks.init_args.num_training_steps=50", "--trainer.enable_progress_bar=false"])
+    config = tiny_config(
+        tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs", samples_per_epoch=480
+    )
+    main(
+        [
+            "--config",
+            str(config),
+            "--config",
+            "configs/presets/lr_find.yaml",
+            "--trainer.callbacks.init_args.num_training_steps=50",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     assert "Finding best initial lr" not in capsys.readouterr().err  # no bar in the run: none for the sweep
     run = tmp_path / "runs" / "version_0"
     report = json.loads((run / "lr_finder.json").read_text())
-    assert len(report["lr"]) == len(report["loss"]) >= 30 and report["rule"].startswith("the steepest descent")  # it may stop on divergence
+    assert len(report["lr"]) == len(report["loss"]) >= 30 and report["rule"].startswith(
+        "the steepest descent"
+    )  # it may stop on divergence
     suggestion = report["suggestion"]
     assert 1e-4 <= suggestion <= 1e-2  # within 10x of 1e-3, the rate the default configuration trains with
     assert (run / "lr_finder.png").stat().st_size > 1000
     assert not (run / "checkpoints" / "last.ckpt").exists()  # stopped after the sweep
     # and a short training at the suggested rate does learn: its loss falls
-    cli = main(["--config", str(config), f"--model.optimizer.init_args.lr={suggestion}", "--trainer.max_epochs=3",
-                "--data.samples_per_epoch=96", f"--trainer.default_root_dir={tmp_path / 'train'}"])
-    losses = [float(row["train/loss"]) for row in csv.DictReader(
-        (tmp_path / "train" / "version_0" / "metrics.csv").open()) if row.get("train/loss")]
+    cli = main(
+        [
+            "--config",
+            str(config),
+            f"--model.optimizer.init_args.lr={suggestion}",
+            "--trainer.max_epochs=3",
+            "--data.samples_per_epoch=96",
+            f"--trainer.default_root_dir={tmp_path / 'train'}",
+        ]
+    )
+    losses = [
+        float(row["train/loss"])
+        for row in csv.DictReader((tmp_path / "train" / "version_0" / "metrics.csv").open())
+        if row.get("train/loss")
+    ]
     assert len(losses) == 3 and losses[-1] < losses[0] and cli.trainer.global_step == 36
 
 
 def test_presized_context_trains_augmented_and_validates_on_the_exact_crop(phantom_dir, tmp_path):
 
-    datamodule = LunaDataModule(phantom_dir, cache_dir=tmp_path / "cache", batch_size=4, num_workers=0,
-                                context_irc=(48, 64, 64), negatives_per_positive=1, samples_per_epoch=8)
+    datamodule = LunaDataModule(
+        phantom_dir,
+        cache_dir=tmp_path / "cache",
+        batch_size=4,
+        num_workers=0,
+        context_irc=(48, 64, 64),
+        negatives_per_positive=1,
+        samples_per_epoch=8,
+    )
     shapes = {}
 
     class Shapes(pl.Callback):
@@ -73,11 +118,25 @@ def test_presized_context_trains_augmented_and_validates_on_the_exact_crop(phant
             shapes["val"] = tuple(batch["crop"].shape)
 
     module = LunaClassifier(augmentation=book_augmentation())
-    pl.Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
-               enable_checkpointing=False, enable_progress_bar=False, callbacks=[Shapes()]).fit(module, datamodule=datamodule)
+    pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[Shapes()],
+    ).fit(module, datamodule=datamodule)
     assert shapes == {"train": (4, 1, 32, 48, 48), "val": (4, 1, 32, 48, 48)}
     assert tuple(next(iter(datamodule.train_dataloader()))["crop"].shape) == (4, 1, 48, 64, 64)  # the context
-    assert tuple(next(iter(datamodule.val_dataloader()))["crop"].shape) == (4, 1, 32, 48, 48)  # cut on the CPU
+    assert tuple(next(iter(datamodule.val_dataloader()))["crop"].shape) == (
+        4,
+        1,
+        32,
+        48,
+        48,
+    )  # cut on the CPU
 
 
 @pytest.mark.parametrize("schedule", ["one_cycle", "cosine"])
@@ -120,7 +179,9 @@ def test_the_learning_rate_suggestion_is_the_steepest_descent_past_an_initial_ri
     noisy = losses + np.random.default_rng(0).normal(0, 0.01, len(losses))
     suggestion = suggest_learning_rate(lrs, noisy)
     assert 1e-3 / 1.5 < suggestion < 1e-3 * 1.5
-    hump = noisy + 3 * np.exp(-((x + 5.3) / 0.4) ** 2)  # a first rise, as the book's head gives: never chosen
+    hump = noisy + 3 * np.exp(
+        -(((x + 5.3) / 0.4) ** 2)
+    )  # a first rise, as the book's head gives: never chosen
     assert 1e-3 / 1.5 < suggest_learning_rate(lrs, hump) < 1e-3 * 1.5
     flat_start = np.where(x < -4, 2.0 + 1e-4 * (x + 6), noisy)  # a flat start that wiggles down by nothing
     assert 1e-3 / 1.5 < suggest_learning_rate(lrs, flat_start) < 1e-3 * 1.5

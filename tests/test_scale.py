@@ -61,23 +61,49 @@ def large(phantom_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_predict_over_50k_candidates_with_256_open_files_writes_every_row_once(large, tmp_path):
     data_dir, cache_dir = large
-    config = tiny_config(tmp_path / "predict.yaml", data_dir, cache_dir, tmp_path / "runs", width_irc=SMALL_WIDTH,
-                         num_workers=2, batch_size=256, build_processes=2)
+    config = tiny_config(
+        tmp_path / "predict.yaml",
+        data_dir,
+        cache_dir,
+        tmp_path / "runs",
+        width_irc=SMALL_WIDTH,
+        num_workers=2,
+        batch_size=256,
+        build_processes=2,
+    )
     settings = yaml.safe_load(config.read_text())
     settings["model"] = {"network": {"class_path": "tests.test_scale.MeanLogits"}}
     config.write_text(yaml.safe_dump(settings))
-    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
-            "from luna.fit import cli; sys.argv = ['luna'] + sys.argv[1:]; cli()")
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
+        "from luna.fit import cli; sys.argv = ['luna'] + sys.argv[1:]; cli()"
+    )
     out = tmp_path / "predictions.csv"
-    result = subprocess.run([sys.executable, "-c", code, "predict", "--config", str(config), f"--predictions.path={out}",
-                             "--data.split_by=row", "--data.val_stride=2"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "predict",
+            "--config",
+            str(config),
+            f"--predictions.path={out}",
+            "--data.split_by=row",
+            "--data.val_stride=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with out.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 25_000  # every other candidate: the validation half of split_by=row
-    assert len({(r["seriesuid"], r["coordX"], r["coordY"], r["coordZ"]) for r in rows}) == len(rows)  # each once
+    assert len({(r["seriesuid"], r["coordX"], r["coordY"], r["coordZ"]) for r in rows}) == len(
+        rows
+    )  # each once
 
 
 def worker_private_bytes(pid: int) -> int:
@@ -88,8 +114,15 @@ def worker_private_bytes(pid: int) -> int:
 
 
 def private_memory_after(data_dir: Path, cache_dir: Path, batches: int) -> int:
-    datamodule = LunaDataModule(data_dir, cache_dir=cache_dir, width_irc=tuple(SMALL_WIDTH), batch_size=8,
-                                num_workers=1, negatives_per_positive=1, samples_per_epoch=8 * batches)
+    datamodule = LunaDataModule(
+        data_dir,
+        cache_dir=cache_dir,
+        width_irc=tuple(SMALL_WIDTH),
+        batch_size=8,
+        num_workers=1,
+        negatives_per_positive=1,
+        samples_per_epoch=8 * batches,
+    )
     datamodule.prepare_data()
     datamodule.setup("fit")
     # DataLoader's own iterator, under ResumableLoader's counting generator: it holds the worker.
@@ -108,8 +141,10 @@ def test_training_worker_memory_does_not_grow_with_the_candidate_count(phantom_d
     few = private_memory_after(small, tmp_path / "cache", 3000)
     many = private_memory_after(*large, 3000)
     with capsys.disabled():
-        print(f"\nworker private memory after 3,000 batches: {few / 2**20:.1f} MiB with 5k candidates, "
-              f"{many / 2**20:.1f} MiB with 50k: ratio {many / few:.2f}")
+        print(
+            f"\nworker private memory after 3,000 batches: {few / 2**20:.1f} MiB with 5k candidates, "
+            f"{many / 2**20:.1f} MiB with 50k: ratio {many / few:.2f}"
+        )
     assert many < 1.3 * few + 2**20
 
 
@@ -129,5 +164,7 @@ def test_a_compiled_network_trains_and_checkpoints_the_plain_weights(phantom_dir
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
     cli = main(["--config", str(config), "--model.compile=true", "--trainer.limit_val_batches=2"])
     assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
-    state = torch.load(tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)[
+        "state_dict"
+    ]
     assert "network.head_linear.weight" in state and not any("_orig_mod" in key for key in state)

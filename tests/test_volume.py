@@ -24,8 +24,10 @@ def test_xyz_to_irc_matches_simpleitk_with_a_non_identity_direction():
         expected_irc = tuple(int(v) for v in np.round(cri)[::-1])
         assert xyz_to_irc(xyz, ORIGIN, SPACING, ROTATED_DIRECTION) == expected_irc
         irc = tuple(int(v) for v in np.round(cri)[::-1])
-        assert np.allclose(irc_to_xyz(irc, ORIGIN, SPACING, ROTATED_DIRECTION),
-                           image.TransformIndexToPhysicalPoint(tuple(reversed(irc))))
+        assert np.allclose(
+            irc_to_xyz(irc, ORIGIN, SPACING, ROTATED_DIRECTION),
+            image.TransformIndexToPhysicalPoint(tuple(reversed(irc))),
+        )
 
 
 def test_irc_round_trip_with_rotation():
@@ -74,7 +76,9 @@ def test_read_clips_hu_and_keeps_geometry(phantom_dir):
 
 
 def test_crop_of_rotated_scan_is_centred_on_the_candidate(phantom_dir):
-    rotated = [path for path in find_scans(phantom_dir).values() if "TransformMatrix = 0 1 0 -1" in path.read_text()]
+    rotated = [
+        path for path in find_scans(phantom_dir).values() if "TransformMatrix = 0 1 0 -1" in path.read_text()
+    ]
     assert rotated, "the phantom must contain a scan with a non-identity, non-symmetric direction"
     scan = Volume.read(rotated[0])
     center_irc = (20, 70, 50)

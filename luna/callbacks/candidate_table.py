@@ -23,8 +23,19 @@ from luna.data.contract import crop_data
 from luna.metrics.figures import display_window
 from luna.metrics.mistakes import planes_through, voxel_inside
 
-COLUMNS = ["image_id", "x_mm", "y_mm", "z_mm", "label", "predicted", "probability", "correct", "axial", "coronal",
-           "sagittal"]
+COLUMNS = [
+    "image_id",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "label",
+    "predicted",
+    "probability",
+    "correct",
+    "axial",
+    "coronal",
+    "sagittal",
+]
 
 
 @dataclass
@@ -41,8 +52,10 @@ def _slices(crops: torch.Tensor, at: torch.Tensor, window: tuple[float, float]) 
     ``[B, 3]`` (I, R, C), as uint8 arrays ``[B, h, w]`` with ``window`` black to white: one pass
     for a batch."""
     low, high = window
-    return [((plane.float().clamp(low, high) - low) / (high - low) * 255).round().byte().cpu().numpy()
-            for plane in planes_through(crops, voxel_inside(at, crops.shape[1:])).values()]
+    return [
+        ((plane.float().clamp(low, high) - low) / (high - low) * 255).round().byte().cpu().numpy()
+        for plane in planes_through(crops, voxel_inside(at, crops.shape[1:])).values()
+    ]
 
 
 class CandidateTable(pl.Callback):
@@ -56,7 +69,9 @@ class CandidateTable(pl.Callback):
 
     def __init__(self, max_rows: int = 300, mistakes: int = 50, seed: int = 0) -> None:
         if max_rows < 1 or mistakes < 0:
-            raise ValueError(f"max_rows={max_rows}, mistakes={mistakes}: expected max_rows >= 1 and mistakes >= 0")
+            raise ValueError(
+                f"max_rows={max_rows}, mistakes={mistakes}: expected max_rows >= 1 and mistakes >= 0"
+            )
         self.max_rows, self.mistakes, self.seed = max_rows, mistakes, seed
         self._reset()
 
@@ -69,29 +84,46 @@ class CandidateTable(pl.Callback):
 
     @staticmethod
     def _active(trainer: pl.Trainer) -> bool:
-        return any(isinstance(logger, WandbLogger) for logger in trainer.loggers) and not trainer.sanity_checking
+        return (
+            any(isinstance(logger, WandbLogger) for logger in trainer.loggers) and not trainer.sanity_checking
+        )
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
 
     on_test_epoch_start = on_validation_epoch_start
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if self._active(trainer) and outputs is not None:
-            self._keep(batch, outputs["probabilities"], display_window(pl_module.hparams.get("input_intensity")))
+            self._keep(
+                batch, outputs["probabilities"], display_window(pl_module.hparams.get("input_intensity"))
+            )
 
     on_test_batch_end = on_validation_batch_end
 
     def _keep(self, batch: dict, probabilities: torch.Tensor, window: tuple[float, float]) -> None:
         confidence, predicted = probabilities.max(dim=1)
-        axial, coronal, sagittal = _slices(batch["crop"][:, 0], batch["offset_irc"] - batch["window_irc"], window)
-        for row in range(len(batch["label"])):  # a kept row copies its slices: it must not hold the whole batch
-            kept = _Row(int(batch["index"][row]), int(batch["label"][row]), int(predicted[row]),
-                        float(confidence[row]), (axial[row].copy(), coronal[row].copy(), sagittal[row].copy()))
+        axial, coronal, sagittal = _slices(
+            batch["crop"][:, 0], batch["offset_irc"] - batch["window_irc"], window
+        )
+        for row in range(
+            len(batch["label"])
+        ):  # a kept row copies its slices: it must not hold the whole batch
+            kept = _Row(
+                int(batch["index"][row]),
+                int(batch["label"][row]),
+                int(predicted[row]),
+                float(confidence[row]),
+                (axial[row].copy(), coronal[row].copy(), sagittal[row].copy()),
+            )
             if kept.label != 0:
                 self._positives.append(kept)
                 continue
-            if kept.predicted != kept.label and self.mistakes:  # the most confident stay; the others join the rest
+            if (
+                kept.predicted != kept.label and self.mistakes
+            ):  # the most confident stay; the others join the rest
                 self._seen += 1
                 entry = (kept.probability, self._seen, kept)
                 if len(self._mistakes) < self.mistakes:
@@ -142,9 +174,20 @@ class CandidateTable(pl.Callback):
         source = crop_data(trainer)
         names = source.class_names
         ids, centers = source.identify(np.array([row.index for row in rows], dtype=np.int64))
-        data = [[image_id, x, y, z, names[row.label], names[row.predicted], row.probability,
-                 row.label == row.predicted, *(wandb.Image(plane) for plane in row.slices)]
-                for row, image_id, (x, y, z) in zip(rows, ids, centers.tolist())]
+        data = [
+            [
+                image_id,
+                x,
+                y,
+                z,
+                names[row.label],
+                names[row.predicted],
+                row.probability,
+                row.label == row.predicted,
+                *(wandb.Image(plane) for plane in row.slices),
+            ]
+            for row, image_id, (x, y, z) in zip(rows, ids, centers.tolist())
+        ]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_table(f"{stage}/candidates", columns=COLUMNS, data=data, step=trainer.global_step)

@@ -73,27 +73,47 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = self._monitor_candidates(trainer)
-        if (self.monitor and self.monitor not in metrics and self.fallback_monitor in metrics
-                and not trainer.sanity_checking):
-            log.warning("checkpoint monitor %s is not logged by this run; ranking checkpoints by %s instead",
-                        self.monitor, self.fallback_monitor)
+        if (
+            self.monitor
+            and self.monitor not in metrics
+            and self.fallback_monitor in metrics
+            and not trainer.sanity_checking
+        ):
+            log.warning(
+                "checkpoint monitor %s is not logged by this run; ranking checkpoints by %s instead",
+                self.monitor,
+                self.fallback_monitor,
+            )
             self.monitor = self.fallback_monitor
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_missed(trainer)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         """SIGTERM (every process gets it from Lightning) or Ctrl-C (one process): save the true last step."""
         super().on_exception(trainer, pl_module, exception)
         stopped = isinstance(exception, SIGTERMException) or (
-            isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1)  # a lone rank cannot save a DDP run
-        if (not stopped or not self.save_last or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
-                or self._last_global_step_saved == trainer.global_step):
+            isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1
+        )  # a lone rank cannot save a DDP run
+        if (
+            not stopped
+            or not self.save_last
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.sanity_checking
+            or self._last_global_step_saved == trainer.global_step
+        ):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        log.warning("stopped by %s at epoch %d, step %d: saved %s; resume with --ckpt_path=%s",
-                    "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C", trainer.current_epoch,
-                    trainer.global_step, self.last_model_path, self.last_model_path)
+        log.warning(
+            "stopped by %s at epoch %d, step %d: saved %s; resume with --ckpt_path=%s",
+            "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C",
+            trainer.current_epoch,
+            trainer.global_step,
+            self.last_model_path,
+            self.last_model_path,
+        )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.fast_dev_run:  # Lightning's own would write last.ckpt even for a fast_dev_run

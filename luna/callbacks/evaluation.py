@@ -30,33 +30,54 @@ class EvaluationSettings(pl.Callback):
             evaluated one's (``--ckpt_path``).
     """
 
-    def __init__(self, threshold: float = 0.5, tta_flips: list[list[int]] | None = None,
-                 prior_correction: bool = False, mistakes_shown: int = 8, ensemble: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        tta_flips: list[list[int]] | None = None,
+        prior_correction: bool = False,
+        mistakes_shown: int = 8,
+        ensemble: list[str] | None = None,
+    ) -> None:
         self.evaluation = EvaluationChoices(threshold, tta_flips, prior_correction, mistakes_shown)
         self.ensemble = list(ensemble or [])
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not isinstance(pl_module, LunaClassifier):
-            raise TypeError(f"the evaluation settings configure a LunaClassifier, not {type(pl_module).__name__}")
+            raise TypeError(
+                f"the evaluation settings configure a LunaClassifier, not {type(pl_module).__name__}"
+            )
         pl_module.configure_evaluation(self.evaluation)
         if not self.ensemble:
             return
         if stage == "fit":
-            raise ValueError("evaluation.ensemble averages trained models in validate, test and predict; fit trains "
-                             "one model (leave evaluation.ensemble out)")
+            raise ValueError(
+                "evaluation.ensemble averages trained models in validate, test and predict; fit trains "
+                "one model (leave evaluation.ensemble out)"
+            )
         members = []
         for path in self.ensemble:
             hparams = read_checkpoint(path, trust_option="(none: ensemble members are read safely)").get(
-                "hyper_parameters", {})
-            check_fits(path, hparams, pl_module.hparams.num_classes, pl_module.crop_inputs,
-                       "the evaluated checkpoint (evaluation.ensemble mixes only models of the same crops)")
+                "hyper_parameters", {}
+            )
+            check_fits(
+                path,
+                hparams,
+                pl_module.hparams.num_classes,
+                pl_module.crop_inputs,
+                "the evaluated checkpoint (evaluation.ensemble mixes only models of the same crops)",
+            )
             member = copy.deepcopy(pl_module.network)
             try:
                 load_network_weights(member, path)
             except RuntimeError as error:  # a size mismatch: another model's checkpoint
-                raise CheckpointError(f"evaluation.ensemble: {path} is not a checkpoint of this model "
-                                      f"({str(error).splitlines()[0]})") from None
+                raise CheckpointError(
+                    f"evaluation.ensemble: {path} is not a checkpoint of this model "
+                    f"({str(error).splitlines()[0]})"
+                ) from None
             members.append(member)
         pl_module.set_ensemble(members)
-        log.info("evaluating an ensemble of %d models: the evaluated checkpoint and %s", len(members) + 1,
-                 ", ".join(map(str, self.ensemble)))
+        log.info(
+            "evaluating an ensemble of %d models: the evaluated checkpoint and %s",
+            len(members) + 1,
+            ", ".join(map(str, self.ensemble)),
+        )

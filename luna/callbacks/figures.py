@@ -44,7 +44,9 @@ def log_figures(trainer: pl.Trainer, figures: dict[str, Figure], epoch: int) -> 
     for logger in trainer.loggers:
         for tag, fig in figures.items():
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(tag, figure_to_array(fig), global_step=trainer.global_step, dataformats="HWC")
+                logger.experiment.add_image(
+                    tag, figure_to_array(fig), global_step=trainer.global_step, dataformats="HWC"
+                )
             elif isinstance(logger, WandbLogger):
                 logger.log_image(key=tag, images=[figure_to_array(fig)], step=trainer.global_step)
             elif isinstance(logger, CSVLogger):
@@ -76,7 +78,12 @@ class ValidationFigures(pl.Callback):
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         outcome = evaluation_of(pl_module, stage)
-        if outcome is None or not trainer.is_global_zero or not trainer.loggers or not outcome.scalars.get(f"{stage}/samples"):
+        if (
+            outcome is None
+            or not trainer.is_global_zero
+            or not trainer.loggers
+            or not outcome.scalars.get(f"{stage}/samples")
+        ):
             return
         image_ids = crop_data(trainer).image_ids
         image_name = (lambda image: f"…{image_ids[image][-12:]}") if image_ids else None

@@ -34,8 +34,10 @@ from luna.io.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-RULE = ("the steepest descent of the smoothed loss against log(rate), on the stretch that leads to its lowest "
-        "point and stays a tenth of its fall below its start")
+RULE = (
+    "the steepest descent of the smoothed loss against log(rate), on the stretch that leads to its lowest "
+    "point and stays a tenth of its fall below its start"
+)
 
 
 def _finite(lrs: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +69,9 @@ def suggest_learning_rate(lrs: np.ndarray, losses: np.ndarray, window: int = 5) 
     return float(centre[begun + int(np.argmin(slope))])
 
 
-def lr_finder_figure(lrs: np.ndarray, losses: np.ndarray, suggestion: float | None, window: int = 5) -> Figure:
+def lr_finder_figure(
+    lrs: np.ndarray, losses: np.ndarray, suggestion: float | None, window: int = 5
+) -> Figure:
     """Loss against learning rate on a log axis: every step's loss and its smoothed curve, clipped
     to the range before the loss diverges."""
     lrs, losses = _finite(lrs, losses)
@@ -78,15 +82,20 @@ def lr_finder_figure(lrs: np.ndarray, losses: np.ndarray, suggestion: float | No
         centre, smoothed = _smoothed(lrs, losses, window)
         ax.plot(centre, smoothed, color="C0", lw=2, label=f"smoothed ({window} steps)")
         lowest = int(np.argmin(smoothed))
-        ax.axvline(centre[lowest], color="grey", ls=":", label=f"lowest smoothed loss at {centre[lowest]:.2g}")
+        ax.axvline(
+            centre[lowest], color="grey", ls=":", label=f"lowest smoothed loss at {centre[lowest]:.2g}"
+        )
         top, bottom = float(smoothed[: lowest + 1].max()), float(smoothed[lowest])
         margin = 0.25 * (top - bottom) + 1e-6
         ax.set_ylim(min(bottom, float(losses.min())) - margin, top + margin)  # the divergence is clipped away
     if suggestion is not None:
         ax.axvline(suggestion, color="C3", lw=2, label=f"suggested {suggestion:.2g} (steepest descent)")
     ax.set_xscale("log")
-    ax.set(xlabel="learning rate", ylabel="training loss",
-           title=f"learning-rate finder: {len(lrs)} steps, {lrs.min():.1g} to {lrs.max():.1g}")
+    ax.set(
+        xlabel="learning rate",
+        ylabel="training loss",
+        title=f"learning-rate finder: {len(lrs)} steps, {lrs.min():.1g} to {lrs.max():.1g}",
+    )
     ax.legend(loc="lower left", fontsize=8)
     return fig
 
@@ -101,10 +110,16 @@ class LearningRateReport(LearningRateFinder):
         mode: ``exponential`` or ``linear`` spacing of the rates.
     """
 
-    def __init__(self, min_lr: float = 1e-6, max_lr: float = 1.0, num_training_steps: int = 100,
-                 mode: str = "exponential") -> None:
-        super().__init__(min_lr=min_lr, max_lr=max_lr, num_training_steps=num_training_steps, mode=mode,
-                         update_attr=False)
+    def __init__(
+        self,
+        min_lr: float = 1e-6,
+        max_lr: float = 1.0,
+        num_training_steps: int = 100,
+        mode: str = "exponential",
+    ) -> None:
+        super().__init__(
+            min_lr=min_lr, max_lr=max_lr, num_training_steps=num_training_steps, mode=mode, update_attr=False
+        )
         self._early_exit = True
         self._raw_losses: list[float] = []
 
@@ -121,7 +136,9 @@ class LearningRateReport(LearningRateFinder):
 
         pl_module.training_step = recorded  # the sweep runs with its own callbacks only: this sees every step
         bar = lightning_lr_finder.tqdm
-        if trainer.progress_bar_callback is None:  # no bar in this run (a log file): none for the sweep either
+        if (
+            trainer.progress_bar_callback is None
+        ):  # no bar in this run (a log file): none for the sweep either
             lightning_lr_finder.tqdm = functools.partial(bar, disable=True)
         try:
             super().lr_find(trainer, pl_module)
@@ -139,15 +156,27 @@ class LearningRateReport(LearningRateFinder):
         losses = np.array(self._raw_losses[: len(lrs)])
         lrs = lrs[: len(losses)]
         suggestion = suggest_learning_rate(lrs, losses)
-        write_json_atomic(folder / "lr_finder.json", {"suggestion": suggestion, "rule": RULE, "lr": lrs.tolist(),
-                                                      "loss": losses.tolist()}, indent=1)
+        write_json_atomic(
+            folder / "lr_finder.json",
+            {"suggestion": suggestion, "rule": RULE, "lr": lrs.tolist(), "loss": losses.tolist()},
+            indent=1,
+        )
         fig = lr_finder_figure(lrs, losses, suggestion)
         save_png(fig, folder / "lr_finder.png")
         log_figures(trainer, {"lr_finder": fig}, trainer.current_epoch)
         if suggestion is None:
-            log.warning("learning-rate finder: the loss never fell in [%g, %g]; no suggestion (plot: %s)",
-                        lrs.min(), lrs.max(), folder / "lr_finder.png")
+            log.warning(
+                "learning-rate finder: the loss never fell in [%g, %g]; no suggestion (plot: %s)",
+                lrs.min(),
+                lrs.max(),
+                folder / "lr_finder.png",
+            )
         else:
-            log.info("learning-rate finder: suggested lr %.3g, %s; set it with "
-                     "--model.optimizer.init_args.lr=%.3g (plot: %s)", suggestion, RULE, suggestion,
-                     folder / "lr_finder.png")
+            log.info(
+                "learning-rate finder: suggested lr %.3g, %s; set it with "
+                "--model.optimizer.init_args.lr=%.3g (plot: %s)",
+                suggestion,
+                RULE,
+                suggestion,
+                folder / "lr_finder.png",
+            )

@@ -53,7 +53,9 @@ class PredictionCsvWriter(BasePredictionWriter):
         if self.path.is_absolute():
             return self.path
         if self._resolved is None:
-            self._resolved = Path(trainer.log_dir or trainer.default_root_dir) / self.path  # log_dir: a collective
+            self._resolved = (
+                Path(trainer.log_dir or trainer.default_root_dir) / self.path
+            )  # log_dir: a collective
         return self._resolved
 
     def _part(self, trainer: pl.Trainer, rank: int) -> Path:
@@ -71,7 +73,9 @@ class PredictionCsvWriter(BasePredictionWriter):
         self._part(trainer, trainer.global_rank).write_text("")
         self.rows_written, self._images = 0, set()
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ):
         uids, centers = crop_data(trainer).identify(prediction["index"])
         probabilities = prediction["probabilities"]
         if probabilities.shape[1] == 2:
@@ -85,7 +89,9 @@ class PredictionCsvWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.strategy.barrier("prediction parts written")
-        shares = [(self.rows_written, sorted(self._images))]  # every rank's rows and images, counted as written
+        shares = [
+            (self.rows_written, sorted(self._images))
+        ]  # every rank's rows and images, counted as written
         if trainer.world_size > 1:
             shares = [None] * trainer.world_size
             torch.distributed.all_gather_object(shares, (self.rows_written, sorted(self._images)))
@@ -96,7 +102,9 @@ class PredictionCsvWriter(BasePredictionWriter):
             parts = [self._part(trainer, rank) for rank in range(trainer.world_size)]
             data = crop_data(trainer)
             names = data.class_names
-            header = (",".join([data.image_id_column, *XYZ_COLUMNS, *probability_columns(names)]) + "\r\n").encode()
+            header = (
+                ",".join([data.image_id_column, *XYZ_COLUMNS, *probability_columns(names)]) + "\r\n"
+            ).encode()
 
             def concatenate(out) -> None:
                 out.write(header)
@@ -107,8 +115,13 @@ class PredictionCsvWriter(BasePredictionWriter):
             write_atomic(path, concatenate, sum(part.stat().st_size for part in parts))
             for part in parts:
                 part.unlink()
-            about = {"rows": rows, "class_names": names, "checkpoint": trainer.ckpt_path, **data.describe_inputs(),
-                     "images": images}
+            about = {
+                "rows": rows,
+                "class_names": names,
+                "checkpoint": trainer.ckpt_path,
+                **data.describe_inputs(),
+                "images": images,
+            }
             write_json_atomic(path.with_suffix(".json"), about, indent=1)
             log.info("predictions: %d rows written to %s", rows, path)
         trainer.strategy.barrier("predictions merged")

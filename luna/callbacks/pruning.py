@@ -36,8 +36,10 @@ class TrialPruning(pl.Callback):
         if trainer.is_global_zero and self.trial is not None:
             value = trainer.callback_metrics.get(self.monitor)
             if value is None:
-                raise MetricNotLogged(f"the sweep's metric {self.monitor} was not logged by this run; choose one of "
-                                 f"{sorted(trainer.callback_metrics)} as metric in the search file")
+                raise MetricNotLogged(
+                    f"the sweep's metric {self.monitor} was not logged by this run; choose one of "
+                    f"{sorted(trainer.callback_metrics)} as metric in the search file"
+                )
             value = float(value)
             self.reported.append(value)
             if math.isfinite(value):

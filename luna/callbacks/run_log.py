@@ -18,8 +18,15 @@ from luna.metrics.stage import evaluation_of
 log = logging.getLogger(__name__)
 
 # (metric, label) in the order a line shows them; absent metrics are left out
-SHOWN = (("f1", "F1"), ("auroc", "AUROC"), ("precision", "precision"), ("recall", "recall"), ("cpm", "CPM"),
-         ("f1_best", "best-threshold F1"), ("loss", "loss"))
+SHOWN = (
+    ("f1", "F1"),
+    ("auroc", "AUROC"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("cpm", "CPM"),
+    ("f1_best", "best-threshold F1"),
+    ("loss", "loss"),
+)
 
 
 def describe_metrics(metrics: dict[str, float], stage: str, threshold: float | None) -> str:
@@ -65,11 +72,17 @@ class RunLog(pl.Callback):
         world = trainer.world_size
         for logger in trainer.loggers:
             logger.log_hyperparams({"world_size": world, "global_batch_size": world * batch_size})
-        log.info("global batch: %d processes x %d = %d samples per step (learning rate not rescaled)",
-                 world, batch_size, world * batch_size)
+        log.info(
+            "global batch: %d processes x %d = %d samples per step (learning rate not rescaled)",
+            world,
+            batch_size,
+            world * batch_size,
+        )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if trainer.fast_dev_run:  # a batch of one class: torchmetrics warns that AUROC is undefined, and it is
+        if (
+            trainer.fast_dev_run
+        ):  # a batch of one class: torchmetrics warns that AUROC is undefined, and it is
             warnings.filterwarnings("ignore", message=r".*No (negative|positive) samples in targets.*")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -86,8 +99,12 @@ class RunLog(pl.Callback):
             log.info("validation (debug run: one batch; its metrics mean nothing)")
             return
         written = f"; written to {trainer.loggers[0].log_dir}" if trainer.loggers else ""
-        log.info("validation of %s: %s%s", trainer.ckpt_path or "the given weights",
-                 describe_metrics(metrics, "val", _threshold(pl_module, "val")), written)
+        log.info(
+            "validation of %s: %s%s",
+            trainer.ckpt_path or "the given weights",
+            describe_metrics(metrics, "val", _threshold(pl_module, "val")),
+            written,
+        )
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._print_epoch(trainer, pl_module)
@@ -102,18 +119,29 @@ class RunLog(pl.Callback):
         if epoch is None or not trainer.is_global_zero:
             return
         if trainer.fast_dev_run:
-            log.info("epoch %d: debug run (one batch of training and validation): its metrics mean nothing", epoch)
+            log.info(
+                "epoch %d: debug run (one batch of training and validation): its metrics mean nothing", epoch
+            )
             return
         loss = trainer.callback_metrics.get("train/loss")
         train = f" | train loss {float(loss):.3f}" if loss is not None else ""
-        log.info("epoch %d/%d: val %s%s", epoch, trainer.max_epochs - 1,
-                 describe_metrics(self.history[epoch], "val", _threshold(pl_module, "val")), train)
+        log.info(
+            "epoch %d/%d: val %s%s",
+            epoch,
+            trainer.max_epochs - 1,
+            describe_metrics(self.history[epoch], "val", _threshold(pl_module, "val")),
+            train,
+        )
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             threshold = _threshold(pl_module, "test")
             metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-            log.info("test of %s: %s", trainer.ckpt_path or "the given weights", describe_metrics(metrics, "test", threshold))
+            log.info(
+                "test of %s: %s",
+                trainer.ckpt_path or "the given weights",
+                describe_metrics(metrics, "test", threshold),
+            )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking or trainer.fast_dev_run:
@@ -126,23 +154,31 @@ class RunLog(pl.Callback):
             why = f"max_epochs={trainer.max_epochs} reached"
         else:
             why = "stopped early"
-        lines = [f"training finished ({why}): {trainer.current_epoch} epochs, {trainer.global_step} steps in "
-                 f"{duration}"]
+        lines = [
+            f"training finished ({why}): {trainer.current_epoch} epochs, {trainer.global_step} steps in "
+            f"{duration}"
+        ]
         checkpoint = trainer.checkpoint_callback
         threshold = _threshold(pl_module, "val")
         if isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor and self.history:
-            scored = {epoch: m[checkpoint.monitor] for epoch, m in self.history.items() if checkpoint.monitor in m}
+            scored = {
+                epoch: m[checkpoint.monitor] for epoch, m in self.history.items() if checkpoint.monitor in m
+            }
             if scored:
                 pick = max if checkpoint.mode == "max" else min
                 best = pick(scored, key=scored.get)
-                lines.append(f"best epoch {best} by {checkpoint.monitor} {scored[best]:.3f}: "
-                             f"{describe_metrics(self.history[best], 'val', threshold)}")
+                lines.append(
+                    f"best epoch {best} by {checkpoint.monitor} {scored[best]:.3f}: "
+                    f"{describe_metrics(self.history[best], 'val', threshold)}"
+                )
         if isinstance(checkpoint, ModelCheckpoint):
             if checkpoint.best_model_path:
                 lines.append(f"best checkpoint: {checkpoint.best_model_path}")
             if checkpoint.last_model_path:
                 lines.append(f"last checkpoint: {checkpoint.last_model_path}")
-        if trainer.loggers:  # the first logger's folder (trainer.log_dir would be a collective: rank 0 is alone here)
+        if (
+            trainer.loggers
+        ):  # the first logger's folder (trainer.log_dir would be a collective: rank 0 is alone here)
             run = Path(trainer.loggers[0].log_dir or trainer.default_root_dir)
             lines.append(f"run folder: {run}")
             if any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):

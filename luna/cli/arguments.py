@@ -7,7 +7,9 @@ import argparse
 from collections.abc import Callable, Collection
 
 
-def integer_list(noun: str, example: str = "0,3", allowed: Collection[int] | None = None) -> Callable[[str], list[int]]:
+def integer_list(
+    noun: str, example: str = "0,3", allowed: Collection[int] | None = None
+) -> Callable[[str], list[int]]:
     """An argparse ``type`` for comma-separated integers (``0,3``), in the order given.
 
     Not integers, none at all, or one outside ``allowed`` is argparse's one-line error naming the
@@ -22,7 +24,9 @@ def integer_list(noun: str, example: str = "0,3", allowed: Collection[int] | Non
         if not values:
             raise argparse.ArgumentTypeError(f"expected at least one of the {noun}, got {text!r}")
         if allowed is not None and any(value not in allowed for value in values):
-            raise argparse.ArgumentTypeError(f"{noun} must be among {min(allowed)}-{max(allowed)}, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"{noun} must be among {min(allowed)}-{max(allowed)}, got {text!r}"
+            )
         return values
 
     return parse

@@ -45,6 +45,9 @@ def setup_logging() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logging.getLogger().addHandler(handler)
     logging.getLogger("luna").setLevel(logging.INFO)
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_Dropping("litlogger", "`Trainer.fit` stopped"))
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        _Dropping("litlogger", "`Trainer.fit` stopped")
+    )
     logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").addFilter(
-        _Dropping("`weights_only` was not set"))
+        _Dropping("`weights_only` was not set")
+    )

@@ -19,8 +19,10 @@ from luna.cli.arguments import integer_list
 from luna.cli.errors import run_command
 from luna.experiments.crossval import FOLDS, predict_with_ensemble, run_fold, score
 
-DESCRIPTION = ("LUNA16's ten-fold cross-validation: each fold trains on nine subsets and predicts the tenth; "
-               "the predictions are merged and scored once (FROC, CPM). Resumable; --ensemble predicts with all folds.")
+DESCRIPTION = (
+    "LUNA16's ten-fold cross-validation: each fold trains on nine subsets and predicts the tenth; "
+    "the predictions are merged and scored once (FROC, CPM). Resumable; --ensemble predicts with all folds."
+)
 
 
 class FoldFailed(RuntimeError):
@@ -29,18 +31,36 @@ class FoldFailed(RuntimeError):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m luna.crossval", description=DESCRIPTION,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     epilog="Every other argument is passed to python -m luna.fit.", allow_abbrev=False)
-    parser.add_argument("--output", type=Path, default=Path("logs/crossval"), help="folder of the folds and the merge")
-    parser.add_argument("--folds", type=integer_list("folds", allowed=FOLDS), default=list(FOLDS),
-                        help="folds to run, e.g. 0,3")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the merged CPM interval")
+    parser = argparse.ArgumentParser(
+        prog="python -m luna.crossval",
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Every other argument is passed to python -m luna.fit.",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("logs/crossval"), help="folder of the folds and the merge"
+    )
+    parser.add_argument(
+        "--folds",
+        type=integer_list("folds", allowed=FOLDS),
+        default=list(FOLDS),
+        help="folds to run, e.g. 0,3",
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples of the merged CPM interval"
+    )
     parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap")
-    parser.add_argument("--merge_only", action="store_true", help="only merge and score the folds' predictions")
+    parser.add_argument(
+        "--merge_only", action="store_true", help="only merge and score the folds' predictions"
+    )
     parser.add_argument("--no_merge", action="store_true", help="only run the folds (a SLURM array task)")
-    parser.add_argument("--ensemble", action="store_true", help="predict with every trained fold's model at once "
-                        "(the mean probability) on the data the other arguments give; nothing is trained")
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="predict with every trained fold's model at once "
+        "(the mean probability) on the data the other arguments give; nothing is trained",
+    )
     args, fit_args = parser.parse_known_args(argv)
     try:
         if args.ensemble:
@@ -50,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             for fold in sorted(set(args.folds)):
                 run_fold(fold, args.output, fit_args)
     except subprocess.CalledProcessError as error:
-        raise FoldFailed(f"{' '.join(error.cmd[1:4])} failed with exit status {error.returncode}; rerun the same "
-                         "command to resume") from None
+        raise FoldFailed(
+            f"{' '.join(error.cmd[1:4])} failed with exit status {error.returncode}; rerun the same "
+            "command to resume"
+        ) from None
     if not args.no_merge:
         _, report = score(args.output, args.bootstrap, args.bootstrap_seed)
         print(report)

@@ -15,14 +15,27 @@ from luna.cli.console import setup_logging
 from luna.io.files import DiskFullError
 
 # options renamed in luna 0.2: old key -> new key, and old values of an option -> new value
-RENAMED = {"data.val_subset": "data.val_fold", "data.eval_series": "data.eval_images",
-           "model.threshold": "evaluation.threshold", "model.tta_flips": "evaluation.tta_flips",
-           "model.prior_correction": "evaluation.prior_correction",
-           "model.mistakes_shown": "evaluation.mistakes_shown", "model.width_irc": "data.width_irc"}
+RENAMED = {
+    "data.val_subset": "data.val_fold",
+    "data.eval_series": "data.eval_images",
+    "model.threshold": "evaluation.threshold",
+    "model.tta_flips": "evaluation.tta_flips",
+    "model.prior_correction": "evaluation.prior_correction",
+    "model.mistakes_shown": "evaluation.mistakes_shown",
+    "model.width_irc": "data.width_irc",
+}
 RENAMED_VALUES = {"split_by": {"series": "group", "candidate": "row", "subset": "fold"}}
 # the lines of a jsonargparse message that only say which alternatives were tried
-_NOISE = ("Subtypes:", "Errors:", "Given value type:", "Given value:", "Does not validate against any",
-          "Expected a <class 'NoneType'>", "Expected a <class 'bool'>", "is abstract")
+_NOISE = (
+    "Subtypes:",
+    "Errors:",
+    "Given value type:",
+    "Given value:",
+    "Does not validate against any",
+    "Expected a <class 'NoneType'>",
+    "Expected a <class 'bool'>",
+    "is abstract",
+)
 
 
 def reason(message: str | BaseException) -> str:
@@ -35,7 +48,9 @@ def reason(message: str | BaseException) -> str:
     if not text:
         return type(message).__name__ if isinstance(message, BaseException) else ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    useful = [line.removeprefix("- ").strip() for line in lines[1:] if not any(noise in line for noise in _NOISE)]
+    useful = [
+        line.removeprefix("- ").strip() for line in lines[1:] if not any(noise in line for noise in _NOISE)
+    ]
     for k, line in enumerate(useful):  # "Problem with given class_path 'x':" and its cause say the most
         if "class_path" in line and line.endswith(":") and k + 1 < len(useful):
             return f"{line[:-1]}: {useful[k + 1]}"
@@ -54,7 +69,9 @@ def _given(argv: Sequence[str], key: str) -> tuple[str, str | None]:
     return key, None
 
 
-def option_error(message: str, argv: Sequence[str], known: Sequence[str], suggest: Callable[[str], list[str]]) -> str:
+def option_error(
+    message: str, argv: Sequence[str], known: Sequence[str], suggest: Callable[[str], list[str]]
+) -> str:
     """One line (two with a hint) for a command-line parser's error ``message``."""
     head = message.strip().splitlines()[0] if message.strip() else "invalid command line"
     unknown = re.fullmatch(r"Option '(.+)' is not accepted", head)
@@ -77,8 +94,10 @@ def option_error(message: str, argv: Sequence[str], known: Sequence[str], sugges
         return f"error: {head}"
     full, value = _given(argv, parsed.group(1))
     if full.startswith("trainer.logger") and "NestedArg" in message:
-        return (f"error: --{full}: luna makes the loggers itself (--loggers) in <trainer.default_root_dir>/version_N; "
-                "move them with --trainer.default_root_dir, or give a whole logger with --trainer.logger=CLASS")
+        return (
+            f"error: --{full}: luna makes the loggers itself (--loggers) in <trainer.default_root_dir>/version_N; "
+            "move them with --trainer.default_root_dir, or give a whole logger with --trainer.logger=CLASS"
+        )
     text = f"error: --{full}: {reason(message)}"
     renamed = RENAMED_VALUES.get(full.rsplit(".", 1)[-1], {})
     if value in renamed:
@@ -96,7 +115,9 @@ def describe(error: BaseException) -> str:
     return reason(error)
 
 
-def run_command(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = ()) -> NoReturn:
+def run_command(
+    main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = ()
+) -> NoReturn:
     """Run a command's ``main`` and exit with its status. A user's error (a bad value, a missing or
     unwritable file, a full disk, or one of ``user_errors``) exits with status 2 and one line on
     stderr; ``LUNA_TRACEBACK=1`` raises it instead, with its traceback."""

@@ -28,8 +28,10 @@ from luna.points import datamodule as _points  # noqa: F401  (listed among the d
 from luna.training.module import DivergenceError
 
 USAGE = "python -m luna.fit [fit|validate|test|predict] [--config FILE ...] [--section.key=VALUE ...]"
-DESCRIPTION = ("Train, validate, test and predict with luna: configs/default.yaml is read first, then every --config "
-               "file and --section.key=VALUE in order. Without a subcommand, fit.")
+DESCRIPTION = (
+    "Train, validate, test and predict with luna: configs/default.yaml is read first, then every --config "
+    "file and --section.key=VALUE in order. Without a subcommand, fit."
+)
 SUBCOMMAND_HELP = {
     "fit": "Train (and validate every epoch); --ckpt_path=PATH resumes a run from its checkpoint.",
     "validate": "Evaluate a checkpoint (--ckpt_path) on the validation split; writes into its run.",
@@ -47,15 +49,26 @@ def main(args: list[str] | None = None, extra_callbacks: list[Callback] | None =
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0] not in SUBCOMMANDS:
         argv.insert(0, "fit")
-    subcommands = {subcommand: {"default_config_files": [str(DEFAULT_CONFIG)], "usage": USAGE,
-                                "description": SUBCOMMAND_HELP[subcommand], "prog": f"python -m luna.fit {subcommand}"}
-                   for subcommand in SUBCOMMANDS}
+    subcommands = {
+        subcommand: {
+            "default_config_files": [str(DEFAULT_CONFIG)],
+            "usage": USAGE,
+            "description": SUBCOMMAND_HELP[subcommand],
+            "prog": f"python -m luna.fit {subcommand}",
+        }
+        for subcommand in SUBCOMMANDS
+    }
     try:
-        cli = build_cli(LunaCLI, argv, LunaArgumentParser,
-                        {"prog": "python -m luna.fit", "usage": USAGE, "description": DESCRIPTION, **subcommands},
-                        seed_everything_default=True,  # the seed itself is configs/default.yaml's
-                        save_config_callback=RunConfig, save_config_kwargs={"overwrite": True},
-                        trainer_defaults={"callbacks": list(extra_callbacks)} if extra_callbacks else None)
+        cli = build_cli(
+            LunaCLI,
+            argv,
+            LunaArgumentParser,
+            {"prog": "python -m luna.fit", "usage": USAGE, "description": DESCRIPTION, **subcommands},
+            seed_everything_default=True,  # the seed itself is configs/default.yaml's
+            save_config_callback=RunConfig,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": list(extra_callbacks)} if extra_callbacks else None,
+        )
     except BaseException:
         discard_unused_runs()
         raise

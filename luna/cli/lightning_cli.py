@@ -42,7 +42,9 @@ def run_of_checkpoint(ckpt_path: str | None) -> Path | None:
     if not ckpt_path or ckpt_path in CHECKPOINT_KEYWORDS:
         return None
     folder = Path(ckpt_path).resolve().parent
-    return folder.parent if folder.name == "checkpoints" and (folder.parent / "config.yaml").is_file() else None
+    return (
+        folder.parent if folder.name == "checkpoints" and (folder.parent / "config.yaml").is_file() else None
+    )
 
 
 class RunConfig(SaveConfigCallback):
@@ -64,7 +66,9 @@ class LunaCLI(LightningCLI):
     """LightningCLI with the callbacks every run wants, each configurable under its own key."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--help_full", action=FullHelp, help="show every option with its documentation and exit")
+        parser.add_argument(
+            "--help_full", action=FullHelp, help="show every option with its documentation and exit"
+        )
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(  # what to monitor is configs/default.yaml's (val/cpm), a dataset config's otherwise
             {
@@ -78,13 +82,21 @@ class LunaCLI(LightningCLI):
         parser.add_lightning_class_args(EvaluationSettings, "evaluation")
         parser.add_lightning_class_args(ValidationFigures, "figures")
         parser.add_lightning_class_args(RunLog, "run_log")
-        parser.add_argument("--loggers", type=list[LoggerName], default=["csv", "tensorboard"],
-                            help="loggers of the run, all in <trainer.default_root_dir>/version_N/ "
-                                 "(csv is required; wandb is offline unless WANDB_MODE=online). An explicit "
-                                 "--trainer.logger replaces them.")
-        parser.add_argument("--wandb_checkpoints", type=bool | Literal["all"], default=False,
-                            help="with the wandb logger: upload checkpoints as W&B artifacts (true: the best and last "
-                                 "at the end; all: every one as it is written)")
+        parser.add_argument(
+            "--loggers",
+            type=list[LoggerName],
+            default=["csv", "tensorboard"],
+            help="loggers of the run, all in <trainer.default_root_dir>/version_N/ "
+            "(csv is required; wandb is offline unless WANDB_MODE=online). An explicit "
+            "--trainer.logger replaces them.",
+        )
+        parser.add_argument(
+            "--wandb_checkpoints",
+            type=bool | Literal["all"],
+            default=False,
+            help="with the wandb logger: upload checkpoints as W&B artifacts (true: the best and last "
+            "at the end; all: every one as it is written)",
+        )
         parser.add_lightning_class_args(CandidateTable, "candidate_table")
         parser.link_arguments("data.input_widths_irc", "model.input_widths_irc", apply_on="instantiate")
         parser.link_arguments("data.input_spacings_mm", "model.input_spacings_mm", apply_on="instantiate")
@@ -123,8 +135,13 @@ class LunaCLI(LightningCLI):
             return
         data = self.datamodule
         crops = CropInputs.of(data.input_widths_irc, data.input_spacings_mm, data.input_intensity)
-        check_fits(self.config_init[self.subcommand].get("ckpt_path"), self._checkpoint_hparams, data.num_classes,
-                   crops, f"the data ({', '.join(data.class_names)})")
+        check_fits(
+            self.config_init[self.subcommand].get("ckpt_path"),
+            self._checkpoint_hparams,
+            data.num_classes,
+            crops,
+            f"the data ({', '.join(data.class_names)})",
+        )
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """One run folder for every logger (see ``luna.cli.run_folder``); the evaluations of a
@@ -142,8 +159,12 @@ class LunaCLI(LightningCLI):
         run = run_of_checkpoint(config.get("ckpt_path")) if self.subcommand != "fit" else None
         problem = writable_problem(run) if run is not None else None
         if problem:
-            log.warning("the checkpoint's run folder cannot take this %s (%s): writing it under %s instead",
-                        self.subcommand, problem, root)
+            log.warning(
+                "the checkpoint's run folder cannot take this %s (%s): writing it under %s instead",
+                self.subcommand,
+                problem,
+                root,
+            )
             run = None
         if trainer_config.get("fast_dev_run") or self.subcommand == "predict":
             kwargs["logger"] = False  # a debug run writes nothing; predict writes its CSV only
@@ -152,10 +173,14 @@ class LunaCLI(LightningCLI):
             if run is not None:
                 root = run / self.subcommand
                 kwargs["default_root_dir"] = str(root)
-            kwargs["logger"] = run_loggers(root, config["loggers"], wandb_checkpoints=config["wandb_checkpoints"])
+            kwargs["logger"] = run_loggers(
+                root, config["loggers"], wandb_checkpoints=config["wandb_checkpoints"]
+            )
         bar = trainer_config.get("enable_progress_bar")
         if bar is None and not sys.stdout.isatty():
-            log.info("output is not a terminal: no progress bar (--trainer.enable_progress_bar=true keeps it)")
+            log.info(
+                "output is not a terminal: no progress bar (--trainer.enable_progress_bar=true keeps it)"
+            )
             bar = kwargs["enable_progress_bar"] = False  # a file would get its last frame after the summary
         if bar is False:
             callbacks = trainer_config.get("callbacks") or []
@@ -167,13 +192,20 @@ class LunaCLI(LightningCLI):
                 kwargs["callbacks"] = [*callbacks, ModelSummary()]
         plugins = trainer_config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
-        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # no half-written checkpoint, ever
+        if not any(
+            isinstance(plugin, CheckpointIO) for plugin in plugins
+        ):  # no half-written checkpoint, ever
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
 
-def build_cli(cli_class: type[LunaCLI], args: list[str], parser_class: type[LightningArgumentParser],
-              parser_kwargs: dict, **cli_kwargs) -> LunaCLI:
+def build_cli(
+    cli_class: type[LunaCLI],
+    args: list[str],
+    parser_class: type[LightningArgumentParser],
+    parser_kwargs: dict,
+    **cli_kwargs,
+) -> LunaCLI:
     """``cli_class`` over luna's classifier and data (the one construction behind ``luna.fit`` and
     ``luna.prepare``); ``parser_kwargs`` name configs/default.yaml as the default config file of
     the parser that reads the sections (each subcommand's, or the only one)."""
@@ -188,8 +220,12 @@ def build_cli(cli_class: type[LunaCLI], args: list[str], parser_class: type[Ligh
     # luna passes the command line to LightningCLI itself (the subcommand made explicit, sys.argv left
     # alone), which Lightning warns about as if it were a notebook's mistake; and luna's epoch lines
     # carry the training loss, so an epoch shorter than log_every_n_steps loses nothing
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
-    warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging interval")
+    warnings.filterwarnings(
+        "ignore", message="LightningCLI's args parameter is intended to run from within Python"
+    )
+    warnings.filterwarnings(
+        "ignore", message="The number of training batches .* is smaller than the logging interval"
+    )
     return cli_class(
         LunaClassifier,
         CropDataModule,

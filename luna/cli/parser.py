@@ -25,28 +25,39 @@ from luna.cli.errors import option_error
 # The sections whose options --help names without their (long, Lightning-written) documentation:
 # section -> (title, description, the class whose own arguments are condensed; None: all)
 CONDENSED = {
-    "trainer": ("Lightning's Trainer",
-                "As --trainer.NAME=VALUE: {names}. Their meaning: "
-                "https://lightning.ai/docs/pytorch/stable/common/trainer.html, or --help_full; the values a "
-                "run uses: --print_config.", None),
-    "checkpoint": (None, "And Lightning's ModelCheckpoint arguments, as --checkpoint.NAME=VALUE: {names}. "
-                   "Their meaning: --help_full.", ModelCheckpoint),
-    "data": (None, "LunaDataModule (LUNA16 or its phantom) unless a config chooses another "
-             "(configs/points.yaml: PointsDataModule, a CSV of points in your own volumes). Its options, as "
-             "--data.NAME=VALUE: python -m luna.fit --data.help LunaDataModule (or PointsDataModule, "
-             "MalignancyDataModule, a class path of your own).", None),
+    "trainer": (
+        "Lightning's Trainer",
+        "As --trainer.NAME=VALUE: {names}. Their meaning: "
+        "https://lightning.ai/docs/pytorch/stable/common/trainer.html, or --help_full; the values a "
+        "run uses: --print_config.",
+        None,
+    ),
+    "checkpoint": (
+        None,
+        "And Lightning's ModelCheckpoint arguments, as --checkpoint.NAME=VALUE: {names}. "
+        "Their meaning: --help_full.",
+        ModelCheckpoint,
+    ),
+    "data": (
+        None,
+        "LunaDataModule (LUNA16 or its phantom) unless a config chooses another "
+        "(configs/points.yaml: PointsDataModule, a CSV of points in your own volumes). Its options, as "
+        "--data.NAME=VALUE: python -m luna.fit --data.help LunaDataModule (or PointsDataModule, "
+        "MalignancyDataModule, a class path of your own).",
+        None,
+    ),
 }
 
 
 # what --ckpt_path means to each subcommand (Lightning's text lists keywords a command line cannot use)
 CKPT_HELP = {
     "fit": "a checkpoint to resume from (a run's checkpoints/last.ckpt): training goes on from its step, with its "
-           "optimizer, random streams and data order",
+    "optimizer, random streams and data order",
     "validate": "the checkpoint to evaluate (a run's checkpoints/last.ckpt or best-*.ckpt); the results go into "
-                "its run",
+    "its run",
     "test": "the checkpoint to evaluate (a run's checkpoints/last.ckpt or best-*.ckpt); the results go into its run",
     "predict": "the checkpoint to predict with (a run's checkpoints/last.ckpt or best-*.ckpt); predictions.csv goes "
-               "into its run",
+    "into its run",
 }
 
 
@@ -92,8 +103,13 @@ class LunaArgumentParser(LightningArgumentParser):
                 continue  # not the section itself (--data.help CLASS prints a class's own options in full)
             title, description, owner = CONDENSED[prefix]
             owned = set(inspect.signature(owner).parameters) if owner else None
-            condensed = [a for a in group._group_actions if a.dest.startswith(f"{prefix}.") and a.dest != f"{prefix}.help"
-                         and (owned is None or a.dest.split(".")[1] in owned)]
+            condensed = [
+                a
+                for a in group._group_actions
+                if a.dest.startswith(f"{prefix}.")
+                and a.dest != f"{prefix}.help"
+                and (owned is None or a.dest.split(".")[1] in owned)
+            ]
             names = [a.dest.split(".", 1)[1] for a in condensed if a.dest.count(".") == 1]
             saved.append((group, group.title, group.description, [(a, a.help) for a in group._group_actions]))
             for action in [*condensed, *(a for a in group._group_actions if a.dest == prefix)]:
@@ -131,5 +147,3 @@ def _close_keys(key: str, known: list[str]) -> list[str]:
     if any(k.startswith(f"{section}.") for k in known):
         return difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     return [f"{section}.{match}" for match in difflib.get_close_matches(tail, known, n=3, cutoff=0.6)]
-
-

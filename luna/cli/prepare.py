@@ -24,8 +24,10 @@ from luna.data.datamodule import CropDataModule
 
 log = logging.getLogger("luna.prepare")  # not __name__: this module runs as __main__
 USAGE = "python -m luna.prepare [--config FILE ...] [--data.key=VALUE ...]"
-DESCRIPTION = ("Build the crop cache of a luna.fit configuration (same configs and options; only the data "
-               "section matters), and train nothing.")
+DESCRIPTION = (
+    "Build the crop cache of a luna.fit configuration (same configs and options; only the data "
+    "section matters), and train nothing."
+)
 
 
 class PrepareCLI(LunaCLI):
@@ -46,22 +48,34 @@ class PrepareArgumentParser(LunaArgumentParser):
         from luna.luna16.datamodule import LunaDataModule
 
         shown = LightningArgumentParser(prog=self.prog, usage=self.usage, description=self.description)
-        shown.add_argument("-c", "--config", action=ActionConfigFile, help="a luna.fit config file (repeatable)")
+        shown.add_argument(
+            "-c", "--config", action=ActionConfigFile, help="a luna.fit config file (repeatable)"
+        )
         shown.add_class_arguments(LunaDataModule, "data", skip={"phantom"})
         return shown.format_help().replace("``", "") + (
             "\nThe data class is the config's (configs/default.yaml: LunaDataModule); another class lists its "
             "options with --data.help CLASS (e.g. PointsDataModule). Every other luna.fit option is accepted and "
-            "ignored.\n")
+            "ignored.\n"
+        )
 
 
 def main(args: list[str] | None = None) -> CropDataModule:
     """Build (or check and reuse, or finish) the cache the configuration's data module reads, open
     it and log its split; returns the data module, set up."""
     setup_logging()
-    cli = build_cli(PrepareCLI, list(sys.argv[1:] if args is None else args), PrepareArgumentParser,
-                    {"prog": "python -m luna.prepare", "usage": USAGE, "description": DESCRIPTION,
-                     "default_config_files": [str(DEFAULT_CONFIG)]},
-                    run=False, save_config_callback=None)
+    cli = build_cli(
+        PrepareCLI,
+        list(sys.argv[1:] if args is None else args),
+        PrepareArgumentParser,
+        {
+            "prog": "python -m luna.prepare",
+            "usage": USAGE,
+            "description": DESCRIPTION,
+            "default_config_files": [str(DEFAULT_CONFIG)],
+        },
+        run=False,
+        save_config_callback=None,
+    )
     datamodule = cli.datamodule
     datamodule.prepare_data()
     datamodule.setup("fit")

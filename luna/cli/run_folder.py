@@ -32,7 +32,9 @@ _claimed: list[Path] = []  # the run folders this process made, until its comman
 def next_version(root: str | Path) -> int:
     """The first unused ``version_N`` under ``root`` (0 for a new folder)."""
     root = Path(root)
-    numbers = [int(m.group(1)) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    numbers = [
+        int(m.group(1)) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))
+    ]
     return max(numbers, default=-1) + 1
 
 
@@ -61,7 +63,11 @@ def discard_unused_runs() -> None:
     number and ``logs/version_0`` stays the first run that did something."""
     while _claimed:
         folder = _claimed.pop()
-        if folder.is_dir() and not any(folder.glob("checkpoints/*.ckpt")) and not (folder / "metrics.csv").exists():
+        if (
+            folder.is_dir()
+            and not any(folder.glob("checkpoints/*.ckpt"))
+            and not (folder / "metrics.csv").exists()
+        ):
             shutil.rmtree(folder, ignore_errors=True)
             log.info("removed %s: the run stopped before it trained or evaluated anything", folder)
 
@@ -71,15 +77,21 @@ def forget_claimed_runs() -> None:
     _claimed.clear()
 
 
-def run_loggers(root: str | Path, names: list[LoggerName], project: str = "luna",
-                wandb_checkpoints: bool | Literal["all"] = False) -> list[Logger]:
+def run_loggers(
+    root: str | Path,
+    names: list[LoggerName],
+    project: str = "luna",
+    wandb_checkpoints: bool | Literal["all"] = False,
+) -> list[Logger]:
     """The loggers of a new run under ``root``, sharing one version; the CSV logger comes first.
 
     The version is chosen by global rank 0 (read from the environment, as Lightning does before any
     process group exists); other ranks never write logs, and Lightning broadcasts rank 0's paths.
     """
     if "csv" not in names:
-        raise ValueError(f"loggers={names}: 'csv' is required (it holds metrics.csv, config.yaml and the checkpoints)")
+        raise ValueError(
+            f"loggers={names}: 'csv' is required (it holds metrics.csv, config.yaml and the checkpoints)"
+        )
     unknown = sorted(set(names) - {"csv", "tensorboard", "wandb"})
     if unknown:
         raise ValueError(f"loggers={names}: unknown {unknown}; choose among csv, tensorboard, wandb")
@@ -87,7 +99,9 @@ def run_loggers(root: str | Path, names: list[LoggerName], project: str = "luna"
     version = claim_version(root) if getattr(rank_zero_only, "rank", 0) == 0 else 0
     loggers: list[Logger] = [CSVLogger(root, name="", version=version)]
     if "tensorboard" in names:
-        loggers.append(TensorBoardLogger(root, name="", version=version, sub_dir="tensorboard", default_hp_metric=False))
+        loggers.append(
+            TensorBoardLogger(root, name="", version=version, sub_dir="tensorboard", default_hp_metric=False)
+        )
     if "wandb" in names:
         folder = root / f"version_{version}"
         check_wandb_login()
@@ -97,8 +111,14 @@ def run_loggers(root: str | Path, names: list[LoggerName], project: str = "luna"
         # offline unless WANDB_MODE=online (after `wandb login`); `wandb sync` uploads offline runs later, with
         # the artifacts (tables, checkpoints) staged meanwhile: wandb's own mode, so Lightning stages those too
         os.environ.setdefault("WANDB_MODE", "offline")
-        loggers.append(WandbLogger(project=project, name=f"{root.name}/version_{version}", save_dir=str(folder),
-                                   log_model=wandb_checkpoints))
+        loggers.append(
+            WandbLogger(
+                project=project,
+                name=f"{root.name}/version_{version}",
+                save_dir=str(folder),
+                log_model=wandb_checkpoints,
+            )
+        )
     return loggers
 
 
@@ -131,5 +151,7 @@ def check_wandb_login() -> None:
     except (OSError, netrc.NetrcParseError):
         known = False
     if not known:
-        raise ValueError(f"WANDB_MODE=online but no W&B API key for {host}: run `wandb login` or set WANDB_API_KEY, "
-                         "or leave WANDB_MODE unset to log offline (`wandb sync` uploads the run later)")
+        raise ValueError(
+            f"WANDB_MODE=online but no W&B API key for {host}: run `wandb login` or set WANDB_API_KEY, "
+            "or leave WANDB_MODE unset to log offline (`wandb sync` uploads the run later)"
+        )

@@ -36,8 +36,10 @@ from luna.experiments.search import SearchError, SearchSpace, fit_arguments, rea
 from luna.experiments.study import TRIAL_ENV, SweepStopped, open_study, work
 
 log = logging.getLogger("luna.tune")  # not __name__: this module runs as __main__
-DESCRIPTION = ("Hyperparameter sweeps (Optuna) over any luna.fit option, resumable and shared by parallel "
-               "workers; or a configuration repeated over seeds.")
+DESCRIPTION = (
+    "Hyperparameter sweeps (Optuna) over any luna.fit option, resumable and shared by parallel "
+    "workers; or a configuration repeated over seeds."
+)
 
 
 def train(arguments: list[str], callbacks: list):
@@ -60,30 +62,59 @@ def resolved_config(base_args: list[str], space: SearchSpace, search: Path | Non
             main(["fit", *base_args, *trial_args, "--print_config"])
     except SystemExit as stop:
         if stop.code not in (0, None):
-            line = next((text for text in errors.getvalue().splitlines() if text.startswith("error:")), "error")
+            line = next(
+                (text for text in errors.getvalue().splitlines() if text.startswith("error:")), "error"
+            )
             where = f"search file {search}" if search else "the command line"
             raise SearchError(f"{where}: {line.removeprefix('error: ')}") from None
     return yaml.safe_load(printed.getvalue())
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m luna.tune", description=DESCRIPTION,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     epilog="Every other argument is passed to each trial's python -m luna.fit.",
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="python -m luna.tune",
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Every other argument is passed to each trial's python -m luna.fit.",
+        allow_abbrev=False,
+    )
     parser.add_argument("--search", type=Path, help="the search file (configs/search/*.yaml)")
-    parser.add_argument("--seeds", type=integer_list("seeds", example="0,1,2"), help="instead of a search: run the "
-                        "configuration once per seed, e.g. 0,1,2, and report the mean and spread of the metric")
-    parser.add_argument("--study", default=None, help="the study's name and folder (none given: the search "
-                        "file's name, or 'seeds')")
-    parser.add_argument("--trials", type=int, default=None, help="finished trials wanted in the study, counted over "
-                        "every worker (none given: 20; with --seeds, one per seed)")
-    parser.add_argument("--max_failures", type=int, default=None, help="stop after this many failed trials "
-                        "(none given: --trials)")
-    parser.add_argument("--sampler_seed", type=int, default=0, help="seed of the TPE sampler (each trial's draws "
-                        "come from this and the trial's number)")
-    parser.add_argument("--stale_minutes", type=float, default=10.0, help="a trial of another host with no "
-                        "heartbeat for this long is taken as dead")
+    parser.add_argument(
+        "--seeds",
+        type=integer_list("seeds", example="0,1,2"),
+        help="instead of a search: run the "
+        "configuration once per seed, e.g. 0,1,2, and report the mean and spread of the metric",
+    )
+    parser.add_argument(
+        "--study",
+        default=None,
+        help="the study's name and folder (none given: the search file's name, or 'seeds')",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="finished trials wanted in the study, counted over "
+        "every worker (none given: 20; with --seeds, one per seed)",
+    )
+    parser.add_argument(
+        "--max_failures",
+        type=int,
+        default=None,
+        help="stop after this many failed trials (none given: --trials)",
+    )
+    parser.add_argument(
+        "--sampler_seed",
+        type=int,
+        default=0,
+        help="seed of the TPE sampler (each trial's draws come from this and the trial's number)",
+    )
+    parser.add_argument(
+        "--stale_minutes",
+        type=float,
+        default=10.0,
+        help="a trial of another host with no heartbeat for this long is taken as dead",
+    )
     return parser
 
 
@@ -107,8 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             study.enqueue_trial({"seed": seed}, skip_if_exists=True)
     try:
-        reached = work(study, space, trials, args.max_failures or trials, base_args, folder, args.stale_minutes,
-                       train, args.sampler_seed, only_queued=bool(args.seeds))
+        reached = work(
+            study,
+            space,
+            trials,
+            args.max_failures or trials,
+            base_args,
+            folder,
+            args.stale_minutes,
+            train,
+            args.sampler_seed,
+            only_queued=bool(args.seeds),
+        )
     except SweepStopped as stopped:
         log.warning("%s: no new trial started; run the same command again to go on", stopped)
         write_study_report(study, folder, space, seeds=bool(args.seeds))

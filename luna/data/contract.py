@@ -63,6 +63,8 @@ def crop_data(trainer) -> CropData:
     """
     datamodule = trainer.datamodule
     if not isinstance(datamodule, CropData):
-        raise TypeError(f"luna's model, metrics and callbacks need a DataModule that follows luna.data.contract.CropData "
-                        f"(a CropDataModule subclass does); got {type(datamodule).__name__}")
+        raise TypeError(
+            f"luna's model, metrics and callbacks need a DataModule that follows luna.data.contract.CropData "
+            f"(a CropDataModule subclass does); got {type(datamodule).__name__}"
+        )
     return datamodule

@@ -22,7 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_WIDTH_IRC = (32, 48, 48)  # the book's crop (slices, rows, columns), the size its LunaModel is built for
+DEFAULT_WIDTH_IRC = (
+    32,
+    48,
+    48,
+)  # the book's crop (slices, rows, columns), the size its LunaModel is built for
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,9 @@ class View:
         for name in ("width_irc", "spacing_mm", "context_irc"):
             value = getattr(self, name)
             if isinstance(value, (list, np.ndarray)):
-                object.__setattr__(self, name, tuple(value.tolist() if isinstance(value, np.ndarray) else value))
+                object.__setattr__(
+                    self, name, tuple(value.tolist() if isinstance(value, np.ndarray) else value)
+                )
 
     def checked(self, option: str = "") -> View:
         """This view with its values checked and normalised; an error names ``option`` and the field
@@ -59,8 +65,10 @@ class View:
         if self.context_irc is not None:
             context = check_width(self.context_irc, f"{option}context_irc")
             if any(c < w for c, w in zip(context, width)):
-                raise ValueError(f"{option}context_irc={list(context)} must be at least {option}width_irc="
-                                 f"{list(width)} on every axis")
+                raise ValueError(
+                    f"{option}context_irc={list(context)} must be at least {option}width_irc="
+                    f"{list(width)} on every axis"
+                )
         return View(width, spacing, context)
 
     @property
@@ -79,7 +87,9 @@ class View:
 def check_width(width: Sequence[int], option: str) -> tuple[int, int, int]:
     """Three positive voxel counts, or a ``ValueError`` naming ``option``."""
     values = tuple(width)
-    if len(values) != 3 or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in values):
+    if len(values) != 3 or any(
+        isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in values
+    ):
         raise ValueError(f"{option}={list(values)}: expected three positive voxel counts (I, R, C)")
     return tuple(int(w) for w in values)
 
@@ -89,10 +99,14 @@ def check_spacing(spacing_mm: Sequence[float], option: str = "spacing_mm") -> tu
     try:
         values = tuple(float(s) for s in spacing_mm)
     except (TypeError, ValueError):
-        raise ValueError(f"{option}={spacing_mm!r}: expected three spacings in millimetres (I, R, C)") from None
+        raise ValueError(
+            f"{option}={spacing_mm!r}: expected three spacings in millimetres (I, R, C)"
+        ) from None
     if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"{option}={list(spacing_mm)}: expected three finite, positive spacings in millimetres "
-                         "(I, R, C), e.g. [1.25, 0.7, 0.7]")
+        raise ValueError(
+            f"{option}={list(spacing_mm)}: expected three finite, positive spacings in millimetres "
+            "(I, R, C), e.g. [1.25, 0.7, 0.7]"
+        )
     return values
 
 
@@ -121,7 +135,9 @@ def crop_starts(center_irc: np.ndarray, width_irc: Sequence[int], shape_irc: Seq
         )
     if (width > shape).any():
         axis = int((width > shape).argmax())
-        raise ValueError(f"crop width {tuple(width.tolist())} exceeds the volume shape {tuple(shape.tolist())} on axis {axis}")
+        raise ValueError(
+            f"crop width {tuple(width.tolist())} exceeds the volume shape {tuple(shape.tolist())} on axis {axis}"
+        )
     return np.clip(center - width // 2, 0, shape - width)
 
 
@@ -155,9 +171,13 @@ def resample_crops(
     step = np.asarray(spacing_irc, dtype=np.float64) / np.asarray(scan_spacing_irc, dtype=np.float64)
     crops = np.empty((len(center), *width), dtype=np.float32)
     for n, point in enumerate(center):
-        axes = [_axis_samples(point[axis] + (np.arange(width[axis]) - width[axis] // 2) * step[axis], size)
-                for axis, size in enumerate(values.shape)]
-        block = np.asarray(values[tuple(slice(low.min(), high.max() + 1) for low, high, _, _ in axes)], np.float32)
+        axes = [
+            _axis_samples(point[axis] + (np.arange(width[axis]) - width[axis] // 2) * step[axis], size)
+            for axis, size in enumerate(values.shape)
+        ]
+        block = np.asarray(
+            values[tuple(slice(low.min(), high.max() + 1) for low, high, _, _ in axes)], np.float32
+        )
         for axis, (low, high, weight, _) in enumerate(axes):
             start = low.min()
             below, above = np.take(block, low - start, axis=axis), np.take(block, high - start, axis=axis)

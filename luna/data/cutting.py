@@ -14,8 +14,9 @@ from luna.data.crops import View, crop_starts, resample_crops
 from luna.data.volume import Volume, stored_values, xyz_to_continuous_irc
 
 
-def cut_crops(volume: Volume, centers_xyz: np.ndarray, view: View, window: Sequence[float],
-              scale: float) -> tuple[np.ndarray, np.ndarray]:
+def cut_crops(
+    volume: Volume, centers_xyz: np.ndarray, view: View, window: Sequence[float], scale: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The cached crops of ``view`` around centres that lie inside ``volume``.
 
     Args:
@@ -39,9 +40,12 @@ def cut_crops(volume: Volume, centers_xyz: np.ndarray, view: View, window: Seque
         starts = crop_starts(center_irc, size, volume.voxels.shape)
         crops = np.empty((len(starts), *size), dtype=np.int16)
         for row, (i, r, c) in enumerate(starts.tolist()):
-            crops[row] = stored_values(volume.voxels[i : i + size[0], r : r + size[1], c : c + size[2]], window, scale)
+            crops[row] = stored_values(
+                volume.voxels[i : i + size[0], r : r + size[1], c : c + size[2]], window, scale
+            )
         return crops, center_irc - starts
-    values = resample_crops(volume.voxels, continuous, volume.spacing_xyz[::-1], size, view.spacing_mm,
-                            fill=float(window[0]))
+    values = resample_crops(
+        volume.voxels, continuous, volume.spacing_xyz[::-1], size, view.spacing_mm, fill=float(window[0])
+    )
     offset = np.tile(np.array(size, dtype=np.int64) // 2, (len(centers_xyz), 1))
     return stored_values(values, window, scale), offset

@@ -119,14 +119,26 @@ class CropDataModule(pl.LightningDataModule):
         _positive("build_processes", build_processes)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         given = [View(width_irc, spacing_mm, context_irc), *(extra_views or [])]
-        self.views = [view.checked("data." if k == 0 else f"data.extra_views[{k - 1}].") for k, view in enumerate(given)]
-        names = ("the first view (data.width_irc, data.spacing_mm)",
-                 *(f"data.extra_views[{k}]" for k in range(len(self.views) - 1)))
-        self.settings = CacheSettings(tuple(View(view.cached_irc, view.spacing_mm) for view in self.views),
-                                      tuple(intensity_window), float(intensity_scale), names)
+        self.views = [
+            view.checked("data." if k == 0 else f"data.extra_views[{k - 1}].") for k, view in enumerate(given)
+        ]
+        names = (
+            "the first view (data.width_irc, data.spacing_mm)",
+            *(f"data.extra_views[{k}]" for k in range(len(self.views) - 1)),
+        )
+        self.settings = CacheSettings(
+            tuple(View(view.cached_irc, view.spacing_mm) for view in self.views),
+            tuple(intensity_window),
+            float(intensity_scale),
+            names,
+        )
         self.split_by, self.val_stride, self.val_fold = split_by, val_stride, val_fold
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.negatives_per_positive, self.samples_per_epoch, self.seed = negatives_per_positive, samples_per_epoch, seed
+        self.negatives_per_positive, self.samples_per_epoch, self.seed = (
+            negatives_per_positive,
+            samples_per_epoch,
+            seed,
+        )
         self.eval_images, self.build_processes = eval_images, build_processes
         self.skip_bad_scans = skip_bad_scans
         self.prepare_data_per_node = not shared_cache
@@ -181,8 +193,14 @@ class CropDataModule(pl.LightningDataModule):
     def prepare_inputs(self) -> None:
         """Hook run by ``prepare_data`` before the cache is built (the phantom generators use it)."""
 
-    def input_path(self, given: str | Path | None, phantom: object | None, phantom_folder: str,
-                   what: str, cache_beside: str) -> tuple[Path, bool]:
+    def input_path(
+        self,
+        given: str | Path | None,
+        phantom: object | None,
+        phantom_folder: str,
+        what: str,
+        cache_beside: str,
+    ) -> tuple[Path, bool]:
         """``(given, False)``, or, when it is None, ``(<cache_dir>/<phantom_folder>, True)``: where
         ``phantom`` is to be generated. Phantom data is never a stand-in for a path that was given.
 
@@ -213,13 +231,16 @@ class CropDataModule(pl.LightningDataModule):
         try:
             self.cache = open_built_cache(path)
         except FileNotFoundError:
-            raise FileNotFoundError(f"the crop cache {path} is not built; the Trainer builds it in prepare_data() "
-                                    "(call prepare_data() first when not using a Trainer; in a multi-process run, "
-                                    "the process that builds it failed: see its log)") from None
+            raise FileNotFoundError(
+                f"the crop cache {path} is not built; the Trainer builds it in prepare_data() "
+                "(call prepare_data() first when not using a Trainer; in a multi-process run, "
+                "the process that builds it failed: see its log)"
+            ) from None
         groups = np.asarray(self.cache.groups)[self.cache.image_of]
         folds = self.cache.folds[self.cache.image_of]
-        self.train_positions, self.val_positions = split_items(groups, folds, self.split_by, self.val_stride,
-                                                               self.val_fold)
+        self.train_positions, self.val_positions = split_items(
+            groups, folds, self.split_by, self.val_stride, self.val_fold
+        )
         labels = self.cache.labels
         if len(self.train_positions) == 0 or len(self.val_positions) == 0:
             raise ValueError(
@@ -228,15 +249,26 @@ class CropDataModule(pl.LightningDataModule):
                 "both must be non-empty"
             )
         describe = lambda positions: ", ".join(  # noqa: E731
-            f"{n} {name}" for name, n in zip(self.cache.class_names, np.bincount(labels[positions],
-                                                                              minlength=len(self.cache.class_names))))
+            f"{n} {name}"
+            for name, n in zip(
+                self.cache.class_names, np.bincount(labels[positions], minlength=len(self.cache.class_names))
+            )
+        )
         val_groups = len(set(groups[self.val_positions].tolist()))
-        how = {"group": f"group ({len(set(groups.tolist()))} groups, e.g. scans or patients; {val_groups} validate)",
-               "fold": f"fold (fold {self.val_fold} validates: {val_groups} groups)",
-               "row": f"row (every {self.val_stride}th crop validates; groups are not kept apart)"}[self.split_by]
-        log.info("split by %s: %d training crops (%s), %d validation (%s); crop cache %s", how,
-                 len(self.train_positions), describe(self.train_positions), len(self.val_positions),
-                 describe(self.val_positions), self.cache.path)
+        how = {
+            "group": f"group ({len(set(groups.tolist()))} groups, e.g. scans or patients; {val_groups} validate)",
+            "fold": f"fold (fold {self.val_fold} validates: {val_groups} groups)",
+            "row": f"row (every {self.val_stride}th crop validates; groups are not kept apart)",
+        }[self.split_by]
+        log.info(
+            "split by %s: %d training crops (%s), %d validation (%s); crop cache %s",
+            how,
+            len(self.train_positions),
+            describe(self.train_positions),
+            len(self.val_positions),
+            describe(self.val_positions),
+            self.cache.path,
+        )
 
     # ------------------------------------------------------------------ datasets
     def _dataset(self, name: str, positions: np.ndarray, serve_context: bool = False) -> CropDataset:
@@ -283,7 +315,9 @@ class CropDataModule(pl.LightningDataModule):
     def identify(self, indices: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Image ids and centres (mm ``[n, 3]``) of the crops at cache ``indices``."""
         ids = self.cache.image_ids
-        return [ids[k] for k in self.cache.image_of[indices].tolist()], np.asarray(self.cache.center_xyz[indices])
+        return [ids[k] for k in self.cache.image_of[indices].tolist()], np.asarray(
+            self.cache.center_xyz[indices]
+        )
 
     def class_frequencies(self) -> tuple[np.ndarray, np.ndarray]:
         """Class frequencies of the training split as it is (natural) and as epochs sample it."""
@@ -305,12 +339,18 @@ class CropDataModule(pl.LightningDataModule):
         """``num_workers``, at most the CPUs this process may use (said once when it is fewer)."""
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if self.num_workers > cpus and not getattr(self, "_said_workers", False):
-            log.info("num_workers=%d, but this machine gives the process %d CPUs: using %d loader workers",
-                     self.num_workers, cpus, cpus)
+            log.info(
+                "num_workers=%d, but this machine gives the process %d CPUs: using %d loader workers",
+                self.num_workers,
+                cpus,
+                cpus,
+            )
             self._said_workers = True
         return min(self.num_workers, cpus)
 
-    def _loader(self, dataset: CropDataset, sampler: DistributedSampler, kind: type[DataLoader] = DataLoader) -> DataLoader:
+    def _loader(
+        self, dataset: CropDataset, sampler: DistributedSampler, kind: type[DataLoader] = DataLoader
+    ) -> DataLoader:
         workers = self._workers()
         return kind(
             dataset,
@@ -328,7 +368,9 @@ class CropDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
         dataset = self.train_dataset
-        sampler = TrainingSampler(dataset, self.negatives_per_positive, self.samples_per_epoch, self.seed, world, rank)
+        sampler = TrainingSampler(
+            dataset, self.negatives_per_positive, self.samples_per_epoch, self.seed, world, rank
+        )
         return self._loader(dataset, sampler, ResumableLoader)
 
     def _evaluation_loader(self, dataset: CropDataset) -> DataLoader:

@@ -90,8 +90,13 @@ class CropDataset(Dataset):
     sample from the cache's memory-mapped columns, so a dataset pickles small for spawned workers.
     """
 
-    def __init__(self, cache: CropCache, positions: Sequence[int],
-                 widths_irc: Sequence[Sequence[int]] | None = None, serve_context: bool = False) -> None:
+    def __init__(
+        self,
+        cache: CropCache,
+        positions: Sequence[int],
+        widths_irc: Sequence[Sequence[int]] | None = None,
+        serve_context: bool = False,
+    ) -> None:
         self.cache = cache
         positions = np.asarray(positions, dtype=np.int64)
         self.positions = positions.astype(np.int32) if len(cache) < 2**31 else positions
@@ -102,7 +107,9 @@ class CropDataset(Dataset):
         self.window_irc = []
         for view, (width, size) in enumerate(zip(self.widths_irc, cached)):
             if any(w > c for w, c in zip(width, size)):
-                raise ValueError(f"the model's crop {list(width)} is larger than the cached crop {list(size)}")
+                raise ValueError(
+                    f"the model's crop {list(width)} is larger than the cached crop {list(size)}"
+                )
             offset = np.asarray(cache.offset_irc(view)[positions], dtype=np.int64).reshape(-1, 3)
             self.window_irc.append(crop_starts(offset, width, size).astype(np.int16))
         self.serve_context = serve_context or self.widths_irc == cached
@@ -130,20 +137,29 @@ class CropDataset(Dataset):
     def _view(self, view: int, k: int, item: int, image: int) -> ViewSample:
         cache = self.cache
         crop = cache.crop(k, view)
-        offset, window = self._columns[3][view][k].astype(np.int64), self.window_irc[view][item].astype(np.int64)
+        offset, window = (
+            self._columns[3][view][k].astype(np.int64),
+            self.window_irc[view][item].astype(np.int64),
+        )
         if not self.serve_context:
             (i, r, c), (wi, wr, wc) = window.tolist(), self.widths_irc[view]
             crop = crop[i : i + wi, r : r + wr, c : c + wc]
             offset, window = offset - window, np.zeros(3, dtype=np.int64)
         spacing = cache.views[view].spacing_mm
-        voxel_mm = cache.image_spacing_irc[image] if spacing is None else np.asarray(spacing, dtype=np.float64)
+        voxel_mm = (
+            cache.image_spacing_irc[image] if spacing is None else np.asarray(spacing, dtype=np.float64)
+        )
         return {"crop": crop, "offset_irc": offset, "window_irc": window, "voxel_mm": voxel_mm}
 
     def __getitem__(self, item: int) -> CropSample:
         if self._columns is None:  # per process: views of the cache's shared columns
             cache = self.cache
-            self._columns = (cache.labels, cache.image_of, cache.center_xyz,
-                             [cache.offset_irc(view) for view in range(len(cache.views))])
+            self._columns = (
+                cache.labels,
+                cache.image_of,
+                cache.center_xyz,
+                [cache.offset_irc(view) for view in range(len(cache.views))],
+            )
         labels, image_of, center_xyz, _ = self._columns
         k = int(self.positions[item])
         image = int(image_of[k])
@@ -187,6 +203,8 @@ def collate_crops(samples: list[CropSample]) -> CropBatch:
         "index": torch.tensor([sample["index"] for sample in samples], dtype=torch.int64),
         "image": torch.tensor([sample["image"] for sample in samples], dtype=torch.int64),
         "center_xyz": _stack([sample["center_xyz"] for sample in samples], np.float64),
-        "extra_views": [_collate_view([sample["extra_views"][view] for sample in samples])
-                        for view in range(len(samples[0]["extra_views"]))],
+        "extra_views": [
+            _collate_view([sample["extra_views"][view] for sample in samples])
+            for view in range(len(samples[0]["extra_views"]))
+        ],
     }

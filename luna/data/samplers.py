@@ -44,7 +44,9 @@ class TrainingSampler(DistributedSampler):
         global_length = samples_per_epoch or len(dataset)
         self.num_samples = global_length // num_replicas
         if self.num_samples == 0:
-            raise ValueError(f"an epoch of {global_length} samples cannot be shared by {num_replicas} processes")
+            raise ValueError(
+                f"an epoch of {global_length} samples cannot be shared by {num_replicas} processes"
+            )
         self.total_size = self.num_samples * num_replicas
         self._skip_next = 0
         self.pass_epoch, self.pass_start = 0, 0  # the epoch of the latest pass and the samples it skipped
@@ -57,8 +59,10 @@ class TrainingSampler(DistributedSampler):
         """Make the next pass continue a checkpointed one: epoch ``epoch`` after ``samples_done`` of
         this rank's samples, or the start of the next epoch when that one was complete."""
         if not 0 <= samples_done <= self.num_samples:
-            raise ValueError(f"samples_done={samples_done}: an epoch has {self.num_samples} samples per process "
-                             "here; the checkpoint was written with another samples_per_epoch or number of processes")
+            raise ValueError(
+                f"samples_done={samples_done}: an epoch has {self.num_samples} samples per process "
+                "here; the checkpoint was written with another samples_per_epoch or number of processes"
+            )
         finished = samples_done == self.num_samples
         self.set_epoch(epoch + 1 if finished else epoch)
         self._skip_next = 0 if finished else samples_done

@@ -18,7 +18,9 @@ SplitBy = Literal["group", "row", "fold"]
 def stride_split(count: int, val_stride: int) -> tuple[np.ndarray, np.ndarray]:
     """``(train, val)`` positions in ``range(count)``: every ``val_stride``-th (from 0) to validation."""
     if val_stride < 2:
-        raise ValueError(f"val_stride={val_stride}: must be at least 2 (every val_stride-th item is validation)")
+        raise ValueError(
+            f"val_stride={val_stride}: must be at least 2 (every val_stride-th item is validation)"
+        )
     positions = np.arange(count)
     is_val = positions % val_stride == 0
     return positions[~is_val], positions[is_val]
@@ -50,7 +52,9 @@ def split_items(
     elif split_by == "fold":
         folds = sorted(set(np.asarray(fold_of_item).tolist()) - {-1})
         if val_fold not in folds:
-            raise ValueError(f"val_fold={val_fold}: no image with rows lies in that fold; the folds are {folds}")
+            raise ValueError(
+                f"val_fold={val_fold}: no image with rows lies in that fold; the folds are {folds}"
+            )
         is_val = np.asarray(fold_of_item) == val_fold
     else:
         raise ValueError(f"split_by={split_by!r}: expected 'group', 'row' or 'fold'")
@@ -83,12 +87,16 @@ def epoch_order(
     classes = int(labels.max()) + 1 if len(labels) else 0
     if classes > 2:
         if negatives_per_positive != 1:
-            raise ValueError(f"negatives_per_positive={negatives_per_positive}: with {classes} classes use 1 "
-                             "(every class equally often) or 0 (the natural ratio)")
+            raise ValueError(
+                f"negatives_per_positive={negatives_per_positive}: with {classes} classes use 1 "
+                "(every class equally often) or 0 (the natural ratio)"
+            )
         members = [rng.permutation(np.flatnonzero(labels == c)) for c in range(classes)]
         empty = [c for c, m in enumerate(members) if len(m) == 0]
         if empty:
-            raise ValueError(f"balanced epochs need every class in the training split; classes {empty} have no item")
+            raise ValueError(
+                f"balanced epochs need every class in the training split; classes {empty} have no item"
+            )
         k = np.arange(length)
         picked = np.empty(length, dtype=np.int64)
         for c, m in enumerate(members):

@@ -30,8 +30,14 @@ def _grid_mm(box: tuple[slice, ...], spacing_irc: np.ndarray) -> list[np.ndarray
     ]
 
 
-def _paint(volume: np.ndarray, box: tuple[slice, ...], distance_mm: np.ndarray, radius_mm: float,
-           value: float, edge_mm: float) -> np.ndarray:
+def _paint(
+    volume: np.ndarray,
+    box: tuple[slice, ...],
+    distance_mm: np.ndarray,
+    radius_mm: float,
+    value: float,
+    edge_mm: float,
+) -> np.ndarray:
     """Blend ``value`` into ``volume[box]`` where ``distance < radius``, with a soft partial-volume edge."""
     alpha = np.clip((radius_mm - distance_mm) / edge_mm + 0.5, 0.0, 1.0)
     region = volume[box]
@@ -58,7 +64,9 @@ def tube(volume, start_irc, end_irc, radius_mm, value, spacing_irc, edge_mm):
     ab = end_irc * spacing_irc - a
     t = ((z - a[0]) * ab[0] + (y - a[1]) * ab[1] + (x - a[2]) * ab[2]) / max(float(ab @ ab), 1e-6)
     t = np.clip(t, 0.0, 1.0)
-    distance = np.sqrt((z - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (x - a[2] - t * ab[2]) ** 2)
+    distance = np.sqrt(
+        (z - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (x - a[2] - t * ab[2]) ** 2
+    )
     _paint(volume, box, distance, radius_mm, value, edge_mm)
 
 
@@ -67,7 +75,9 @@ def ellipsoid(volume, center_irc, semi_mm, value, spacing_irc, edge_mm):
     box = _box(center_irc, semi_mm / spacing_irc, volume.shape)
     z, y, x = _grid_mm(box, spacing_irc)
     cz, cy, cx = center_irc * spacing_irc
-    scaled = np.sqrt(((z - cz) / semi_mm[0]) ** 2 + ((y - cy) / semi_mm[1]) ** 2 + ((x - cx) / semi_mm[2]) ** 2)
+    scaled = np.sqrt(
+        ((z - cz) / semi_mm[0]) ** 2 + ((y - cy) / semi_mm[1]) ** 2 + ((x - cx) / semi_mm[2]) ** 2
+    )
     _paint(volume, box, scaled * semi_mm.min(), semi_mm.min(), value, edge_mm)
 
 

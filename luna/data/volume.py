@@ -47,16 +47,18 @@ def xyz_to_irc(
     return int(i), int(r), int(c)
 
 
-def xyz_to_continuous_irc(centers_xyz: np.ndarray, origin_xyz: np.ndarray, spacing_xyz: np.ndarray,
-                          direction: np.ndarray) -> np.ndarray:
+def xyz_to_continuous_irc(
+    centers_xyz: np.ndarray, origin_xyz: np.ndarray, spacing_xyz: np.ndarray, direction: np.ndarray
+) -> np.ndarray:
     """Millimetres ``[n, 3]`` (x, y, z) to continuous voxel indices ``[n, 3]`` float64 (I, R, C), unrounded."""
     offset = np.asarray(centers_xyz, dtype=np.float64).reshape(-1, 3) - origin_xyz
     cri = np.linalg.solve(direction, offset.T).T / spacing_xyz
     return cri[:, ::-1]
 
 
-def xyz_to_irc_many(centers_xyz: np.ndarray, origin_xyz: np.ndarray, spacing_xyz: np.ndarray,
-                    direction: np.ndarray) -> np.ndarray:
+def xyz_to_irc_many(
+    centers_xyz: np.ndarray, origin_xyz: np.ndarray, spacing_xyz: np.ndarray, direction: np.ndarray
+) -> np.ndarray:
     """``xyz_to_irc`` of many centres ``[n, 3]`` at once: ``[n, 3]`` int64 (I, R, C)."""
     return np.round(xyz_to_continuous_irc(centers_xyz, origin_xyz, spacing_xyz, direction)).astype(np.int64)
 
@@ -81,7 +83,9 @@ def check_intensity(window: Sequence[float], scale: float) -> tuple[float, float
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"intensity_scale={scale}: must be a positive number")
     if max(abs(low), abs(high)) * scale > np.iinfo(np.int16).max:
-        raise ValueError(f"intensity_window={list(window)} x intensity_scale={scale} does not fit int16 (|value| <= 32767)")
+        raise ValueError(
+            f"intensity_window={list(window)} x intensity_scale={scale} does not fit int16 (|value| <= 32767)"
+        )
     return low, high
 
 
@@ -124,6 +128,7 @@ class MetaHeader:
     def geometry_problem(self) -> str | None:
         """Why the header's own origin, spacing or direction cannot place its voxels (checked
         before SimpleITK reads them: it rejects some with a bare number, and accepts others)."""
+
         def numbers(*keys: str) -> list[float] | None:
             text = next((self.fields[key] for key in keys if key in self.fields), None)
             try:
@@ -150,13 +155,17 @@ def _meta_problem(mhd_path: Path) -> str | None:
     if data is None:
         return None  # data inside the header or over several files: SimpleITK checks them as it reads
     if data.resolve().parent != mhd_path.resolve().parent:
-        log.warning("the header %s reads its voxels from %s, outside its own folder", mhd_path, data.resolve())
+        log.warning(
+            "the header %s reads its voxels from %s, outside its own folder", mhd_path, data.resolve()
+        )
     if not data.is_file():
         return f"its voxel file {data} does not exist"
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(mhd_path))
     reader.ReadImageInformation()
-    one_voxel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())  # its numpy dtype gives the value size
+    one_voxel = sitk.Image(
+        [1] * reader.GetDimension(), reader.GetPixelID()
+    )  # its numpy dtype gives the value size
     bytes_per_value = sitk.GetArrayViewFromImage(one_voxel).dtype.itemsize
     voxels = math.prod(reader.GetSize()) * reader.GetNumberOfComponents() * bytes_per_value
     shape = f"DimSize {' '.join(map(str, reader.GetSize()))}, {header.fields.get('ElementType', '?')}"
@@ -189,7 +198,9 @@ def _zlib_problem(data: Path, expected: int, shape: str) -> str | None:
     return None
 
 
-def _geometry_problem(origin: Sequence[float], spacing: Sequence[float], direction: Sequence[float]) -> str | None:
+def _geometry_problem(
+    origin: Sequence[float], spacing: Sequence[float], direction: Sequence[float]
+) -> str | None:
     """Why a volume's geometry cannot place its voxels (non-finite origin, spacing <= 0, a singular direction)."""
     if not np.isfinite(origin).all():
         return f"its origin {list(origin)} is not finite"
@@ -234,7 +245,12 @@ class Geometry:
         path = Path(path)
         if path.is_dir():
             image = _read_image(path)
-            size, origin, spacing, direction = image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection()
+            size, origin, spacing, direction = (
+                image.GetSize(),
+                image.GetOrigin(),
+                image.GetSpacing(),
+                image.GetDirection(),
+            )
         else:
             problem = MetaHeader.read(path).geometry_problem() if path.suffix.lower() == ".mhd" else None
             if problem:
@@ -242,7 +258,12 @@ class Geometry:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
-            size, origin, spacing, direction = reader.GetSize(), reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection()
+            size, origin, spacing, direction = (
+                reader.GetSize(),
+                reader.GetOrigin(),
+                reader.GetSpacing(),
+                reader.GetDirection(),
+            )
         if len(size) != 3:
             raise RuntimeError(f"a 3D volume is needed, this one is {len(size)}D")
         problem = _geometry_problem(origin, spacing, direction)
@@ -287,7 +308,9 @@ class Volume:
                 that disagrees with its voxel file, or holds NaN or infinite voxels.
         """
         path = Path(path)
-        name = path.name.removesuffix(".gz").removesuffix(".nii") if path.name.endswith(".nii.gz") else path.stem
+        name = (
+            path.name.removesuffix(".gz").removesuffix(".nii") if path.name.endswith(".nii.gz") else path.stem
+        )
         try:
             if path.suffix.lower() == ".mhd" and path.is_file():
                 problem = _meta_problem(path)
@@ -306,8 +329,10 @@ class Volume:
                 detail = "the file does not exist"
             raise ScanReadError(f"cannot read scan {name} ({path}): {detail}") from None
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-            raise ScanReadError(f"scan {name} ({path}) is not a single-channel 3D image "
-                                f"({image.GetDimension()}D, {image.GetNumberOfComponentsPerPixel()} components)")
+            raise ScanReadError(
+                f"scan {name} ({path}) is not a single-channel 3D image "
+                f"({image.GetDimension()}D, {image.GetNumberOfComponentsPerPixel()} components)"
+            )
         values = sitk.GetArrayViewFromImage(image)  # no copy: clipping below makes the one copy we keep
         if not np.issubdtype(values.dtype, np.integer):
             finite = np.isfinite(values)

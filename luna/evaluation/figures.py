@@ -30,23 +30,38 @@ def froc_figure(result: FrocResult, title: str = "FROC") -> Figure:
     ax = fig.add_subplot()
     band = result.bootstrap
     if band is not None:
-        ax.fill_between(band.fp_per_scan, band.sensitivity_low, band.sensitivity_high, color="C0", alpha=0.2,
-                        label=f"95 % bootstrap band ({band.samples} resamples over scans)")
+        ax.fill_between(
+            band.fp_per_scan,
+            band.sensitivity_low,
+            band.sensitivity_high,
+            color="C0",
+            alpha=0.2,
+            label=f"95 % bootstrap band ({band.samples} resamples over scans)",
+        )
     inside = result.curve_fp_per_scan > 0
-    ax.plot(result.curve_fp_per_scan[inside], result.curve_sensitivity[inside], color="C0", lw=1.5, label="FROC")
+    ax.plot(
+        result.curve_fp_per_scan[inside], result.curve_sensitivity[inside], color="C0", lw=1.5, label="FROC"
+    )
     interval = f" (95 % CI {band.cpm_ci[0]:.3f}-{band.cpm_ci[1]:.3f})" if band else ""
     ax.plot(result.fp_per_scan, result.sensitivity, "o", color="C3", label=f"CPM {result.cpm:.3f}{interval}")
     for x, y in zip(result.fp_per_scan, result.sensitivity):
         ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xticks(result.fp_per_scan, OPERATING_POINTS)
-    ax.set(xlim=(result.fp_per_scan[0] / 1.2, result.fp_per_scan[-1] * 1.2), ylim=(0, 1.05),
-           xlabel="average false positives per scan", ylabel="sensitivity")
+    ax.set(
+        xlim=(result.fp_per_scan[0] / 1.2, result.fp_per_scan[-1] * 1.2),
+        ylim=(0, 1.05),
+        xlabel="average false positives per scan",
+        ylabel="sensitivity",
+    )
     ax.grid(True, which="major", alpha=0.4)
     counts = result.counts
     scans = f"{counts.scans} scan" + ("s" if counts.scans != 1 else "")
-    ax.set_title(f"{title}\n{scans}, {counts.nodules} nodules: {counts.detected} detected at the lowest "
-                 f"threshold, with {counts.false_positives} false positives", fontsize=10)
+    ax.set_title(
+        f"{title}\n{scans}, {counts.nodules} nodules: {counts.detected} detected at the lowest "
+        f"threshold, with {counts.false_positives} false positives",
+        fontsize=10,
+    )
     # below the axes: a legend inside would cover the operating points when sensitivity is low
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=8, frameon=False)
     return fig

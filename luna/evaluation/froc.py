@@ -229,8 +229,9 @@ def _threshold_order(probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, ends
 
 
-def _curve(true_positives: np.ndarray, false_positives: np.ndarray, scan_count: int,
-           nodule_count: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _curve(
+    true_positives: np.ndarray, false_positives: np.ndarray, scan_count: int, nodule_count: float | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """FP/scan and sensitivity from cumulative counts at each threshold, ``[..., k]`` (rows: resamples).
 
     ``nodule_count`` broadcasts against ``[..., 1]``. A (0, 0) point is prepended. The float
@@ -273,15 +274,18 @@ def froc(
         raise ValueError("scan_count must be at least 1: there is no scan to evaluate")
     for name, part in (("marks", marks), ("nodules", nodules), ("irrelevant", irrelevant)):
         if len(part.scan) and (part.scan.min() < 0 or part.scan.max() >= scan_count):
-            raise ValueError(f"{name}: scan indices must lie in [0, {scan_count}); found {part.scan.min()}..{part.scan.max()}")
+            raise ValueError(
+                f"{name}: scan indices must lie in [0, {scan_count}); found {part.scan.min()}..{part.scan.max()}"
+            )
     if len(marks.probability) and not np.isfinite(marks.probability).all():
         raise ValueError("marks: probabilities must be finite")
     marks, capped = cap_marks(marks, scan_count, max_marks)
     entries, counts = _entries(marks, nodules, irrelevant, scan_count)
     order, ends = _threshold_order(entries.probability)
     label = entries.label[order]
-    fp_per_scan, sensitivity = _curve(np.cumsum(label)[ends], np.cumsum(1.0 - label)[ends], scan_count,
-                                      float(counts["nodules"]))
+    fp_per_scan, sensitivity = _curve(
+        np.cumsum(label)[ends], np.cumsum(1.0 - label)[ends], scan_count, float(counts["nodules"])
+    )
     if counts["nodules"] == 0:
         sensitivity = np.full_like(sensitivity, np.nan)
     at_points = _read_off(fp_per_scan, sensitivity, FP_PER_SCAN)
@@ -294,12 +298,19 @@ def froc(
         counts=FrocCounts(scans=scan_count, capped_marks=capped, **counts),
     )
     if bootstrap_samples > 0:
-        result = FrocResult(**{**result.__dict__, "bootstrap": _bootstrap(entries, scan_count, bootstrap_samples, seed)})
+        result = FrocResult(
+            **{**result.__dict__, "bootstrap": _bootstrap(entries, scan_count, bootstrap_samples, seed)}
+        )
     return result
 
 
-def cpm_resamples(marks: Marks, reference: Reference, samples: int = 1000, seed: int = 0,
-                  max_marks: int = MAX_MARKS_PER_SCAN) -> np.ndarray:
+def cpm_resamples(
+    marks: Marks,
+    reference: Reference,
+    samples: int = 1000,
+    seed: int = 0,
+    max_marks: int = MAX_MARKS_PER_SCAN,
+) -> np.ndarray:
     """The CPM of ``samples`` bootstrap resamples of the scans, in draw order (NaN where a resample
     holds no nodule).
 
@@ -313,8 +324,9 @@ def cpm_resamples(marks: Marks, reference: Reference, samples: int = 1000, seed:
     return at_points.mean(axis=1)
 
 
-def _resampled(entries: _Entries, scan_count: int, samples: int, seed: int, band_x: np.ndarray | None,
-               chunk: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+def _resampled(
+    entries: _Entries, scan_count: int, samples: int, seed: int, band_x: np.ndarray | None, chunk: int = 32
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The seven sensitivities ``[samples, 7]`` (and the band ``[samples, len(band_x)]``) of each
     resample of the scans, NaN where no nodule was drawn; a resample's entries are weighted by
     its draw counts."""
@@ -354,8 +366,18 @@ def _bootstrap(entries: _Entries, scan_count: int, samples: int, seed: int) -> B
     n = len(cpm)
     if n == 0:
         nan_band = np.full(BAND_POINTS, np.nan)
-        return Bootstrap(samples, seed, (np.nan, np.nan), np.nan, np.full((len(FP_PER_SCAN), 2), np.nan), band_x,
-                         nan_band, nan_band, nan_band, samples)
+        return Bootstrap(
+            samples,
+            seed,
+            (np.nan, np.nan),
+            np.nan,
+            np.full((len(FP_PER_SCAN), 2), np.nan),
+            band_x,
+            nan_band,
+            nan_band,
+            nan_band,
+            samples,
+        )
     low, high = int(np.floor(0.025 * n)), int(np.floor(0.975 * n))
     return Bootstrap(
         samples=samples,

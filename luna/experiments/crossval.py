@@ -46,7 +46,9 @@ def fold_arguments(fold: int, fold_dir: Path) -> list[str]:
 
 def newest_checkpoint(fold_dir: Path) -> Path | None:
     """The most recent checkpoint of an interrupted fold: a ``last.ckpt`` or a SLURM ``hpc_ckpt``."""
-    candidates = list(fold_dir.glob("version_*/checkpoints/last.ckpt")) + list(fold_dir.glob("hpc_ckpt_*.ckpt"))
+    candidates = list(fold_dir.glob("version_*/checkpoints/last.ckpt")) + list(
+        fold_dir.glob("hpc_ckpt_*.ckpt")
+    )
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 
@@ -57,7 +59,9 @@ def _luna_fit(arguments: list[str]) -> None:
     log.info("running: %s", " ".join(command))
     child = subprocess.Popen(command)
     forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-    previous = {signum: signal.signal(signum, lambda signum, frame: child.send_signal(signum)) for signum in forwarded}
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: child.send_signal(signum)) for signum in forwarded
+    }
     try:
         status = child.wait()
     finally:
@@ -86,13 +90,27 @@ def run_fold(fold: int, output: Path, fit_args: list[str]) -> Path:
         resume = newest_checkpoint(fold_dir)
         if resume is not None:
             log.info("fold %d: resuming from %s", fold, resume)
-        _luna_fit(["fit", *fit_args, *fold_arguments(fold, fold_dir), *([f"--ckpt_path={resume}"] if resume else [])])
+        _luna_fit(
+            [
+                "fit",
+                *fit_args,
+                *fold_arguments(fold, fold_dir),
+                *([f"--ckpt_path={resume}"] if resume else []),
+            ]
+        )
         last = max(fold_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
         write_json_atomic(fold_dir / TRAINED, {"checkpoint": str(last)})
         checkpoint = str(last)
     log.info("fold %d: predicting subset%d with %s", fold, fold, checkpoint)
-    _luna_fit(["predict", *fit_args, *fold_arguments(fold, fold_dir), f"--ckpt_path={checkpoint}",
-               f"--predictions.path={predictions}"])
+    _luna_fit(
+        [
+            "predict",
+            *fit_args,
+            *fold_arguments(fold, fold_dir),
+            f"--ckpt_path={checkpoint}",
+            f"--predictions.path={predictions}",
+        ]
+    )
     return predictions
 
 
@@ -105,9 +123,16 @@ def predict_with_ensemble(output: Path, fit_args: list[str]) -> Path:
         raise FileNotFoundError(f"no fold of {output} is trained yet (fold*/{TRAINED}): run the folds first")
     predictions = output / "ensemble" / PREDICTIONS
     log.info("predicting with the ensemble of %d fold models", len(checkpoints))
-    _luna_fit(["predict", *fit_args, f"--trainer.default_root_dir={output / 'ensemble'}",
-               f"--ckpt_path={checkpoints[0]}", f"--evaluation.ensemble={json.dumps(checkpoints[1:])}",
-               f"--predictions.path={predictions}"])
+    _luna_fit(
+        [
+            "predict",
+            *fit_args,
+            f"--trainer.default_root_dir={output / 'ensemble'}",
+            f"--ckpt_path={checkpoints[0]}",
+            f"--evaluation.ensemble={json.dumps(checkpoints[1:])}",
+            f"--predictions.path={predictions}",
+        ]
+    )
     return predictions
 
 
@@ -115,13 +140,16 @@ def fold_data_dir(fold_predictions: Path) -> Path:
     """The data folder a fold's predictions are about (recorded beside them by ``luna.fit predict``)."""
     data_dir = predicted_data_dir(fold_predictions)
     if data_dir is None:
-        raise FileNotFoundError(f"{fold_predictions.with_suffix('.json')} does not say which data folder "
-                                f"{fold_predictions} predicts; predict the fold again")
+        raise FileNotFoundError(
+            f"{fold_predictions.with_suffix('.json')} does not say which data folder "
+            f"{fold_predictions} predicts; predict the fold again"
+        )
     return data_dir
 
 
 def merge(fold_predictions: dict[int, Path], merged: Path) -> None:
     """Concatenate the folds' prediction files (same header) into one submission, atomically."""
+
     def concatenate(out) -> None:
         for k, (_, path) in enumerate(sorted(fold_predictions.items())):
             with path.open("rb") as handle:
@@ -136,31 +164,54 @@ def merge(fold_predictions: dict[int, Path], merged: Path) -> None:
 def score(output: Path, bootstrap: int, seed: int) -> tuple[dict, str]:
     """Merge the finished folds' predictions, score them once and each fold alone; write the
     reports. Returns the ``crossval.json`` record and the report's text."""
-    done = {fold: output / f"fold{fold}" / PREDICTIONS for fold in FOLDS
-            if (output / f"fold{fold}" / PREDICTIONS).is_file()}
+    done = {
+        fold: output / f"fold{fold}" / PREDICTIONS
+        for fold in FOLDS
+        if (output / f"fold{fold}" / PREDICTIONS).is_file()
+    }
     if not done:
         raise FileNotFoundError(f"no fold of {output} has predictions yet (fold*/{PREDICTIONS})")
     data_dirs = {fold_data_dir(path) for path in done.values()}
     if len(data_dirs) > 1:
-        raise ValueError(f"the folds of {output} predict different data folders: {sorted(map(str, data_dirs))}")
+        raise ValueError(
+            f"the folds of {output} predict different data folders: {sorted(map(str, data_dirs))}"
+        )
     data_dir = data_dirs.pop()
     merged = output / PREDICTIONS
     merge(done, merged)
     subsets = None if len(done) == len(FOLDS) else sorted(done)
     if subsets is not None:
         log.warning("only folds %s have predictions: the merged FROC covers their subsets only", subsets)
-    per_fold = {fold: evaluate_submission(path, data_dir, subsets=[fold], bootstrap_samples=0).result
-                for fold, path in done.items()}
-    evaluation = evaluate_submission(merged, data_dir, subsets=subsets, bootstrap_samples=bootstrap, seed=seed)
+    per_fold = {
+        fold: evaluate_submission(path, data_dir, subsets=[fold], bootstrap_samples=0).result
+        for fold, path in done.items()
+    }
+    evaluation = evaluate_submission(
+        merged, data_dir, subsets=subsets, bootstrap_samples=bootstrap, seed=seed
+    )
     write_froc_report(evaluation, output, f"FROC: {len(done)}-fold cross-validation")
     record = {
         "folds": sorted(done),
         "merged": summary(evaluation),
-        "per_fold": {str(fold): {"cpm": result.cpm, "scans": result.counts.scans, "nodules": result.counts.nodules,
-                                 "detected": result.counts.detected} for fold, result in per_fold.items()},
+        "per_fold": {
+            str(fold): {
+                "cpm": result.cpm,
+                "scans": result.counts.scans,
+                "nodules": result.counts.nodules,
+                "detected": result.counts.detected,
+            }
+            for fold, result in per_fold.items()
+        },
     }
     write_json_atomic(output / "crossval.json", record, indent=1)
-    lines = [table(evaluation, f"{merged} ({len(done)} folds merged)"), "", "per-fold CPM (each fold's scans alone):"]
-    lines += [f"  fold {fold}: CPM {result.cpm:.3f} over {result.counts.scans} scans, {result.counts.detected}/"
-              f"{result.counts.nodules} nodules detected" for fold, result in sorted(per_fold.items())]
+    lines = [
+        table(evaluation, f"{merged} ({len(done)} folds merged)"),
+        "",
+        "per-fold CPM (each fold's scans alone):",
+    ]
+    lines += [
+        f"  fold {fold}: CPM {result.cpm:.3f} over {result.counts.scans} scans, {result.counts.detected}/"
+        f"{result.counts.nodules} nodules detected"
+        for fold, result in sorted(per_fold.items())
+    ]
     return record, "\n".join(lines)

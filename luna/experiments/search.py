@@ -30,9 +30,28 @@ import yaml
 KINDS = ("float", "int", "categorical")
 STAGES = ("train", "val", "test")
 # what a luna run logs per stage (luna.metrics.stage); per-class metrics are recall/<class>, loss/<class>
-LOGGED = ("accuracy", "precision", "recall", "f1", "auroc", "average_precision", "calibration_error", "loss",
-          "loss_negative", "loss_positive", "f1_best", "f1_best_threshold", "cpm", "samples", "nonfinite",
-          "dice", "voxel_precision", "voxel_recall", "nodule_recall", "candidates_per_scan")
+LOGGED = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "auroc",
+    "average_precision",
+    "calibration_error",
+    "loss",
+    "loss_negative",
+    "loss_positive",
+    "f1_best",
+    "f1_best_threshold",
+    "cpm",
+    "samples",
+    "nonfinite",
+    "dice",
+    "voxel_precision",
+    "voxel_recall",
+    "nodule_recall",
+    "candidates_per_scan",
+)
 PER_CLASS = ("recall/", "loss/")
 
 
@@ -61,7 +80,9 @@ class Parameter:
         if self.kind == "categorical":
             return trial.suggest_categorical(self.key, list(self.choices))
         if self.kind == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+            return trial.suggest_int(
+                self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
     def example(self) -> Any:
@@ -106,7 +127,11 @@ def check_metric(metric: str) -> str | None:
         return None
     known = [f"{s}/{n}" for s in STAGES for n in LOGGED]
     close = difflib.get_close_matches(metric, known, n=1, cutoff=0.6)
-    hint = f": did you mean {close[0]}?" if close else f"; luna logs <stage>/<name> with stage {', '.join(STAGES)}"
+    hint = (
+        f": did you mean {close[0]}?"
+        if close
+        else f"; luna logs <stage>/<name> with stage {', '.join(STAGES)}"
+    )
     return f"metric={metric!r} is not logged by luna{hint}"
 
 
@@ -123,17 +148,29 @@ def read_search(path: str | Path) -> SearchSpace:
         content = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise SearchError(f"{path}: not YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(content, dict) or not isinstance(content.get("parameters"), dict) or not content["parameters"]:
-        raise SearchError(f"{path}: expected a mapping with 'parameters' (option: range) and optionally 'metric', "
-                          "'direction' and 'pruner'")
+    if (
+        not isinstance(content, dict)
+        or not isinstance(content.get("parameters"), dict)
+        or not content["parameters"]
+    ):
+        raise SearchError(
+            f"{path}: expected a mapping with 'parameters' (option: range) and optionally 'metric', "
+            "'direction' and 'pruner'"
+        )
     unknown = sorted(set(content) - {"parameters", "metric", "direction", "pruner"})
     if unknown:
-        raise SearchError(f"{path}: unknown entries {unknown}; expected parameters, metric, direction, pruner")
+        raise SearchError(
+            f"{path}: unknown entries {unknown}; expected parameters, metric, direction, pruner"
+        )
     parameters: list[Parameter] = []
     for key, spec in content["parameters"].items():
         parameters.append(_parameter(path, str(key), spec, parameters))
-    space = SearchSpace(tuple(parameters), str(content.get("metric", "val/cpm")),
-                        str(content.get("direction", "maximize")), str(content.get("pruner", "median")))
+    space = SearchSpace(
+        tuple(parameters),
+        str(content.get("metric", "val/cpm")),
+        str(content.get("direction", "maximize")),
+        str(content.get("pruner", "median")),
+    )
     problem = check_metric(space.metric)
     if problem:
         raise SearchError(f"{path}: {problem}")
@@ -179,14 +216,20 @@ def _condition(where: str, when: object, earlier: list[Parameter]) -> dict:
     """A ``when`` mapping, each value one that the earlier parameter it names can take."""
     by_key = {parameter.key: parameter for parameter in earlier}
     if not isinstance(when, dict) or any(name not in by_key for name in when):
-        raise SearchError(f"{where}: 'when' must name parameters listed before it, with their values; got {when!r}")
+        raise SearchError(
+            f"{where}: 'when' must name parameters listed before it, with their values; got {when!r}"
+        )
     for name, wanted in when.items():
         condition = by_key[name]
         if not condition.admits(wanted):
-            takes = list(condition.choices) if condition.kind == "categorical" else \
-                f"{condition.kind} values in [{condition.example()}, {condition.high:g}]"
-            raise SearchError(f"{where}: when {name}={wanted!r} ({type(wanted).__name__}) never holds: {name} takes "
-                              f"{takes}")
+            takes = (
+                list(condition.choices)
+                if condition.kind == "categorical"
+                else f"{condition.kind} values in [{condition.example()}, {condition.high:g}]"
+            )
+            raise SearchError(
+                f"{where}: when {name}={wanted!r} ({type(wanted).__name__}) never holds: {name} takes {takes}"
+            )
     return dict(when)
 
 

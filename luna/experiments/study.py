@@ -61,11 +61,20 @@ def open_study(folder: Path, name: str, space: SearchSpace, seed: int):
     folder.mkdir(parents=True, exist_ok=True)
     path = str(folder / STUDY_FILE)
     storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
-              "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[space.pruner]
+    pruner = {
+        "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "hyperband": optuna.pruners.HyperbandPruner(),
+        "none": optuna.pruners.NopPruner(),
+    }[space.pruner]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=storage, study_name=name, direction=space.direction, load_if_exists=True,
-                               sampler=_sampler(seed, 0), pruner=pruner)
+    return optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction=space.direction,
+        load_if_exists=True,
+        sampler=_sampler(seed, 0),
+        pruner=pruner,
+    )
 
 
 def _sampler(seed: int, trial_number: int):
@@ -95,13 +104,19 @@ def recover_stale(study, stale_minutes: float) -> list[int]:
         if not attrs.get("worker_pid"):
             continue  # asked this very moment: its worker writes these next
         same_host = attrs.get("worker_host") == host
-        dead = (same_host and not process_alive(int(attrs["worker_pid"]))) or \
-            (not same_host and now - float(attrs.get("heartbeat", now)) > 60 * stale_minutes)
+        dead = (same_host and not process_alive(int(attrs["worker_pid"]))) or (
+            not same_host and now - float(attrs.get("heartbeat", now)) > 60 * stale_minutes
+        )
         if dead:
             retry(study, trial, "its worker died")
             recovered.append(trial.number)
-            log.warning("trial %d was running in a process that died (%s, pid %s): marked failed, its values are "
-                        "tried again", trial.number, attrs.get("worker_host"), attrs.get("worker_pid"))
+            log.warning(
+                "trial %d was running in a process that died (%s, pid %s): marked failed, its values are "
+                "tried again",
+                trial.number,
+                attrs.get("worker_host"),
+                attrs.get("worker_pid"),
+            )
     return recovered
 
 
@@ -163,8 +178,9 @@ def interrupted_checkpoint(folder: Path, trial_number: int) -> Path | None:
     return max(found, key=lambda path: path.stat().st_mtime, default=None)
 
 
-def run_trial(trial, values: dict[str, Any], space: SearchSpace, base_args: list[str], folder: Path,
-              train: Train) -> Outcome:
+def run_trial(
+    trial, values: dict[str, Any], space: SearchSpace, base_args: list[str], folder: Path, train: Train
+) -> Outcome:
     """Train one trial with ``train`` (``luna.fit``'s main) in this process; its outcome. A retried
     trial resumes from the checkpoint its interrupted predecessor left."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -193,7 +209,11 @@ def run_trial(trial, values: dict[str, Any], space: SearchSpace, base_args: list
     if pruning.pruned:
         return Outcome("PRUNED", pruning.reported[-1] if pruning.reported else None)
     checkpoint = cli.trainer.checkpoint_callback
-    if checkpoint is not None and checkpoint.monitor == space.metric and checkpoint.best_model_score is not None:
+    if (
+        checkpoint is not None
+        and checkpoint.monitor == space.metric
+        and checkpoint.best_model_score is not None
+    ):
         return Outcome("COMPLETE", float(checkpoint.best_model_score))
     if pruning.reported:
         return Outcome("COMPLETE", pruning.reported[-1])
@@ -205,12 +225,28 @@ def _duplicate(study, trial, values: dict[str, Any]) -> int | None:
     from optuna.trial import TrialState
 
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return next((other.number for other in study.get_trials(deepcopy=False, states=states)
-                 if other.number != trial.number and other.params == values), None)
+    return next(
+        (
+            other.number
+            for other in study.get_trials(deepcopy=False, states=states)
+            if other.number != trial.number and other.params == values
+        ),
+        None,
+    )
 
 
-def work(study, space: SearchSpace, trials: int, max_failures: int, base_args: list[str], folder: Path,
-         stale_minutes: float, train: Train, sampler_seed: int = 0, only_queued: bool = False) -> bool:
+def work(
+    study,
+    space: SearchSpace,
+    trials: int,
+    max_failures: int,
+    base_args: list[str],
+    folder: Path,
+    stale_minutes: float,
+    train: Train,
+    sampler_seed: int = 0,
+    only_queued: bool = False,
+) -> bool:
     """Run trials until the study holds ``trials`` finished ones (counting those other workers run);
     ``only_queued``: run only the trials queued in the study (the seeds), nothing the sampler draws.
 
@@ -231,15 +267,28 @@ def work(study, space: SearchSpace, trials: int, max_failures: int, base_args: l
             recover_stale(study, stale_minutes)
             finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
             running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            failed = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                          if "error" in t.user_attrs])
+            failed = len(
+                [
+                    t
+                    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                    if "error" in t.user_attrs
+                ]
+            )
             if finished + running >= trials:
-                log.info("study %s: %d trials finished%s", study.study_name, finished,
-                         f", {running} still running elsewhere" if running else "")
+                log.info(
+                    "study %s: %d trials finished%s",
+                    study.study_name,
+                    finished,
+                    f", {running} still running elsewhere" if running else "",
+                )
                 return finished >= trials or running > 0
             if failed >= max_failures:
-                log.warning("study %s: %d trials failed (--max_failures=%d): stopping", study.study_name, failed,
-                            max_failures)
+                log.warning(
+                    "study %s: %d trials failed (--max_failures=%d): stopping",
+                    study.study_name,
+                    failed,
+                    max_failures,
+                )
                 return False
             if only_queued and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 return True
@@ -256,23 +305,40 @@ def work(study, space: SearchSpace, trials: int, max_failures: int, base_args: l
                 study.tell(trial, state=TrialState.FAIL)
                 redraws += 1
                 if redraws >= MAX_REDRAWS:
-                    log.warning("study %s: %d draws in a row repeated earlier trials: the search space looks "
-                                "exhausted; stopping", study.study_name, redraws)
+                    log.warning(
+                        "study %s: %d draws in a row repeated earlier trials: the search space looks "
+                        "exhausted; stopping",
+                        study.study_name,
+                        redraws,
+                    )
                     return False
                 continue
             redraws = 0
-            log.info("trial %d: %s", trial.number, " ".join(fit_arguments(values)) or "(the configuration as it is)")
+            log.info(
+                "trial %d: %s",
+                trial.number,
+                " ".join(fit_arguments(values)) or "(the configuration as it is)",
+            )
             with _Heartbeat(trial):
                 outcome = run_trial(trial, values, space, base_args, folder, train)
             if outcome.state == "INTERRUPTED":
                 retry(study, trial, "SIGTERM")
-                log.warning("trial %d: stopped by SIGTERM; its values are queued again (the next worker resumes it "
-                            "from its last checkpoint)", trial.number)
+                log.warning(
+                    "trial %d: stopped by SIGTERM; its values are queued again (the next worker resumes it "
+                    "from its last checkpoint)",
+                    trial.number,
+                )
                 raise SweepStopped(f"stopped by SIGTERM during trial {trial.number}")
             if outcome.error:
                 trial.set_user_attr("error", outcome.error)
                 log.warning("trial %d failed: %s", trial.number, outcome.error)
             state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}
-            study.tell(trial, outcome.value if outcome.state == "COMPLETE" else None, state=state[outcome.state])
-            log.info("trial %d: %s%s", trial.number, outcome.state.lower(),
-                     f", {space.metric} {outcome.value:.4f}" if outcome.value is not None else "")
+            study.tell(
+                trial, outcome.value if outcome.state == "COMPLETE" else None, state=state[outcome.state]
+            )
+            log.info(
+                "trial %d: %s%s",
+                trial.number,
+                outcome.state.lower(),
+                f", {space.metric} {outcome.value:.4f}" if outcome.value is not None else "",
+            )

@@ -23,7 +23,11 @@ PROBABILITY_COLUMN = "probability"
 
 def probability_columns(class_names: list[str]) -> list[str]:
     """``probability`` for two classes (P(class 1), LUNA16's column), else ``probability_<class>`` each."""
-    return [PROBABILITY_COLUMN] if len(class_names) == 2 else [f"{PROBABILITY_COLUMN}_{name}" for name in class_names]
+    return (
+        [PROBABILITY_COLUMN]
+        if len(class_names) == 2
+        else [f"{PROBABILITY_COLUMN}_{name}" for name in class_names]
+    )
 
 
 class CsvFormatError(ValueError):
@@ -102,8 +106,9 @@ def read_columns(path: str | Path, columns: Sequence[str], description: str = "C
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
-        raise CsvFormatError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); save the file "
-                             "as UTF-8") from None
+        raise CsvFormatError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); save the file as UTF-8"
+        ) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
@@ -118,7 +123,9 @@ def read_columns(path: str | Path, columns: Sequence[str], description: str = "C
             )
         twice = sorted({name for name in columns if header.count(name) > 1})
         if twice:
-            raise CsvFormatError(f"{path}, line 1: column(s) {', '.join(twice)} appear more than once in the header")
+            raise CsvFormatError(
+                f"{path}, line 1: column(s) {', '.join(twice)} appear more than once in the header"
+            )
         rows = []
         for row in reader:
             rows.append((reader.line_num, row))

@@ -48,8 +48,11 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], size_hin
         if not full or isinstance(error, DiskFullError):
             raise
         free = shutil.disk_usage(path.parent).free
-        raise DiskFullError(errno.ENOSPC, f"no space left on the device for {path}: it needs {size_hint:,} bytes, "
-                                          f"{free:,} are free in {path.parent}") from None
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"no space left on the device for {path}: it needs {size_hint:,} bytes, "
+            f"{free:,} are free in {path.parent}",
+        ) from None
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -42,8 +42,11 @@ class Annotations:
     def findings(self, scan_index: dict[str, int]) -> Findings:
         """The findings of the evaluated scans (``scan_index``: uid -> position), in file order."""
         rows = np.array([k for k, uid in enumerate(self.series_uid) if uid in scan_index], dtype=np.int64)
-        return Findings(scan=np.array([scan_index[self.series_uid[k]] for k in rows], dtype=np.int64),
-                        center_xyz=self.center_xyz[rows].reshape(-1, 3), diameter_mm=self.diameter_mm[rows])
+        return Findings(
+            scan=np.array([scan_index[self.series_uid[k]] for k in rows], dtype=np.int64),
+            center_xyz=self.center_xyz[rows].reshape(-1, 3),
+            diameter_mm=self.diameter_mm[rows],
+        )
 
 
 def read_annotations(path: str | Path, unknown_diameters: bool = False) -> Annotations:
@@ -58,8 +61,13 @@ def read_annotations(path: str | Path, unknown_diameters: bool = False) -> Annot
     bad = diameters == 0 if unknown_diameters else diameters <= 0
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        allowed = "a positive diameter, or a negative one for an unknown size" if unknown_diameters else \
-            f"a positive diameter (a negative one, an unknown size, is allowed only in {IRRELEVANT_FINDINGS})"
-        raise CsvFormatError(f"{table.path}, line {table.line_numbers[row]}, column diameter_mm: "
-                             f"{table.columns['diameter_mm'][row].strip()!r} is not {allowed}")
+        allowed = (
+            "a positive diameter, or a negative one for an unknown size"
+            if unknown_diameters
+            else f"a positive diameter (a negative one, an unknown size, is allowed only in {IRRELEVANT_FINDINGS})"
+        )
+        raise CsvFormatError(
+            f"{table.path}, line {table.line_numbers[row]}, column diameter_mm: "
+            f"{table.columns['diameter_mm'][row].strip()!r} is not {allowed}"
+        )
     return Annotations(table.path, table.text("seriesuid"), table.xyz(), diameters)

@@ -29,11 +29,16 @@ log = logging.getLogger(__name__)
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
 
 
-def matching_diameters(centers_xyz: np.ndarray, annotation_xyz: np.ndarray, annotation_diameters: np.ndarray) -> np.ndarray:
+def matching_diameters(
+    centers_xyz: np.ndarray, annotation_xyz: np.ndarray, annotation_diameters: np.ndarray
+) -> np.ndarray:
     """For each candidate centre ``[n, 3]``, the diameter of the first annotation (file order) whose
     centre is within diameter/4 of it on every axis (inclusive), else 0."""
-    inside = np.all(np.abs(centers_xyz[:, None, :] - annotation_xyz[None, :, :]) <= annotation_diameters[None, :, None] / 4,
-                    axis=2)
+    inside = np.all(
+        np.abs(centers_xyz[:, None, :] - annotation_xyz[None, :, :])
+        <= annotation_diameters[None, :, None] / 4,
+        axis=2,
+    )
     return np.where(inside.any(axis=1), annotation_diameters[inside.argmax(axis=1)], 0.0)
 
 
@@ -81,11 +86,15 @@ def load_candidate_arrays(
         CsvFormatError: a header lacks a column, a value is not a finite number or a diameter not
             positive, a class is not 0 or 1, or the candidates file has no row.
     """
-    with _collector_paused():  # millions of new rows and tuples: the cyclic GC would rescan them over and over
+    with (
+        _collector_paused()
+    ):  # millions of new rows and tuples: the cyclic GC would rescan them over and over
         return _load_candidates(Path(annotations_csv), Path(candidates_csv), series_uids)
 
 
-def _load_candidates(annotations_csv: Path, candidates_csv: Path, series_uids: set[str] | None) -> CandidateArrays:
+def _load_candidates(
+    annotations_csv: Path, candidates_csv: Path, series_uids: set[str] | None
+) -> CandidateArrays:
     annotations = read_annotations(annotations_csv).by_series()
     table = read_columns(candidates_csv, CANDIDATE_COLUMNS, "LUNA16 CSV file")
     if not len(table):
@@ -110,12 +119,14 @@ def _load_candidates(annotations_csv: Path, candidates_csv: Path, series_uids: s
     ranks = np.fromiter((series_rank[uids[k]] for k in kept.tolist()), dtype=np.int64, count=len(kept))
     order = reference_order(is_nodule[kept], diameters[kept], ranks, centers[kept])
     ordered = kept[order]
-    return CandidateArrays(sorted_uids, ranks[order], centers[ordered].reshape(-1, 3), is_nodule[ordered],
-                           diameters[ordered])
+    return CandidateArrays(
+        sorted_uids, ranks[order], centers[ordered].reshape(-1, 3), is_nodule[ordered], diameters[ordered]
+    )
 
 
-def reference_order(is_nodule: np.ndarray, diameter_mm: np.ndarray, series_rank: np.ndarray,
-                    center_xyz: np.ndarray) -> np.ndarray:
+def reference_order(
+    is_nodule: np.ndarray, diameter_mm: np.ndarray, series_rank: np.ndarray, center_xyz: np.ndarray
+) -> np.ndarray:
     """Positions that sort candidates descending on (is_nodule, diameter_mm, series_uid, center_xyz).
 
     ``series_rank`` is each candidate's uid's rank among the sorted uids. This is the order of

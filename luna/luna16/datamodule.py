@@ -24,15 +24,23 @@ log = logging.getLogger(__name__)
 class _Luna16DataModule(CropDataModule):
     """A LUNA16 folder, or the phantom generated for it when no folder is given."""
 
-    def __init__(self, data_dir: str | Path | None = None, phantom: PhantomSpec | None = None, **kwargs) -> None:
+    def __init__(
+        self, data_dir: str | Path | None = None, phantom: PhantomSpec | None = None, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.phantom = phantom
         self.data_dir, self.generates_phantom = self.input_path(
-            data_dir, phantom, f"phantom-{spec_digest(phantom)}" if phantom else "", "data_dir",
-            cache_beside=f"{Path(data_dir or '.').name}-luna-cache")
+            data_dir,
+            phantom,
+            f"phantom-{spec_digest(phantom)}" if phantom else "",
+            "data_dir",
+            cache_beside=f"{Path(data_dir or '.').name}-luna-cache",
+        )
         if not self.generates_phantom and not self.data_dir.is_dir():
-            raise FileNotFoundError(f"data_dir={self.data_dir}: the LUNA16 folder does not exist (it should hold "
-                                    "subset*/<seriesuid>.mhd and the CSVs)")
+            raise FileNotFoundError(
+                f"data_dir={self.data_dir}: the LUNA16 folder does not exist (it should hold "
+                "subset*/<seriesuid>.mhd and the CSVs)"
+            )
 
     def describe_inputs(self) -> dict[str, str | None]:
         return {"data_dir": str(self.data_dir.resolve())}
@@ -60,8 +68,14 @@ class LunaDataModule(_Luna16DataModule):
         **kwargs: the arguments of ``CropDataModule`` (cache, splits, sampling, loaders).
     """
 
-    def __init__(self, data_dir: str | Path | None = None, phantom: PhantomSpec | None = None,
-                 candidates_file: str = "candidates.csv", annotations_file: str = "annotations.csv", **kwargs) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        phantom: PhantomSpec | None = None,
+        candidates_file: str = "candidates.csv",
+        annotations_file: str = "annotations.csv",
+        **kwargs,
+    ) -> None:
         super().__init__(data_dir, phantom, **kwargs)
         self.candidates_file, self.annotations_file = candidates_file, annotations_file
         self._references: dict[str, Reference | None] = {}
@@ -76,9 +90,13 @@ class LunaDataModule(_Luna16DataModule):
         super().setup(stage)
         reference = self.evaluation_reference("val") if opened else None
         if reference is not None:
-            log.info("validation: %d scans with %d annotated nodules (FROC and CPM count these; the %d nodule "
-                     "crops above are candidate rows, several per nodule at times)", len(reference.scans),
-                     len(reference.nodules.scan), int(self.val_dataset.labels.sum()))
+            log.info(
+                "validation: %d scans with %d annotated nodules (FROC and CPM count these; the %d nodule "
+                "crops above are candidate rows, several per nodule at times)",
+                len(reference.scans),
+                len(reference.nodules.scan),
+                int(self.val_dataset.labels.sum()),
+            )
 
     def evaluation_reference(self, stage: str) -> Reference | None:
         """The scans and findings LUNA16's FROC scores a stage against, or None when it means nothing.
@@ -89,8 +107,10 @@ class LunaDataModule(_Luna16DataModule):
         """
         if stage not in self._references:
             if self.split_by == "row":
-                log.info("split_by='row' puts scans in both training and validation: CPM would be "
-                         "meaningless, so it is not computed")
+                log.info(
+                    "split_by='row' puts scans in both training and validation: CPM would be "
+                    "meaningless, so it is not computed"
+                )
                 self._references[stage] = None
             else:
                 dataset = self.val_dataset if stage == "val" else self.eval_dataset
@@ -109,8 +129,13 @@ class MalignancyDataModule(_Luna16DataModule):
         **kwargs: the arguments of ``CropDataModule``.
     """
 
-    def __init__(self, data_dir: str | Path | None = None, phantom: PhantomSpec | None = None,
-                 malignancy_file: str = MALIGNANCY_FILE, **kwargs) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        phantom: PhantomSpec | None = None,
+        malignancy_file: str = MALIGNANCY_FILE,
+        **kwargs,
+    ) -> None:
         super().__init__(data_dir, phantom, **kwargs)
         self.malignancy_file = malignancy_file
 

@@ -98,8 +98,12 @@ class _Scan:
     origin_xyz: np.ndarray
     direction: np.ndarray
     lung_mask: np.ndarray
-    nodules: list[tuple[np.ndarray, float, bool]] = field(default_factory=list)  # (center_irc, diameter_mm, malignant)
-    irrelevant: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (center_irc, diameter_mm or -1)
+    nodules: list[tuple[np.ndarray, float, bool]] = field(
+        default_factory=list
+    )  # (center_irc, diameter_mm, malignant)
+    irrelevant: list[tuple[np.ndarray, float]] = field(
+        default_factory=list
+    )  # (center_irc, diameter_mm or -1)
     negatives_irc: list[np.ndarray] = field(default_factory=list)
 
 
@@ -120,7 +124,9 @@ def _spacing_and_shape(spec: PhantomSpec, rng: np.random.Generator) -> tuple[np.
         return spacing_xyz, np.array(spec.shape_irc)
     low, high, mean, spread = IN_PLANE_MM
     in_plane = float(np.clip(rng.normal(mean, spread), low, high))
-    slices = float(rng.choice(SLICE_SPACINGS_MM, p=np.array(SLICE_SPACING_WEIGHTS) / sum(SLICE_SPACING_WEIGHTS)))
+    slices = float(
+        rng.choice(SLICE_SPACINGS_MM, p=np.array(SLICE_SPACING_WEIGHTS) / sum(SLICE_SPACING_WEIGHTS))
+    )
     spacing_xyz = np.array([in_plane, in_plane, slices])
     return spacing_xyz, np.round(np.array(spec.field_of_view_mm) / spacing_xyz[::-1]).astype(int)
 
@@ -144,7 +150,9 @@ def _make_scan(spec: PhantomSpec, index: int, rng: np.random.Generator) -> _Scan
     r = (np.arange(shape[1], dtype=np.float32) * spacing_irc[1])[:, None]
     c = (np.arange(shape[2], dtype=np.float32) * spacing_irc[2])[None, :]
     center_rc = extent_mm[1:] / 2
-    body = ((r - center_rc[0]) / (0.38 * extent_mm[1])) ** 2 + ((c - center_rc[1]) / (0.47 * extent_mm[2])) ** 2 < 1
+    body = ((r - center_rc[0]) / (0.38 * extent_mm[1])) ** 2 + (
+        (c - center_rc[1]) / (0.47 * extent_mm[2])
+    ) ** 2 < 1
     fov = (r - center_rc[0]) ** 2 + (c - center_rc[1]) ** 2 < (0.5 * extent_mm[1:].min()) ** 2
     volume = np.where(body, np.float32(40.0), np.float32(-1000.0))
     volume = np.broadcast_to(volume, tuple(shape)).astype(np.float32)
@@ -158,8 +166,11 @@ def _make_scan(spec: PhantomSpec, index: int, rng: np.random.Generator) -> _Scan
     scan = _Scan(_series_uid(rng), volume, spacing_xyz, origin_xyz, direction, lung_mask)
     vessel_points = _draw_vessels(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
     _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm, spec)
-    blobs = _draw_pleural_blobs(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm) \
-        if spec.geometry == "luna16" else []
+    blobs = (
+        _draw_pleural_blobs(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
+        if spec.geometry == "luna16"
+        else []
+    )
     _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing_irc, body, blobs)
     _draw_irrelevant(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm)
 
@@ -205,21 +216,40 @@ def _draw_nodules(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm, spec
         center_mm = _random_lung_point(rng, lung_centers, lung_semi, shrink=0.75)
         malignant = bool(rng.random() < 1 / (1 + np.exp(-(diameter - 12.0) / 4.0)))
         calcified = not malignant and rng.random() < 0.3
-        density = rng.uniform(300.0, 600.0) if calcified else rng.uniform(-80.0, 120.0) + (60.0 if malignant else 0.0)
+        density = (
+            rng.uniform(300.0, 600.0)
+            if calcified
+            else rng.uniform(-80.0, 120.0) + (60.0 if malignant else 0.0)
+        )
         center_irc = center_mm / spacing_irc
         ball(scan.hu, center_irc, diameter / 2, density, spacing_irc, edge_mm)
         # Texture: lobules make larger nodules uneven; malignant ones are lobulated and spiculated.
         lobules = int(diameter // 8) + (3 if malignant else 0)
         for _ in range(lobules):
             lobule = center_mm + rng.normal(0, diameter / (4 if malignant else 6), size=3)
-            ball(scan.hu, lobule / spacing_irc, diameter / 4, density + rng.uniform(-60, 60), spacing_irc, edge_mm)
+            ball(
+                scan.hu,
+                lobule / spacing_irc,
+                diameter / 4,
+                density + rng.uniform(-60, 60),
+                spacing_irc,
+                edge_mm,
+            )
         if malignant:
             for _ in range(rng.integers(4, 9)):
                 direction = rng.normal(size=3)
                 direction /= np.linalg.norm(direction)
                 start = center_mm + direction * diameter * 0.4
                 end = center_mm + direction * diameter * rng.uniform(0.8, 1.3)
-                tube(scan.hu, start / spacing_irc, end / spacing_irc, rng.uniform(0.4, 0.8), density, spacing_irc, edge_mm)
+                tube(
+                    scan.hu,
+                    start / spacing_irc,
+                    end / spacing_irc,
+                    rng.uniform(0.4, 0.8),
+                    density,
+                    spacing_irc,
+                    edge_mm,
+                )
         scan.nodules.append((center_irc, diameter, malignant))
 
 
@@ -231,7 +261,14 @@ def _draw_pleural_blobs(scan, rng, lung_centers, lung_semi, spacing_irc, edge_mm
         center = lung_centers[rng.integers(0, 2)]
         heading = rng.normal(size=3)
         on_wall = center + heading / np.sqrt(((heading / lung_semi) ** 2).sum())
-        ball(scan.hu, on_wall / spacing_irc, rng.uniform(2.0, 5.0), rng.uniform(0.0, 80.0), spacing_irc, edge_mm)
+        ball(
+            scan.hu,
+            on_wall / spacing_irc,
+            rng.uniform(2.0, 5.0),
+            rng.uniform(0.0, 80.0),
+            spacing_irc,
+            edge_mm,
+        )
         points.append(on_wall / spacing_irc)
     return points
 
@@ -264,8 +301,12 @@ def _choose_negatives(scan, rng, vessel_points, lung_centers, lung_semi, spacing
             negatives.append(point)
     # Keep negatives off the nodules: in LUNA16 a candidate that close to a nodule is class 1.
     scan.negatives_irc = [
-        point for point in negatives
-        if all(np.linalg.norm((point - center) * spacing_irc) > diameter / 2 + 3.0 for center, diameter, _ in scan.nodules)
+        point
+        for point in negatives
+        if all(
+            np.linalg.norm((point - center) * spacing_irc) > diameter / 2 + 3.0
+            for center, diameter, _ in scan.nodules
+        )
     ]
 
 
@@ -288,7 +329,12 @@ def _csv_row(uid: str, xyz: tuple[float, float, float], last: str) -> str:
 def generate_phantom(out_dir: str | Path, spec: PhantomSpec = PhantomSpec()) -> Path:
     """Write a LUNA16-format phantom folder to ``out_dir`` (atomically, a new folder) and return its path."""
     write_folder_atomically(out_dir, lambda folder: _write_phantom(folder, spec))
-    log.info("phantom LUNA16 data written to %s (%d scans, %s)", out_dir, spec.series, describe_bytes(folder_size(out_dir)))
+    log.info(
+        "phantom LUNA16 data written to %s (%d scans, %s)",
+        out_dir,
+        spec.series,
+        describe_bytes(folder_size(out_dir)),
+    )
     return Path(out_dir)
 
 

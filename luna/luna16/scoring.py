@@ -79,10 +79,15 @@ def read_predictions(path: str | Path) -> Submission:
     repeated = repeated_rows(submission.series_uid, submission.center_xyz)
     if len(repeated):
         later, earlier = repeated[0]
-        log.warning("%s: %d rows repeat an earlier row's series and position (e.g. line %d repeats line %d): the "
-                    "official script counts every copy, so repeated false positives count again and CPM drops; "
-                    "remove the copies (was the file written twice?)", path, len(repeated),
-                    table.line_numbers[later], table.line_numbers[earlier])
+        log.warning(
+            "%s: %d rows repeat an earlier row's series and position (e.g. line %d repeats line %d): the "
+            "official script counts every copy, so repeated false positives count again and CPM drops; "
+            "remove the copies (was the file written twice?)",
+            path,
+            len(repeated),
+            table.line_numbers[later],
+            table.line_numbers[earlier],
+        )
     return submission
 
 
@@ -110,7 +115,11 @@ def read_series_list(path: str | Path) -> list[str]:
     """
     path = Path(path)
     with path.open(newline="") as handle:
-        lines = [(number, row[0].strip()) for number, row in enumerate(csv.reader(handle), start=1) if row and row[0].strip()]
+        lines = [
+            (number, row[0].strip())
+            for number, row in enumerate(csv.reader(handle), start=1)
+            if row and row[0].strip()
+        ]
     if lines and lines[0][1] == "seriesuid":
         log.warning("%s starts with a header line 'seriesuid'; the release's file has none: skipped it", path)
         lines = lines[1:]
@@ -119,13 +128,19 @@ def read_series_list(path: str | Path) -> list[str]:
     first_line: dict[str, int] = {}
     for number, uid in lines:
         if uid in first_line:
-            raise CsvFormatError(f"{path}, line {number}: series {uid} is listed twice (first on line {first_line[uid]})")
+            raise CsvFormatError(
+                f"{path}, line {number}: series {uid} is listed twice (first on line {first_line[uid]})"
+            )
         first_line[uid] = number
     return [uid for _, uid in lines]
 
 
-def read_reference(data_dir: str | Path, scans: list[str], annotations_file: str = ANNOTATIONS,
-                   irrelevant_file: str = IRRELEVANT_FINDINGS) -> Reference:
+def read_reference(
+    data_dir: str | Path,
+    scans: list[str],
+    annotations_file: str = ANNOTATIONS,
+    irrelevant_file: str = IRRELEVANT_FINDINGS,
+) -> Reference:
     """The findings of ``scans`` in a LUNA16 folder: ``annotations.csv`` and, when present,
     ``annotations_excluded.csv`` (without it, a warning: marks on irrelevant findings then count
     as false positives and CPM is lower than the official one)."""
@@ -136,8 +151,11 @@ def read_reference(data_dir: str | Path, scans: list[str], annotations_file: str
     if excluded_path.is_file():
         irrelevant = read_annotations(excluded_path, unknown_diameters=True).findings(scan_index)
     else:
-        log.warning("%s not found: marks on irrelevant findings count as false positives, so this CPM is lower "
-                    "than the official one", excluded_path)
+        log.warning(
+            "%s not found: marks on irrelevant findings count as false positives, so this CPM is lower "
+            "than the official one",
+            excluded_path,
+        )
         irrelevant = Findings.empty()
     return Reference(list(scans), nodules, irrelevant)
 
@@ -156,7 +174,11 @@ def prediction_record(predictions: str | Path) -> dict:
 def predicted_scans(predictions: str | Path) -> tuple[list[str], Path] | None:
     """The scans ``luna.fit predict`` recorded beside a predictions CSV (its ``.json``), or None."""
     images = prediction_record(predictions).get("images")
-    return (list(images), Path(predictions).with_suffix(".json")) if isinstance(images, list) and images else None
+    return (
+        (list(images), Path(predictions).with_suffix(".json"))
+        if isinstance(images, list) and images
+        else None
+    )
 
 
 def predicted_data_dir(predictions: str | Path) -> Path | None:
@@ -165,9 +187,12 @@ def predicted_data_dir(predictions: str | Path) -> Path | None:
     return Path(data_dir) if isinstance(data_dir, str) and data_dir else None
 
 
-def evaluated_scans(data_dir: str | Path, subsets: list[int] | None = None,
-                    series_list: str | Path | None = None,
-                    predicted: tuple[list[str], Path] | None = None) -> tuple[list[str], str]:
+def evaluated_scans(
+    data_dir: str | Path,
+    subsets: list[int] | None = None,
+    series_list: str | Path | None = None,
+    predicted: tuple[list[str], Path] | None = None,
+) -> tuple[list[str], str]:
     """The evaluated scans of a LUNA16 folder, and where the list came from.
 
     ``series_list`` (a file like ``seriesuids.csv``, e.g. the scans of a validation split) when
@@ -185,22 +210,28 @@ def evaluated_scans(data_dir: str | Path, subsets: list[int] | None = None,
         known = set(read_series_list(listed)) if listed.is_file() else set(find_scans(data_dir))
         unknown = [uid for uid in scans if uid not in known]
         if unknown:
-            raise FileNotFoundError(f"{predicted[1]} lists {len(unknown)} scan(s) that {data_dir} does not have "
-                                    f"(e.g. {unknown[0]}): the predictions are about other data; give that data's "
-                                    "folder (--data_dir) or the scans to evaluate (--series FILE)")
+            raise FileNotFoundError(
+                f"{predicted[1]} lists {len(unknown)} scan(s) that {data_dir} does not have "
+                f"(e.g. {unknown[0]}): the predictions are about other data; give that data's "
+                "folder (--data_dir) or the scans to evaluate (--series FILE)"
+            )
     elif listed.is_file():
         scans, source = read_series_list(listed), str(listed)
     else:
         scans, source = sorted(find_scans(data_dir)), f"the scans under {data_dir}/subset*/"
         if not scans:
-            raise FileNotFoundError(f"no {SERIES_LIST} and no scans under {data_dir}/subset*/: nothing to evaluate")
+            raise FileNotFoundError(
+                f"no {SERIES_LIST} and no scans under {data_dir}/subset*/: nothing to evaluate"
+            )
     if subsets is not None:
         folders = {f"subset{k}" for k in subsets}
         in_folders = {uid for uid, path in find_scans(data_dir).items() if path.parent.name in folders}
         scans = [uid for uid in scans if uid in in_folders]
         source += f", in {', '.join(sorted(folders))}"
         if not scans:
-            raise FileNotFoundError(f"no evaluated scan lies in {', '.join(sorted(folders))} under {data_dir}")
+            raise FileNotFoundError(
+                f"no evaluated scan lies in {', '.join(sorted(folders))} under {data_dir}"
+            )
     return scans, source
 
 
@@ -232,27 +263,41 @@ def evaluate_submission(
     scans, scans_from = evaluated_scans(data_dir, subsets, series_list, predicted)
     reference = read_reference(data_dir, scans)
     scan_index = reference.scan_index()
-    scan = np.fromiter((scan_index.get(uid, -1) for uid in submission.series_uid), dtype=np.int64, count=len(submission))
+    scan = np.fromiter(
+        (scan_index.get(uid, -1) for uid in submission.series_uid), dtype=np.int64, count=len(submission)
+    )
     evaluated = scan >= 0
     unevaluated = int((~evaluated).sum())
     if unevaluated:
         outside = {uid for uid in submission.series_uid if uid not in scan_index}
-        log.warning("%d rows of %s belong to %d series outside the evaluated scans: ignored", unevaluated,
-                    submission.path, len(outside))
+        log.warning(
+            "%d rows of %s belong to %d series outside the evaluated scans: ignored",
+            unevaluated,
+            submission.path,
+            len(outside),
+        )
     if not evaluated.any():
-        log.warning("%s has no row for the %d evaluated scans: every nodule is missed", submission.path, len(scans))
+        log.warning(
+            "%s has no row for the %d evaluated scans: every nodule is missed", submission.path, len(scans)
+        )
     else:
         silent = len(scans) - len(np.unique(scan[evaluated]))
         if silent > len(scans) / 2:
-            log.warning("%d of the %d evaluated scans (%s) have no row in %s: their nodules count as missed and CPM "
-                        "is low for that reason. To score only the predicted scans, pass --series FILE, or keep the "
-                        ".json that luna.fit predict writes beside the predictions", silent, len(scans), scans_from,
-                        submission.path)
+            log.warning(
+                "%d of the %d evaluated scans (%s) have no row in %s: their nodules count as missed and CPM "
+                "is low for that reason. To score only the predicted scans, pass --series FILE, or keep the "
+                ".json that luna.fit predict writes beside the predictions",
+                silent,
+                len(scans),
+                scans_from,
+                submission.path,
+            )
     marks = Marks(
         scan=scan[evaluated],
         center_xyz=submission.center_xyz[evaluated].reshape(-1, 3),
         probability=submission.probability[evaluated],
     )
     result = froc(marks, reference, bootstrap_samples, seed)
-    return SubmissionScore(result, scans, scans_from, unevaluated, (data_dir / IRRELEVANT_FINDINGS).is_file(), marks,
-                      reference)
+    return SubmissionScore(
+        result, scans, scans_from, unevaluated, (data_dir / IRRELEVANT_FINDINGS).is_file(), marks, reference
+    )

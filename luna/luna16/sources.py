@@ -38,7 +38,9 @@ class _Luna16Source(CropSource):
         if self._scans is None:
             self._scans = find_scans(self.data_dir)
             if not self._scans:
-                raise FileNotFoundError(f"no scans found: expected {self.data_dir}/subset*/<seriesuid>.mhd files")
+                raise FileNotFoundError(
+                    f"no scans found: expected {self.data_dir}/subset*/<seriesuid>.mhd files"
+                )
         return self._scans
 
     def image_files(self) -> list[Path]:
@@ -50,14 +52,29 @@ class _Luna16Source(CropSource):
     def missing_images_expected(self) -> bool:
         return (self.data_dir / PHANTOM_MARKER).is_file()  # the phantom lists a few series it never wrote
 
-    def _table(self, series_uids: list[str], series: np.ndarray, center_xyz: np.ndarray, label: np.ndarray,
-               class_names: list[str], extra: dict[str, np.ndarray]) -> CropTable:
+    def _table(
+        self,
+        series_uids: list[str],
+        series: np.ndarray,
+        center_xyz: np.ndarray,
+        label: np.ndarray,
+        class_names: list[str],
+        extra: dict[str, np.ndarray],
+    ) -> CropTable:
         """A table whose images are ``series_uids`` (rows of series not on disk point at a missing file)."""
         paths = [self.scans.get(uid, self.data_dir / "not-on-disk" / f"{uid}.mhd") for uid in series_uids]
         return CropTable(
-            image_ids=list(series_uids), image_paths=paths, groups=list(series_uids),
-            folds=np.array([subset_number(path) if uid in self.scans else -1 for uid, path in zip(series_uids, paths)]),
-            image=series, center_xyz=center_xyz, label=label, class_names=class_names, extra=extra,
+            image_ids=list(series_uids),
+            image_paths=paths,
+            groups=list(series_uids),
+            folds=np.array(
+                [subset_number(path) if uid in self.scans else -1 for uid, path in zip(series_uids, paths)]
+            ),
+            image=series,
+            center_xyz=center_xyz,
+            label=label,
+            class_names=class_names,
+            extra=extra,
         )
 
 
@@ -70,8 +87,12 @@ class Luna16Candidates(_Luna16Source):
         annotations_file: the annotations CSV (the join's diameters).
     """
 
-    def __init__(self, data_dir: str | Path, candidates_file: str = "candidates.csv",
-                 annotations_file: str = "annotations.csv") -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        candidates_file: str = "candidates.csv",
+        annotations_file: str = "annotations.csv",
+    ) -> None:
         super().__init__(data_dir)
         self.candidates_csv = self.data_dir / candidates_file
         self.annotations_csv = self.data_dir / annotations_file
@@ -93,8 +114,14 @@ class Luna16Candidates(_Luna16Source):
     def table(self) -> CropTable:
         self._check_files()
         arrays = load_candidate_arrays(self.annotations_csv, self.candidates_csv)
-        return self._table(arrays.series_uids, arrays.series, arrays.center_xyz, arrays.is_nodule.astype(np.int64),
-                           self.class_names(), {"diameter_mm": arrays.diameter_mm})
+        return self._table(
+            arrays.series_uids,
+            arrays.series,
+            arrays.center_xyz,
+            arrays.is_nodule.astype(np.int64),
+            self.class_names(),
+            {"diameter_mm": arrays.diameter_mm},
+        )
 
     def describe(self) -> str:
         return f"LUNA16 candidates of {self.candidates_csv}"
@@ -137,14 +164,21 @@ class Luna16Malignancy(_Luna16Source):
         for line, text in zip(columns.line_numbers, columns.text("mal_bool")):
             value = {"true": 1, "1": 1, "false": 0, "0": 0}.get(text.lower())
             if value is None:
-                raise CsvFormatError(f"{self.malignancy_csv}, line {line}, column mal_bool: {text!r} is not True/False")
+                raise CsvFormatError(
+                    f"{self.malignancy_csv}, line {line}, column mal_bool: {text!r} is not True/False"
+                )
             label.append(value)
         uids = columns.text("seriesuid")
         series_uids = sorted(set(uids))
         number = {uid: k for k, uid in enumerate(series_uids)}
-        return self._table(series_uids, np.array([number[uid] for uid in uids], dtype=np.int64), columns.xyz(),
-                           np.array(label, dtype=np.int64), self.class_names(),
-                           {"diameter_mm": columns.numbers("diameter_mm")})
+        return self._table(
+            series_uids,
+            np.array([number[uid] for uid in uids], dtype=np.int64),
+            columns.xyz(),
+            np.array(label, dtype=np.int64),
+            self.class_names(),
+            {"diameter_mm": columns.numbers("diameter_mm")},
+        )
 
     def describe(self) -> str:
         return f"LUNA16 nodule malignancy of {self.malignancy_csv}"

@@ -53,17 +53,39 @@ def pr_curve_figure(outcome: EvaluationOutcome, image_name: ImageName | None = N
     scalars = outcome.scalars
     average_precision = scalars.get(f"{stage}/average_precision", float("nan"))
     ax.plot(recall, precision, drawstyle="steps-post", label=f"PR curve (AP {average_precision:.3f})")
-    ax.plot(scalars[f"{stage}/recall"], scalars[f"{stage}/precision"], "o", color="C3",
-            label=f"threshold {outcome.threshold:g}: F1 {scalars[f'{stage}/f1']:.3f}")
+    ax.plot(
+        scalars[f"{stage}/recall"],
+        scalars[f"{stage}/precision"],
+        "o",
+        color="C3",
+        label=f"threshold {outcome.threshold:g}: F1 {scalars[f'{stage}/f1']:.3f}",
+    )
     if np.isfinite(scalars.get(f"{stage}/f1_best", np.nan)) and len(thresholds):
         at = int(np.argmin(np.abs(thresholds - scalars[f"{stage}/f1_best_threshold"])))
-        ax.plot(recall[at], precision[at], "s", color="C2", mfc="none",
-                label=f"best F1 {scalars[f'{stage}/f1_best']:.3f} at {scalars[f'{stage}/f1_best_threshold']:.3g} "
-                      "(optimistic)")
+        ax.plot(
+            recall[at],
+            precision[at],
+            "s",
+            color="C2",
+            mfc="none",
+            label=f"best F1 {scalars[f'{stage}/f1_best']:.3f} at {scalars[f'{stage}/f1_best_threshold']:.3g} "
+            "(optimistic)",
+        )
     positives = int(outcome.confusion[1].sum())
-    ax.axhline(positives / max(outcome.confusion.sum(), 1), color="grey", ls=":", lw=1, label="chance (positive rate)")
-    ax.set(xlabel=f"recall ({outcome.class_names[1]})", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.05),
-           title=_title(outcome, "precision-recall"))
+    ax.axhline(
+        positives / max(outcome.confusion.sum(), 1),
+        color="grey",
+        ls=":",
+        lw=1,
+        label="chance (positive rate)",
+    )
+    ax.set(
+        xlabel=f"recall ({outcome.class_names[1]})",
+        ylabel="precision",
+        xlim=(0, 1.02),
+        ylim=(0, 1.05),
+        title=_title(outcome, "precision-recall"),
+    )
     ax.legend(loc="lower left", fontsize=8)
     return fig
 
@@ -79,8 +101,15 @@ def confusion_figure(outcome: EvaluationOutcome, image_name: ImageName | None = 
     share = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, f"{int(count)}\n{share[i, j]:.0%}", ha="center", va="center",
-                color="white" if share[i, j] > 0.6 else "black", fontsize=10)
+        ax.text(
+            j,
+            i,
+            f"{int(count)}\n{share[i, j]:.0%}",
+            ha="center",
+            va="center",
+            color="white" if share[i, j] > 0.6 else "black",
+            fontsize=10,
+        )
     ax.set_xticks(range(n), names, rotation=30 if n > 3 else 0)
     ax.set_yticks(range(n), names)
     rule = f"P({names[1]}) >= {outcome.threshold:g}" if outcome.binary else "most probable class"
@@ -88,7 +117,9 @@ def confusion_figure(outcome: EvaluationOutcome, image_name: ImageName | None = 
     return fig
 
 
-def wilson_interval(successes: np.ndarray, count: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+def wilson_interval(
+    successes: np.ndarray, count: np.ndarray, z: float = 1.96
+) -> tuple[np.ndarray, np.ndarray]:
     """The Wilson score interval of a rate (95 % by default): honest for small bins and rates near
     0 or 1, where the normal approximation's interval leaves [0, 1] or collapses to a point."""
     count = np.asarray(count, dtype=float)
@@ -112,8 +143,15 @@ def reliability_figure(outcome: EvaluationOutcome, image_name: ImageName | None 
     ax, counts_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
     low, high = wilson_interval(rate[filled] * count[filled], count[filled])
-    ax.errorbar(confidence[filled], rate[filled], yerr=[rate[filled] - low, high - rate[filled]], fmt="o-",
-                color="C0", capsize=3, label="observed rate per bin, 95 % interval")
+    ax.errorbar(
+        confidence[filled],
+        rate[filled],
+        yerr=[rate[filled] - low, high - rate[filled]],
+        fmt="o-",
+        color="C0",
+        capsize=3,
+        label="observed rate per bin, 95 % interval",
+    )
     if outcome.binary:
         what = f"P({outcome.class_names[1]})", f"fraction that are {outcome.class_names[1]}"
     else:
@@ -145,14 +183,21 @@ def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = N
     """The most confident mistakes of each true class: axial, coronal and sagittal slices through
     the candidate (marked, drawn at the crop's true voxel aspect, in the data's display window), the probability the
     model gave, the series and the centre in millimetres."""
-    rows = [(true_class, mistakes) for true_class, mistakes in enumerate(outcome.mistakes) if len(mistakes["score"])]
+    rows = [
+        (true_class, mistakes)
+        for true_class, mistakes in enumerate(outcome.mistakes)
+        if len(mistakes["score"])
+    ]
     if not rows:
         return None
     names = outcome.class_names
     low, high = outcome.display_window
     columns = min(MISTAKES_PER_ROW, max(len(mistakes["score"]) for _, mistakes in rows))
-    blocks = [(true_class, mistakes, start) for true_class, mistakes in rows
-              for start in range(0, len(mistakes["score"]), columns)]
+    blocks = [
+        (true_class, mistakes, start)
+        for true_class, mistakes in rows
+        for start in range(0, len(mistakes["score"]), columns)
+    ]
     fig = Figure(figsize=(4.6 * columns + 0.5, 2.4 * len(blocks) + 0.6), layout="constrained")
     panels = fig.subfigures(len(blocks), columns, squeeze=False, wspace=0.03, hspace=0.03)
     name = image_name or (lambda image: f"image #{image}")
@@ -163,8 +208,11 @@ def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = N
                 continue
             i, r, c = mistakes["marker"][k]
             spacing_i, spacing_r, spacing_c = mistakes["voxel_mm"][k]
-            planes = (("axial", r, c, spacing_r / spacing_c), ("coronal", i, c, spacing_i / spacing_c),
-                      ("sagittal", i, r, spacing_i / spacing_r))
+            planes = (
+                ("axial", r, c, spacing_r / spacing_c),
+                ("coronal", i, c, spacing_i / spacing_c),
+                ("sagittal", i, r, spacing_i / spacing_r),
+            )
             for ax, (plane, row, col, aspect) in zip(panel.subplots(1, 3), planes):
                 pixels = mistakes[plane][k]
                 ax.imshow(pixels, cmap="gray", vmin=low, vmax=high, aspect=aspect)
@@ -179,14 +227,22 @@ def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = N
                 said = f"P({names[1]}) = {p_positive:.2f}"
             else:
                 said = f"P({predicted}) = {mistakes['score'][k]:.2f}"
-            panel.suptitle(f"{said}   {name(int(mistakes['image'][k]))}\n({x:.0f}, {y:.0f}, {z:.0f}) mm", fontsize=9)
+            panel.suptitle(
+                f"{said}   {name(int(mistakes['image'][k]))}\n({x:.0f}, {y:.0f}, {z:.0f}) mm", fontsize=9
+            )
             if column == 0 and start == 0:
                 label = f"true {names[true_class]}"
                 if outcome.binary:
                     label = "false positives" if true_class == 0 else "false negatives"
                 panel.supylabel(label, fontsize=11)
-    fig.suptitle(_title(outcome, f"most confident mistakes: three slices through each candidate (marked), "
-                                 f"values {low:g} to {high:g}" + (" HU" if outcome.display_window == LUNG_WINDOW_HU else "")), fontsize=11)
+    fig.suptitle(
+        _title(
+            outcome,
+            f"most confident mistakes: three slices through each candidate (marked), "
+            f"values {low:g} to {high:g}" + (" HU" if outcome.display_window == LUNG_WINDOW_HU else ""),
+        ),
+        fontsize=11,
+    )
     return fig
 
 

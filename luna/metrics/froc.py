@@ -39,7 +39,9 @@ class FrocMetric(Metric):
         self.reference = reference
         if reference is not None:
             index = reference.scan_index()
-            self._scan_of_image = np.array([index.get(image_id, -1) for image_id in image_ids], dtype=np.int64)
+            self._scan_of_image = np.array(
+                [index.get(image_id, -1) for image_id in image_ids], dtype=np.int64
+            )
 
     def update(self, image: torch.Tensor, center_xyz: torch.Tensor, probability: torch.Tensor) -> None:
         self.image.append(image)

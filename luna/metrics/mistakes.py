@@ -51,28 +51,56 @@ class ConfidentMistakes(Metric):
                 self.add_state(f"c{true_class}_{part}", default=[], dist_reduce_fx="cat")
 
     def _gathered(self, true_class: int) -> dict[str, torch.Tensor]:
-        widths = {"center": 3, "marker": 3, "voxel_mm": 3,
-                  **{plane: int(np.prod(shape)) for plane, shape in self.plane_shapes.items()}}
-        return {part: cat_state(getattr(self, f"c{true_class}_{part}"), torch.float64, widths.get(part))
-                for part in self.PARTS}
+        widths = {
+            "center": 3,
+            "marker": 3,
+            "voxel_mm": 3,
+            **{plane: int(np.prod(shape)) for plane, shape in self.plane_shapes.items()},
+        }
+        return {
+            part: cat_state(getattr(self, f"c{true_class}_{part}"), torch.float64, widths.get(part))
+            for part in self.PARTS
+        }
 
-    def update(self, predicted: torch.Tensor, score: torch.Tensor, label: torch.Tensor, index: torch.Tensor,
-               image: torch.Tensor, center_xyz: torch.Tensor, voxel_mm: torch.Tensor, crops: torch.Tensor,
-               marker_irc: torch.Tensor) -> None:
+    def update(
+        self,
+        predicted: torch.Tensor,
+        score: torch.Tensor,
+        label: torch.Tensor,
+        index: torch.Tensor,
+        image: torch.Tensor,
+        center_xyz: torch.Tensor,
+        voxel_mm: torch.Tensor,
+        crops: torch.Tensor,
+        marker_irc: torch.Tensor,
+    ) -> None:
         """Per sample: ``predicted`` class and its probability ``score``, true ``label``, and what
         identifies and shows it (cache ``index``, ``image``, ``center_xyz``, the crop's ``voxel_mm``,
         the ``crops`` [B, I, R, C] and the candidate's voxel ``marker_irc`` in them)."""
         wrong = predicted != label
         marker = voxel_inside(marker_irc, crops.shape[1:])
         picked_crops, picked_marker = crops[wrong], marker[wrong]
-        new = {"score": score[wrong], "predicted": predicted[wrong], "index": index[wrong], "image": image[wrong],
-               "center": center_xyz[wrong], "marker": picked_marker, "voxel_mm": voxel_mm[wrong],
-               **{plane: pixels.flatten(1) for plane, pixels in planes_through(picked_crops, picked_marker).items()}}
+        new = {
+            "score": score[wrong],
+            "predicted": predicted[wrong],
+            "index": index[wrong],
+            "image": image[wrong],
+            "center": center_xyz[wrong],
+            "marker": picked_marker,
+            "voxel_mm": voxel_mm[wrong],
+            **{
+                plane: pixels.flatten(1)
+                for plane, pixels in planes_through(picked_crops, picked_marker).items()
+            },
+        }
         label = label[wrong]
         for true_class in range(self.num_classes):
             picked = label == true_class  # set even when empty: every process then has a state to gather
             old = self._gathered(true_class)
-            merged = {part: torch.cat([old[part].to(new[part].device), new[part][picked].double()]) for part in self.PARTS}
+            merged = {
+                part: torch.cat([old[part].to(new[part].device), new[part][picked].double()])
+                for part in self.PARTS
+            }
             order = merged["score"].argsort(descending=True)[: self.k]
             for part in self.PARTS:
                 setattr(self, f"c{true_class}_{part}", [merged[part][order]])

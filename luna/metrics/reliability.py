@@ -31,5 +31,8 @@ class ReliabilityBins(Metric):
         """``count``, mean ``confidence`` and observed ``rate`` per bin (NaN when empty), numpy."""
         count = self.count.cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
-            return {"count": count, "confidence": self.confidence_sum.cpu().numpy() / count,
-                    "rate": self.outcome_sum.cpu().numpy() / count}
+            return {
+                "count": count,
+                "confidence": self.confidence_sum.cpu().numpy() / count,
+                "rate": self.outcome_sum.cpu().numpy() / count,
+            }

@@ -50,6 +50,7 @@ from luna.metrics.reliability import RELIABILITY_BINS, ReliabilityBins
 
 log = logging.getLogger(__name__)
 
+
 @runtime_checkable
 class Evaluated(Protocol):
     """A LightningModule that publishes what each validation and test produced (``LunaClassifier``):
@@ -65,8 +66,10 @@ def evaluation_of(pl_module: object, stage: str) -> EvaluationOutcome | None:
         TypeError: the module does not publish its evaluations (``luna.metrics.stage.Evaluated``).
     """
     if not isinstance(pl_module, Evaluated):
-        raise TypeError(f"{type(pl_module).__name__} does not publish its evaluations (luna.metrics.stage.Evaluated); "
-                        "luna's figures and console need LunaClassifier or a module that does")
+        raise TypeError(
+            f"{type(pl_module).__name__} does not publish its evaluations (luna.metrics.stage.Evaluated); "
+            "luna's figures and console need LunaClassifier or a module that does"
+        )
     return pl_module.evaluations.get(stage)
 
 
@@ -134,9 +137,17 @@ class StageMetrics(nn.Module):
     ``threshold`` is checked where the user gives it (``luna.training.evaluation``).
     """
 
-    def __init__(self, stage: str, num_classes: int = 2, class_names: list[str] | None = None,
-                 threshold: float = 0.5, curves: bool = False, crop_shape: tuple[int, int, int] | None = None,
-                 mistakes: int = 8, display_window: tuple[float, float] = LUNG_WINDOW_HU) -> None:
+    def __init__(
+        self,
+        stage: str,
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        threshold: float = 0.5,
+        curves: bool = False,
+        crop_shape: tuple[int, int, int] | None = None,
+        mistakes: int = 8,
+        display_window: tuple[float, float] = LUNG_WINDOW_HU,
+    ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
@@ -149,20 +160,28 @@ class StageMetrics(nn.Module):
             raise ValueError(f"class_names has {len(self.class_names)} names for {num_classes} classes")
         self.binary = num_classes == 2
         if self.binary:
-            scores = {"accuracy": BinaryAccuracy(threshold), "precision": BinaryPrecision(threshold),
-                      "recall": BinaryRecall(threshold), "f1": BinaryF1Score(threshold), "auroc": BinaryAUROC(),
-                      "average_precision": BinaryAveragePrecision(),
-                      "calibration_error": BinaryCalibrationError(n_bins=RELIABILITY_BINS)}
+            scores = {
+                "accuracy": BinaryAccuracy(threshold),
+                "precision": BinaryPrecision(threshold),
+                "recall": BinaryRecall(threshold),
+                "f1": BinaryF1Score(threshold),
+                "auroc": BinaryAUROC(),
+                "average_precision": BinaryAveragePrecision(),
+                "calibration_error": BinaryCalibrationError(n_bins=RELIABILITY_BINS),
+            }
             loss_names = ["loss_negative", "loss_positive"]
         else:
             n = num_classes
-            scores = {"accuracy": MulticlassAccuracy(n, average="micro"),
-                      "precision": MulticlassPrecision(n, average="macro"),
-                      "recall": MulticlassRecall(n, average="macro"), "f1": MulticlassF1Score(n, average="macro"),
-                      "auroc": MulticlassAUROC(n, average="macro"),
-                      "average_precision": MulticlassAveragePrecision(n, average="macro"),
-                      "calibration_error": MulticlassCalibrationError(n, n_bins=RELIABILITY_BINS),
-                      "recall_per_class": MulticlassRecall(n, average="none")}
+            scores = {
+                "accuracy": MulticlassAccuracy(n, average="micro"),
+                "precision": MulticlassPrecision(n, average="macro"),
+                "recall": MulticlassRecall(n, average="macro"),
+                "f1": MulticlassF1Score(n, average="macro"),
+                "auroc": MulticlassAUROC(n, average="macro"),
+                "average_precision": MulticlassAveragePrecision(n, average="macro"),
+                "calibration_error": MulticlassCalibrationError(n, n_bins=RELIABILITY_BINS),
+                "recall_per_class": MulticlassRecall(n, average="none"),
+            }
             loss_names = [f"loss/{name}" for name in self.class_names]
         self.scores = MetricCollection(scores)
         # float64 sums: the mean over all samples is then independent of how they were split up
@@ -174,7 +193,9 @@ class StageMetrics(nn.Module):
         self.curves = curves
         if curves:
             self.pr_curve = BinaryPrecisionRecallCurve() if self.binary else None
-            self.confusion = BinaryConfusionMatrix(threshold) if self.binary else MulticlassConfusionMatrix(num_classes)
+            self.confusion = (
+                BinaryConfusionMatrix(threshold) if self.binary else MulticlassConfusionMatrix(num_classes)
+            )
             self.reliability = ReliabilityBins()
             self.mistakes = ConfidentMistakes(num_classes, crop_shape, mistakes)
             self.froc = FrocMetric() if self.binary else None
@@ -194,9 +215,15 @@ class StageMetrics(nn.Module):
             return (probabilities[:, 1] >= self.threshold).long()
         return probabilities.argmax(dim=1)
 
-    def update(self, probabilities: torch.Tensor, label: torch.Tensor, loss: torch.Tensor,
-               identity: dict[str, torch.Tensor] | None = None, crops: torch.Tensor | None = None,
-               marker_irc: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        probabilities: torch.Tensor,
+        label: torch.Tensor,
+        loss: torch.Tensor,
+        identity: dict[str, torch.Tensor] | None = None,
+        crops: torch.Tensor | None = None,
+        marker_irc: torch.Tensor | None = None,
+    ) -> None:
         """Add a batch.
 
         Args:
@@ -212,7 +239,11 @@ class StageMetrics(nn.Module):
         """
         finite = torch.isfinite(probabilities).all(dim=1)
         self.nonfinite.update((~finite).sum().double())
-        probabilities, label, loss = probabilities[finite].detach().float(), label[finite], loss[finite].detach().double()
+        probabilities, label, loss = (
+            probabilities[finite].detach().float(),
+            label[finite],
+            loss[finite].detach().double(),
+        )
         scores = probabilities[:, 1] if self.binary else probabilities
         if len(label):  # a batch of only non-finite outputs has nothing to score
             self.scores.update(scores, label)
@@ -237,9 +268,17 @@ class StageMetrics(nn.Module):
                 self.froc.update(identity["image"], identity["center_xyz"], scores)
             if crops is not None and marker_irc is not None:
                 chosen = probabilities.gather(1, predicted[:, None])[:, 0]
-                self.mistakes.update(predicted, chosen, label, identity["index"], identity["image"],
-                                     identity["center_xyz"], identity["voxel_mm"], crops[finite].float(),
-                                     marker_irc[finite])
+                self.mistakes.update(
+                    predicted,
+                    chosen,
+                    label,
+                    identity["index"],
+                    identity["image"],
+                    identity["center_xyz"],
+                    identity["voxel_mm"],
+                    crops[finite].float(),
+                    marker_irc[finite],
+                )
 
     def compute_scalars(self) -> dict[str, float]:
         """All scalars, keyed ``<stage>/<name>``; collective: call on every process."""
@@ -249,7 +288,9 @@ class StageMetrics(nn.Module):
         else:
             for name, value in self.scores.compute().items():
                 if name == "recall_per_class":
-                    values.update({f"recall/{cls}": float(v) for cls, v in zip(self.class_names, value.tolist())})
+                    values.update(
+                        {f"recall/{cls}": float(v) for cls, v in zip(self.class_names, value.tolist())}
+                    )
                 else:
                     values[name] = float(value)
         values["loss"] = float(self.loss.compute())  # NaN when a stage saw no sample
@@ -261,12 +302,21 @@ class StageMetrics(nn.Module):
         """Scalars and curves; collective: call on every process."""
         scalars = self.compute_scalars()
         if scalars[f"{self.stage}/samples"] == 0:
-            return EvaluationOutcome(stage=self.stage, epoch=epoch, scalars=scalars, class_names=self.class_names,
-                                     threshold=self.threshold if self.binary else None,
-                                     confusion=np.zeros((self.num_classes, self.num_classes)),
-                                     reliability={"count": np.zeros(RELIABILITY_BINS)}, mistakes=[])
+            return EvaluationOutcome(
+                stage=self.stage,
+                epoch=epoch,
+                scalars=scalars,
+                class_names=self.class_names,
+                threshold=self.threshold if self.binary else None,
+                confusion=np.zeros((self.num_classes, self.num_classes)),
+                reliability={"count": np.zeros(RELIABILITY_BINS)},
+                mistakes=[],
+            )
         outcome = EvaluationOutcome(
-            stage=self.stage, epoch=epoch, scalars=scalars, class_names=self.class_names,
+            stage=self.stage,
+            epoch=epoch,
+            scalars=scalars,
+            class_names=self.class_names,
             threshold=self.threshold if self.binary else None,
             confusion=self.confusion.compute().cpu().numpy(),
             reliability=self.reliability.compute(),

@@ -62,13 +62,16 @@ class LunaTrunk(nn.Module):
         width_irc: crop size (I, R, C); each axis must be divisible by 16 (four 2x pools).
     """
 
-    def __init__(self, in_channels: int = 1, conv_channels: int = 8,
-                 width_irc: Sequence[int] = BOOK_WIDTH_IRC) -> None:
+    def __init__(
+        self, in_channels: int = 1, conv_channels: int = 8, width_irc: Sequence[int] = BOOK_WIDTH_IRC
+    ) -> None:
         super().__init__()
         pool = 2**BLOCK_COUNT
         if len(width_irc) != 3 or any(size % pool or size <= 0 for size in width_irc):
-            raise ValueError(f"width_irc={list(width_irc)}: every axis must be a positive multiple of {pool} "
-                             "for LunaModel (four 2x poolings)")
+            raise ValueError(
+                f"width_irc={list(width_irc)}: every axis must be a positive multiple of {pool} "
+                "for LunaModel (four 2x poolings)"
+            )
         self.width_irc = tuple(width_irc)
         self.tail_batchnorm = nn.BatchNorm3d(in_channels)
         channels = [in_channels] + [conv_channels * 2**k for k in range(BLOCK_COUNT)]
@@ -127,8 +130,12 @@ class LunaModel(LunaTrunk):
     """
 
     def __init__(
-        self, in_channels: int = 1, conv_channels: int = 8, width_irc: Sequence[int] = BOOK_WIDTH_IRC,
-        num_classes: int = 2, head_init: HeadInit = "zero",
+        self,
+        in_channels: int = 1,
+        conv_channels: int = 8,
+        width_irc: Sequence[int] = BOOK_WIDTH_IRC,
+        num_classes: int = 2,
+        head_init: HeadInit = "zero",
     ) -> None:
         super().__init__(in_channels, conv_channels, width_irc)
         self.head_linear = nn.Linear(self.features, num_classes)
@@ -154,13 +161,21 @@ class MultiViewLunaModel(nn.Module):
     ``(logits, probabilities)``.
     """
 
-    def __init__(self, input_widths_irc: Sequence[Sequence[int]], in_channels: int = 1, conv_channels: int = 8,
-                 num_classes: int = 2, head_init: HeadInit = "zero") -> None:
+    def __init__(
+        self,
+        input_widths_irc: Sequence[Sequence[int]],
+        in_channels: int = 1,
+        conv_channels: int = 8,
+        num_classes: int = 2,
+        head_init: HeadInit = "zero",
+    ) -> None:
         super().__init__()
         self.input_widths_irc = [tuple(width) for width in input_widths_irc]
         if not self.input_widths_irc:
             raise ValueError("input_widths_irc: a multi-view network needs at least one view")
-        self.trunks = nn.ModuleList(LunaTrunk(in_channels, conv_channels, width) for width in self.input_widths_irc)
+        self.trunks = nn.ModuleList(
+            LunaTrunk(in_channels, conv_channels, width) for width in self.input_widths_irc
+        )
         self.head_linear = nn.Linear(sum(trunk.features for trunk in self.trunks), num_classes)
         self.head_softmax = nn.Softmax(dim=1)
         init_weights(self, self.head_linear, head_init)

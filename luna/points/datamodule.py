@@ -1,6 +1,6 @@
 """``PointsDataModule``: a points CSV (see ``luna.points.source``), or its phantom, as batches of crops.
 
-    python -m luna.fit --config configs/points.yaml --data.points_csv=PATH
+python -m luna.fit --config configs/points.yaml --data.points_csv=PATH
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ class PointsDataModule(CropDataModule):
         **kwargs: the arguments of ``CropDataModule`` (crop size, intensity window, splits...).
     """
 
-    def __init__(self, points_csv: str | Path | None = None, phantom: PointsPhantomSpec | None = None, **kwargs) -> None:
+    def __init__(
+        self, points_csv: str | Path | None = None, phantom: PointsPhantomSpec | None = None, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.phantom = phantom
         folder = f"points-phantom-{spec_digest(phantom)}" if phantom else ""
-        self.points_csv, self.generates_phantom = self.input_path(points_csv, phantom, f"{folder}/{POINTS_FILE}",
-                                                                  "points_csv", cache_beside="luna-cache")
+        self.points_csv, self.generates_phantom = self.input_path(
+            points_csv, phantom, f"{folder}/{POINTS_FILE}", "points_csv", cache_beside="luna-cache"
+        )
 
     def describe_inputs(self) -> dict[str, str | None]:
         return {"points_csv": str(self.points_csv.resolve())}

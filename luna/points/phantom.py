@@ -74,7 +74,9 @@ def _write_points_phantom(folder: Path, spec: PointsPhantomSpec) -> None:
             diameter = float(rng.uniform(5.0, 9.0) if kind == 0 else rng.uniform(7.0, 16.0))
             margin = diameter / 2 / spacing_irc + 3
             center_irc = rng.uniform(margin, shape - 1 - margin)
-            if any(np.linalg.norm((center_irc - c) * spacing_irc) <= (diameter + d) / 2 + 2 for c, d in placed):
+            if any(
+                np.linalg.norm((center_irc - c) * spacing_irc) <= (diameter + d) / 2 + 2 for c, d in placed
+            ):
                 continue  # would overlap another finding
             placed.append((center_irc, diameter))
             if kind == 0:  # calcified
@@ -85,8 +87,10 @@ def _write_points_phantom(folder: Path, spec: PointsPhantomSpec) -> None:
                     ball(volume, center_irc, diameter * rng.uniform(0.25, 0.35), -950.0, spacing_irc, edge_mm)
             marked = center_irc + rng.uniform(-1.0, 1.0, size=3) * diameter / 10 / spacing_irc
             x, y, z = irc_to_xyz(marked, origin_xyz, spacing_xyz, np.eye(3))
-            lines.append(f"images/case{index:03d}.nii.gz,{x:.4f},{y:.4f},{z:.4f},{spec.class_names[kind]},"
-                         f"patient{index // 2:03d}\n")
+            lines.append(
+                f"images/case{index:03d}.nii.gz,{x:.4f},{y:.4f},{z:.4f},{spec.class_names[kind]},"
+                f"patient{index // 2:03d}\n"
+            )
         volume += rng.normal(0.0, 25.0, size=volume.shape).astype(np.float32)
         image = sitk.GetImageFromArray(np.clip(np.rint(volume), -1024, 3071).astype(np.int16))
         image.SetSpacing(tuple(float(v) for v in spacing_xyz))

@@ -68,9 +68,13 @@ class PointsCsv(CropSource):
             header = _header(self.path)
             unknown = [name for name in header if name not in REQUIRED + OPTIONAL]
             if unknown:
-                raise CsvFormatError(f"{self.path}, line 1: unknown column(s) {', '.join(unknown)}; the columns are "
-                                     f"{','.join(REQUIRED)} and optionally {','.join(OPTIONAL)}")
-            self._columns = read_columns(self.path, REQUIRED + tuple(n for n in OPTIONAL if n in header), "points CSV")
+                raise CsvFormatError(
+                    f"{self.path}, line 1: unknown column(s) {', '.join(unknown)}; the columns are "
+                    f"{','.join(REQUIRED)} and optionally {','.join(OPTIONAL)}"
+                )
+            self._columns = read_columns(
+                self.path, REQUIRED + tuple(n for n in OPTIONAL if n in header), "points CSV"
+            )
         return self._columns
 
     def class_names(self) -> list[str]:
@@ -83,8 +87,10 @@ class PointsCsv(CropSource):
         except ValueError as error:
             raise CsvFormatError(f"{self.path}, column label: {error}") from None
         if len(set(labels)) < 2:
-            raise CsvFormatError(f"{self.path}, column label: every row has the label {labels[0]!r}; a classifier "
-                                 "needs at least two classes")
+            raise CsvFormatError(
+                f"{self.path}, column label: every row has the label {labels[0]!r}; a classifier "
+                "needs at least two classes"
+            )
         return names
 
     def image_files(self) -> list[Path]:
@@ -108,21 +114,31 @@ class PointsCsv(CropSource):
             first_line.setdefault(name, line)
         paths = [self.path.parent / image_id for image_id in image_ids]
         for k, image_path in enumerate(paths):
-            self._check_image(image_path, first_line[image_ids[k]], centers[image == k], np.asarray(lines)[image == k])
+            self._check_image(
+                image_path, first_line[image_ids[k]], centers[image == k], np.asarray(lines)[image == k]
+            )
         groups_of_rows = columns.text("group") if "group" in columns.columns else images
-        folds_of_rows = columns.numbers("fold") if "fold" in columns.columns else np.full(len(images), NO_FOLD)
+        folds_of_rows = (
+            columns.numbers("fold") if "fold" in columns.columns else np.full(len(images), NO_FOLD)
+        )
         groups, folds = [""] * len(image_ids), np.full(len(image_ids), NO_FOLD, dtype=np.int64)
         seen: dict[int, int] = {}
         for row, (k, group, fold) in enumerate(zip(image.tolist(), groups_of_rows, folds_of_rows.tolist())):
             if k in seen and (groups[k], folds[k]) != (group, int(fold)):
-                raise CsvFormatError(f"{self.path}, line {lines[row]}, column group/fold: image {images[row]} has "
-                                     f"group {groups[k]!r} and fold {folds[k]} on line {lines[seen[k]]}")
+                raise CsvFormatError(
+                    f"{self.path}, line {lines[row]}, column group/fold: image {images[row]} has "
+                    f"group {groups[k]!r} and fold {folds[k]} on line {lines[seen[k]]}"
+                )
             seen.setdefault(k, row)
             groups[k], folds[k] = group, int(fold)
-        label = np.array([number[text] if text in number else int(text) for text in columns.text("label")], dtype=np.int64)
+        label = np.array(
+            [number[text] if text in number else int(text) for text in columns.text("label")], dtype=np.int64
+        )
         return CropTable(image_ids, paths, groups, folds, image, centers, label, names)
 
-    def _check_image(self, image_path: Path, line: int, centers_xyz: np.ndarray, rows_lines: np.ndarray) -> None:
+    def _check_image(
+        self, image_path: Path, line: int, centers_xyz: np.ndarray, rows_lines: np.ndarray
+    ) -> None:
         """The image exists, SimpleITK reads its header, and every point of it lies inside it."""
         where = f"{self.path}, line {line}, column image"
         if not image_path.exists():
@@ -130,14 +146,18 @@ class PointsCsv(CropSource):
         try:
             geometry = Geometry.read(image_path)
         except (RuntimeError, ScanReadError) as error:
-            detail = next((text for text in reversed(str(error).strip().splitlines()) if text.strip()), "unreadable")
+            detail = next(
+                (text for text in reversed(str(error).strip().splitlines()) if text.strip()), "unreadable"
+            )
             raise CsvFormatError(f"{where}: {image_path} cannot be read as a volume: {detail}") from None
         irc, inside = geometry.inside(centers_xyz)
         if not inside.all():
             k = int((~inside).argmax())
-            raise CsvFormatError(f"{self.path}, line {rows_lines[k]}, columns coordX,coordY,coordZ: "
-                                 f"{tuple(centers_xyz[k].tolist())} mm lies outside {image_path} "
-                                 f"(voxel {tuple(irc[k].tolist())} of a {geometry.shape_irc} volume)")
+            raise CsvFormatError(
+                f"{self.path}, line {rows_lines[k]}, columns coordX,coordY,coordZ: "
+                f"{tuple(centers_xyz[k].tolist())} mm lies outside {image_path} "
+                f"(voxel {tuple(irc[k].tolist())} of a {geometry.shape_irc} volume)"
+            )
 
     def describe(self) -> str:
         return f"points of {self.path}"

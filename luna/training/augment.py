@@ -54,14 +54,17 @@ class Augmentation:  # not frozen: Lightning walks hyperparameters with apply_to
         return self.offset > 0 or self.scale > 0 or self.rotate
 
 
-
-def window_crop(crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int]) -> torch.Tensor:
+def window_crop(
+    crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int]
+) -> torch.Tensor:
     """The model's crops ``[B, C, *width_irc]`` cut exactly (no interpolation) at ``window_irc`` ``[B, 3]``."""
     if tuple(crops.shape[2:]) == tuple(width_irc):
         return crops
     axes = [window_irc[:, k, None] + torch.arange(w, device=crops.device) for k, w in enumerate(width_irc)]
     b = torch.arange(crops.shape[0], device=crops.device)[:, None, None, None]
-    gathered = crops.permute(0, 2, 3, 4, 1)[b, axes[0][:, :, None, None], axes[1][:, None, :, None], axes[2][:, None, None, :]]
+    gathered = crops.permute(0, 2, 3, 4, 1)[
+        b, axes[0][:, :, None, None], axes[1][:, None, :, None], axes[2][:, None, None, :]
+    ]
     return gathered.permute(0, 4, 1, 2, 3).contiguous()
 
 
@@ -142,8 +145,10 @@ def augment_views(views: Sequence[ViewCrops], augmentation: Augmentation) -> lis
     first = views[0].crops
     flips = _random_flips(augmentation, first.shape[0], first.device)
     if not augmentation.resamples:
-        outputs = [_flipped(window_crop(view.crops, view.window_irc, view.width_irc), flips, augmentation)
-                   for view in views]
+        outputs = [
+            _flipped(window_crop(view.crops, view.window_irc, view.width_irc), flips, augmentation)
+            for view in views
+        ]
     else:
         linear, shift = _draw_linear(augmentation, flips), _draw_shift(augmentation, flips)
         _, first_half = _normalised(views[0])
@@ -168,8 +173,9 @@ def _flipped(crops: torch.Tensor, flips: torch.Tensor, augmentation: Augmentatio
     return crops
 
 
-def _resample(crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int],
-              transform: torch.Tensor) -> torch.Tensor:
+def _resample(
+    crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int], transform: torch.Tensor
+) -> torch.Tensor:
     """Trilinear ``grid_sample`` (border padding) of the transformed model-crop window of each context."""
     context = crops.shape[2:]
     starts = window_irc.float()
@@ -185,8 +191,9 @@ def _resample(crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[in
     return F.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def mixup(crops: torch.Tensor | Sequence[torch.Tensor], alpha: float
-          ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, torch.Tensor]:
+def mixup(
+    crops: torch.Tensor | Sequence[torch.Tensor], alpha: float
+) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Mixup of a batch with a shuffled copy of itself: ``(mixed crops, partner [B], weight [B])``.
 
     Each sample keeps weight ``w = max(l, 1 - l)``, ``l ~ Beta(alpha, alpha)``, so the first sample

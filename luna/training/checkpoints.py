@@ -29,7 +29,9 @@ class UntrustedCheckpointError(CheckpointError):
     """A checkpoint that holds pickled objects torch will not load with ``weights_only=True``."""
 
 
-def read_checkpoint(path: str | Path, trust: bool = False, trust_option: str = "--model.trust_checkpoint") -> dict:
+def read_checkpoint(
+    path: str | Path, trust: bool = False, trust_option: str = "--model.trust_checkpoint"
+) -> dict:
     """The contents of a checkpoint (a Lightning ``.ckpt`` or a book ``torch.save`` file), on the CPU.
 
     Raises:
@@ -42,8 +44,10 @@ def read_checkpoint(path: str | Path, trust: bool = False, trust_option: str = "
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the run that wrote it was stopped, or it was "
-                              "not copied; use another checkpoint (checkpoints/last.ckpt or best-*.ckpt)")
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): the run that wrote it was stopped, or it was "
+            "not copied; use another checkpoint (checkpoints/last.ckpt or best-*.ckpt)"
+        )
     try:
         with torch.serialization.safe_globals([Augmentation]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -57,10 +61,13 @@ def read_checkpoint(path: str | Path, trust: bool = False, trust_option: str = "
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} is damaged or not a torch checkpoint ({detail}); was it copied "
-                              "completely?") from None
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or not a torch checkpoint ({detail}); was it copied completely?"
+        ) from None
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary"
+        )
     return checkpoint
 
 
@@ -79,11 +86,15 @@ def check_fits(path: str | Path, hparams: dict, num_classes: int, crops: CropInp
     """
     trained_classes = hparams.get("num_classes")
     if trained_classes is not None and trained_classes != num_classes:
-        raise CheckpointError(f"checkpoint {path} was trained for {trained_classes} classes, but {given_by} has "
-                              f"{num_classes}: use a checkpoint of this data")
+        raise CheckpointError(
+            f"checkpoint {path} was trained for {trained_classes} classes, but {given_by} has "
+            f"{num_classes}: use a checkpoint of this data"
+        )
     trained = CropInputs.of_checkpoint(hparams, path)
     differences = trained.differences(crops) if trained is not None else []
     if differences:
-        raise CheckpointError(f"checkpoint {path} was trained on crops of {trained.describe()}, but {given_by} "
-                              f"cuts {crops.describe()} ({'; '.join(differences)}): give the options it was trained "
-                              "with (its run's config.yaml has them), or use a checkpoint trained on these crops")
+        raise CheckpointError(
+            f"checkpoint {path} was trained on crops of {trained.describe()}, but {given_by} "
+            f"cuts {crops.describe()} ({'; '.join(differences)}): give the options it was trained "
+            "with (its run's config.yaml has them), or use a checkpoint trained on these crops"
+        )

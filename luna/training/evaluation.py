@@ -18,9 +18,13 @@ def check_flips(tta_flips: list[list[int]] | None) -> list[tuple[int, ...]]:
         return [()]
     flips = []
     for dims in tta_flips:
-        if any(not isinstance(d, int) or isinstance(d, bool) or d not in (0, 1, 2) for d in dims) or len(set(dims)) != len(dims):
-            raise ValueError(f"tta_flips={tta_flips}: each flip is a list of distinct axes among 0 (I), 1 (R) and 2 (C); "
-                             f"{list(dims)} is not")
+        if any(not isinstance(d, int) or isinstance(d, bool) or d not in (0, 1, 2) for d in dims) or len(
+            set(dims)
+        ) != len(dims):
+            raise ValueError(
+                f"tta_flips={tta_flips}: each flip is a list of distinct axes among 0 (I), 1 (R) and 2 (C); "
+                f"{list(dims)} is not"
+            )
         flips.append(tuple(dims))
     return flips
 
@@ -49,6 +53,10 @@ class EvaluationChoices:
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold={self.threshold}: must lie strictly between 0 and 1")
-        if isinstance(self.mistakes_shown, bool) or not isinstance(self.mistakes_shown, int) or self.mistakes_shown < 0:
+        if (
+            isinstance(self.mistakes_shown, bool)
+            or not isinstance(self.mistakes_shown, int)
+            or self.mistakes_shown < 0
+        ):
             raise ValueError(f"mistakes_shown={self.mistakes_shown!r}: must be an integer >= 0")
         object.__setattr__(self, "flips", check_flips(self.tta_flips))

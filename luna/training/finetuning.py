@@ -71,7 +71,11 @@ def load_network_weights(network: nn.Module, path: str | Path, trust: bool = Fal
     """
     checkpoint = read_checkpoint(path, trust)
     if "state_dict" in checkpoint:
-        state = {k.removeprefix("network."): v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
+        state = {
+            k.removeprefix("network."): v
+            for k, v in checkpoint["state_dict"].items()
+            if k.startswith("network.")
+        }
     else:
         state = book_state_dict(checkpoint, path)
     network.load_state_dict(state)
@@ -90,7 +94,9 @@ class ProgressiveUnfreezing(BaseFinetuning):
         lr_decay_per_unit: a newly unfrozen unit at depth d trains at ``head_lr * decay**d``.
     """
 
-    def __init__(self, trainable_at_start: int = 1, epochs_per_unit: int = 1, lr_decay_per_unit: float = 0.5) -> None:
+    def __init__(
+        self, trainable_at_start: int = 1, epochs_per_unit: int = 1, lr_decay_per_unit: float = 0.5
+    ) -> None:
         super().__init__()
         if trainable_at_start < 1 or epochs_per_unit < 1:
             raise ValueError("trainable_at_start and epochs_per_unit must be at least 1")

@@ -23,7 +23,11 @@ def _option(view: int, name: str) -> str:
 
 def _describe(width: tuple[int, ...], spacing: tuple[float, ...] | None) -> str:
     size = "x".join(map(str, width))
-    return f"{size} native voxels" if spacing is None else f"{size} voxels at {'x'.join(f'{s:g}' for s in spacing)} mm"
+    return (
+        f"{size} native voxels"
+        if spacing is None
+        else f"{size} voxels at {'x'.join(f'{s:g}' for s in spacing)} mm"
+    )
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,13 @@ class CropInputs:
         """From the plain lists a checkpoint keeps (``input_widths_irc``, ``input_spacings_mm``,
         ``input_intensity``); a missing part stays None (unknown)."""
         widths = tuple(tuple(int(w) for w in width) for width in widths_irc)
-        spacings = None if spacings_mm is None else tuple(
-            None if spacing is None else tuple(float(s) for s in spacing) for spacing in spacings_mm)
+        spacings = (
+            None
+            if spacings_mm is None
+            else tuple(
+                None if spacing is None else tuple(float(s) for s in spacing) for spacing in spacings_mm
+            )
+        )
         return cls(widths, spacings, None if intensity is None else tuple(float(v) for v in intensity))
 
     @classmethod
@@ -73,7 +82,9 @@ class CropInputs:
         """What ``given`` (the data's crops) changes of these (a network's): one phrase per
         option, naming it; parts that either side leaves unknown are not compared."""
         if len(given.widths_irc) != len(self.widths_irc):
-            return [f"{len(self.widths_irc)} view(s) against the data's {len(given.widths_irc)} (data.extra_views)"]
+            return [
+                f"{len(self.widths_irc)} view(s) against the data's {len(given.widths_irc)} (data.extra_views)"
+            ]
         found = []
         for view, (mine, theirs) in enumerate(zip(self.widths_irc, given.widths_irc)):
             if mine != theirs:
@@ -81,11 +92,19 @@ class CropInputs:
         if self.spacings_mm is not None and given.spacings_mm is not None:
             for view, (mine, theirs) in enumerate(zip(self.spacings_mm, given.spacings_mm)):
                 if not _same(mine, theirs):
-                    found.append(f"{_option(view, 'spacing_mm')}={None if mine is None else list(mine)}, the data "
-                                 f"gives {None if theirs is None else list(theirs)}")
-        if self.intensity is not None and given.intensity is not None and not _same(self.intensity, given.intensity):
-            found.append(f"data.intensity_window={list(self.intensity[:2])} and data.intensity_scale="
-                         f"{self.intensity[2]:g}, the data gives {list(given.intensity[:2])} and {given.intensity[2]:g}")
+                    found.append(
+                        f"{_option(view, 'spacing_mm')}={None if mine is None else list(mine)}, the data "
+                        f"gives {None if theirs is None else list(theirs)}"
+                    )
+        if (
+            self.intensity is not None
+            and given.intensity is not None
+            and not _same(self.intensity, given.intensity)
+        ):
+            found.append(
+                f"data.intensity_window={list(self.intensity[:2])} and data.intensity_scale="
+                f"{self.intensity[2]:g}, the data gives {list(given.intensity[:2])} and {given.intensity[2]:g}"
+            )
         return found
 
 

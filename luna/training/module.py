@@ -54,16 +54,22 @@ def default_network(input_widths_irc: list[tuple[int, int, int]], num_classes: i
 def check_network_views(network: nn.Module, input_widths_irc: list[tuple[int, int, int]]) -> None:
     """A network made for several views must be given the data's views; a single-input one, one view."""
     widths = getattr(network, "input_widths_irc", None)
-    if widths is None and getattr(network, "width_irc", None) is not None:  # LunaModel: made for one crop size
+    if (
+        widths is None and getattr(network, "width_irc", None) is not None
+    ):  # LunaModel: made for one crop size
         widths = [network.width_irc]
     name = type(network).__name__
     if getattr(network, "input_widths_irc", None) is None and len(input_widths_irc) > 1:
-        raise ValueError(f"model.network={name} takes one crop, but the data gives {len(input_widths_irc)} views of "
-                         "each candidate (data.extra_views): use luna.models.MultiViewLunaModel (the default), or a "
-                         "network that takes a tuple of crops and has an input_widths_irc attribute")
+        raise ValueError(
+            f"model.network={name} takes one crop, but the data gives {len(input_widths_irc)} views of "
+            "each candidate (data.extra_views): use luna.models.MultiViewLunaModel (the default), or a "
+            "network that takes a tuple of crops and has an input_widths_irc attribute"
+        )
     if widths is not None and [tuple(w) for w in widths] != list(input_widths_irc):
-        raise ValueError(f"model.network={name} was made for views {[list(w) for w in widths]} but the data gives "
-                         f"{[list(w) for w in input_widths_irc]} (data.width_irc and data.extra_views)")
+        raise ValueError(
+            f"model.network={name} was made for views {[list(w) for w in widths]} but the data gives "
+            f"{[list(w) for w in input_widths_irc]} (data.width_irc and data.extra_views)"
+        )
 
 
 class LunaClassifier(pl.LightningModule):
@@ -149,17 +155,26 @@ class LunaClassifier(pl.LightningModule):
     @property
     def crop_inputs(self) -> CropInputs:
         """What the network takes: each view's crop and spacing, and the stored intensities."""
-        return CropInputs.of(self.input_widths_irc, self.hparams.input_spacings_mm, self.hparams.input_intensity)
+        return CropInputs.of(
+            self.input_widths_irc, self.hparams.input_spacings_mm, self.hparams.input_intensity
+        )
 
     # ------------------------------------------------------------------ evaluation and priors
     def configure_evaluation(self, evaluation: EvaluationChoices) -> None:
         """Evaluate with ``evaluation`` from now on: its threshold and mistakes in fresh metrics,
         its test-time flips and prior correction in ``probabilities``."""
         self.evaluation = evaluation
-        options = {"num_classes": self.hparams.num_classes, "class_names": self.class_names,
-                   "threshold": evaluation.threshold}
-        shown = {"curves": True, "crop_shape": self.input_widths_irc[0], "mistakes": evaluation.mistakes_shown,
-                 "display_window": display_window(self.hparams.input_intensity)}
+        options = {
+            "num_classes": self.hparams.num_classes,
+            "class_names": self.class_names,
+            "threshold": evaluation.threshold,
+        }
+        shown = {
+            "curves": True,
+            "crop_shape": self.input_widths_irc[0],
+            "mistakes": evaluation.mistakes_shown,
+            "display_window": display_window(self.hparams.input_intensity),
+        }
         self.train_metrics = StageMetrics("train", **options)
         self.val_metrics = StageMetrics("val", **options, **shown)
         self.test_metrics = StageMetrics("test", **options, **shown)
@@ -173,8 +188,12 @@ class LunaClassifier(pl.LightningModule):
         natural, sampled = crop_data(self.trainer).class_frequencies()
         shift = np.log(natural) - np.log(sampled)
         self.logit_shift = torch.as_tensor(shift, dtype=torch.float32, device=self.logit_shift.device)
-        log.info("prior correction: logits shifted by %s (natural class frequencies %s, sampled %s)",
-                 np.round(shift, 3).tolist(), np.round(natural, 4).tolist(), np.round(sampled, 4).tolist())
+        log.info(
+            "prior correction: logits shifted by %s (natural class frequencies %s, sampled %s)",
+            np.round(shift, 3).tolist(),
+            np.round(natural, 4).tolist(),
+            np.round(sampled, 4).tolist(),
+        )
 
     def on_after_batch_transfer(self, batch: CropBatch, dataloader_idx: int) -> CropBatch:
         """int16 -> float32 on the device, then augment (training) or cut the model's crops exactly;
@@ -183,10 +202,14 @@ class LunaClassifier(pl.LightningModule):
             return batch
         views = [batch, *batch.get("extra_views", [])]
         if len(views) != len(self.input_widths_irc):
-            raise ValueError(f"the batches have {len(views)} views of each candidate but the model was made for "
-                             f"{len(self.input_widths_irc)} (model.input_widths_irc, linked from the data)")
-        inputs = [ViewCrops(view["crop"].float(), view["window_irc"], width, view["offset_irc"], view["voxel_mm"])
-                  for view, width in zip(views, self.input_widths_irc)]
+            raise ValueError(
+                f"the batches have {len(views)} views of each candidate but the model was made for "
+                f"{len(self.input_widths_irc)} (model.input_widths_irc, linked from the data)"
+            )
+        inputs = [
+            ViewCrops(view["crop"].float(), view["window_irc"], width, view["offset_irc"], view["voxel_mm"])
+            for view, width in zip(views, self.input_widths_irc)
+        ]
         if self._attached_trainer() is not None and self.trainer.training:
             crops = augment_views(inputs, self.augmentation)
         else:
@@ -232,8 +255,13 @@ class LunaClassifier(pl.LightningModule):
         runs = []
         networks = [self._runnable_network(), *self.ensemble_members()]
         for dims in self.evaluation.flips:
-            flipped = flip(crops, dims) if isinstance(crops, torch.Tensor) else [flip(view, dims) for view in crops]
-            runs += [F.softmax(logits_of(network, flipped).float() + self.logit_shift, dim=1) for network in networks]
+            flipped = (
+                flip(crops, dims) if isinstance(crops, torch.Tensor) else [flip(view, dims) for view in crops]
+            )
+            runs += [
+                F.softmax(logits_of(network, flipped).float() + self.logit_shift, dim=1)
+                for network in networks
+            ]
         return torch.stack(runs).mean(0)
 
     def set_ensemble(self, networks: list[nn.Module]) -> None:
@@ -277,7 +305,9 @@ class LunaClassifier(pl.LightningModule):
         losses = -torch.log(probabilities.gather(1, labels[:, None])[:, 0].clamp_min(1e-12))
         identity = {name: batch[name] for name in ("index", "image", "center_xyz", "voxel_mm")}
         # the candidate's voxel in the crop: where the mistakes montage cuts its slices
-        metrics.update(probabilities, labels, losses, identity, crops[:, 0], batch["offset_irc"] - batch["window_irc"])
+        metrics.update(
+            probabilities, labels, losses, identity, crops[:, 0], batch["offset_irc"] - batch["window_irc"]
+        )
         return {"probabilities": probabilities.detach()}
 
     def validation_step(self, batch: CropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -287,10 +317,14 @@ class LunaClassifier(pl.LightningModule):
     def test_step(self, batch: CropBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._evaluate(batch, self.test_metrics)
 
-    def predict_step(self, batch: CropBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, np.ndarray]:
+    def predict_step(
+        self, batch: CropBatch, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, np.ndarray]:
         """Each sample's cache ``index`` and class ``probabilities``, as numpy copies (no shared memory kept)."""
-        return {"index": batch["index"].cpu().numpy().copy(),
-                "probabilities": self.probabilities(self.network_input(batch)).cpu().numpy()}
+        return {
+            "index": batch["index"].cpu().numpy().copy(),
+            "probabilities": self.probabilities(self.network_input(batch)).cpu().numpy(),
+        }
 
     # ------------------------------------------------------------------ divergence
     def _note_nonfinite(self, loss: torch.Tensor) -> None:
@@ -299,7 +333,9 @@ class LunaClassifier(pl.LightningModule):
         bad = ~torch.isfinite(loss.detach())
         if self._first_nonfinite_step is None:
             self._first_nonfinite_step = torch.full((), -1, device=loss.device, dtype=torch.long)
-        self._first_nonfinite_step = torch.where(bad & (self._first_nonfinite_step < 0), step, self._first_nonfinite_step)
+        self._first_nonfinite_step = torch.where(
+            bad & (self._first_nonfinite_step < 0), step, self._first_nonfinite_step
+        )
 
     def _raise_if_diverged(self) -> None:
         if self._first_nonfinite_step is None:
@@ -349,14 +385,21 @@ class LunaClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the random streams too: a run resumed from this step then repeats an uninterrupted one."""
         kind, keys, position, has_gauss, cached = np.random.get_state()
-        checkpoint["luna_rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                                  "numpy": [kind, keys.tolist(), position, has_gauss, cached],
-                                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        checkpoint["luna_rng"] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._checkpoint_epoch = int(checkpoint.get("epoch", 0))
         states = checkpoint.get("luna_rng")
-        if states is not None and self._attached_trainer() is not None and self.trainer.state.fn == TrainerFn.FITTING:
+        if (
+            states is not None
+            and self._attached_trainer() is not None
+            and self.trainer.state.fn == TrainerFn.FITTING
+        ):
             torch.set_rng_state(states["torch"])
             kind, keys, position, has_gauss, cached = states["numpy"]
             np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
@@ -369,12 +412,19 @@ class LunaClassifier(pl.LightningModule):
             metrics.reset()
             return
         fitting = self.trainer.state.fn == TrainerFn.FITTING
-        outcome = metrics.compute(epoch=self.current_epoch if fitting else self._checkpoint_epoch)  # collective
+        outcome = metrics.compute(
+            epoch=self.current_epoch if fitting else self._checkpoint_epoch
+        )  # collective
         nonfinite = outcome.scalars[f"{metrics.stage}/nonfinite"]
         if nonfinite:
-            log.warning("%s: %d samples had non-finite probabilities and were left out of the metrics",
-                        metrics.stage, int(nonfinite))
-        self.log_dict(outcome.scalars, sync_dist=True)  # already equal on all ranks: the mean leaves them as they are
+            log.warning(
+                "%s: %d samples had non-finite probabilities and were left out of the metrics",
+                metrics.stage,
+                int(nonfinite),
+            )
+        self.log_dict(
+            outcome.scalars, sync_dist=True
+        )  # already equal on all ranks: the mean leaves them as they are
         self.evaluations[metrics.stage] = outcome
         metrics.reset()
 

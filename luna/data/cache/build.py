@@ -99,11 +99,14 @@ class CacheSettings:
 
     def key_parts(self) -> list:
         """What of these settings changes the cached bytes."""
-        return [[list(view.width_irc), None if view.spacing_mm is None else list(view.spacing_mm)] for view in self.views] \
-            + [list(self.intensity_window), self.intensity_scale]
+        return [
+            [list(view.width_irc), None if view.spacing_mm is None else list(view.spacing_mm)]
+            for view in self.views
+        ] + [list(self.intensity_window), self.intensity_scale]
 
 
 # --------------------------------------------------------------------------- writes
+
 
 def _write_atomic(path: Path, write: Callable[[object], None], size_hint: int) -> None:
     """``luna.io.files.write_atomic``, a full disk reported as a cache build error."""
@@ -124,10 +127,13 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 
 # --------------------------------------------------------------------------- key
 
+
 def file_identity(path: Path) -> str:
     """What identifies an image file's contents without reading its voxels."""
     if path.is_dir():  # a DICOM series: every file's name, size and time
-        stamps = sorted(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in path.iterdir() if f.is_file())
+        stamps = sorted(
+            f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in path.iterdir() if f.is_file()
+        )
         return hashlib.sha256("\n".join(stamps).encode()).hexdigest()
     if not path.exists():
         return "missing"
@@ -135,7 +141,11 @@ def file_identity(path: Path) -> str:
     identity = f"{stat.st_size}:{stat.st_mtime_ns}"
     if path.suffix.lower() == ".mhd":  # the header holds the geometry and type; the voxels are beside it
         data = MetaHeader.read(path).data_file
-        stamp = f"{data.stat().st_size}:{data.stat().st_mtime_ns}" if data is not None and data.is_file() else "inline"
+        stamp = (
+            f"{data.stat().st_size}:{data.stat().st_mtime_ns}"
+            if data is not None and data.is_file()
+            else "inline"
+        )
         identity = f"{hashlib.sha256(path.read_bytes()).hexdigest()}:{stamp}"
     return identity
 
@@ -144,7 +154,9 @@ def cache_key(source: CropSource, settings: CacheSettings) -> str:
     """The content key of the cache of ``source`` cut with ``settings``."""
     digest = hashlib.sha256()
     digest.update(json.dumps([FORMAT_VERSION, settings.key_parts(), source.fingerprint()]).encode())
-    for path in source.image_files():  # where the dataset lives is not part of it: a moved copy reuses the cache
+    for (
+        path
+    ) in source.image_files():  # where the dataset lives is not part of it: a moved copy reuses the cache
         digest.update(f"\0{path.parent.name}/{path.name}\0{file_identity(path)}".encode())
     return digest.hexdigest()[:20]
 
@@ -156,8 +168,15 @@ def cache_path(cache_dir: str | Path, source: CropSource, settings: CacheSetting
 
 # --------------------------------------------------------------------------- per-image work
 
-def _cut_image(image_path: Path, centers_xyz: np.ndarray, settings: CacheSettings, npys: list[Path], record: Path,
-               skip_bad_scans: bool) -> str:
+
+def _cut_image(
+    image_path: Path,
+    centers_xyz: np.ndarray,
+    settings: CacheSettings,
+    npys: list[Path],
+    record: Path,
+    skip_bad_scans: bool,
+) -> str:
     """Read one volume, cut all of its crops of every view, write the ``.npy`` files then the record.
     Runs in a worker."""
     try:
@@ -172,16 +191,25 @@ def _cut_image(image_path: Path, centers_xyz: np.ndarray, settings: CacheSetting
     views = []
     for k, (view, npy) in enumerate(zip(settings.views, npys)):
         try:
-            crops, offset = cut_crops(volume, centers_xyz[inside], view, settings.intensity_window,
-                                      settings.intensity_scale)
+            crops, offset = cut_crops(
+                volume, centers_xyz[inside], view, settings.intensity_window, settings.intensity_scale
+            )
         except ValueError as error:
-            raise CacheBuildError(f"image {volume.name} ({image_path}), {settings.view_name(k)}: {error}") from None
+            raise CacheBuildError(
+                f"image {volume.name} ({image_path}), {settings.view_name(k)}: {error}"
+            ) from None
         _write_npy(npy, crops)
         views.append({"offset_irc": offset.tolist(), "checksum": [crop_checksum(crop) for crop in crops]})
-    _write_json(record, {"error": None, "center_irc": [irc if keep else None for irc, keep in
-                                                       zip(center_irc.tolist(), inside.tolist())],
-                         "spacing_irc": volume.spacing_xyz[::-1].tolist(), "shape_irc": list(volume.voxels.shape),
-                         "views": views})
+    _write_json(
+        record,
+        {
+            "error": None,
+            "center_irc": [irc if keep else None for irc, keep in zip(center_irc.tolist(), inside.tolist())],
+            "spacing_irc": volume.spacing_xyz[::-1].tolist(),
+            "shape_irc": list(volume.voxels.shape),
+            "views": views,
+        },
+    )
     return image_path.name
 
 
@@ -219,10 +247,14 @@ def _run_jobs(jobs: list[tuple], processes: int) -> None:
     # re-importing the caller's __main__ (the CLI's, with torch) as spawn and forkserver do. Freezing
     # the collector keeps the children's GC off the parent's objects, so those pages stay shared
     # (not copied); each job carries only its own image's rows.
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    context = multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    )
     gc.freeze()
     try:
-        with ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_die_with_parent) as pool:
+        with ProcessPoolExecutor(
+            max_workers=processes, mp_context=context, initializer=_die_with_parent
+        ) as pool:
             pending = {pool.submit(_cut_image, *job) for job in jobs}
             while pending:
                 finished, pending = wait(pending, timeout=10, return_when=FIRST_EXCEPTION)
@@ -237,6 +269,7 @@ def _run_jobs(jobs: list[tuple], processes: int) -> None:
 
 
 # --------------------------------------------------------------------------- build
+
 
 def check_writable(folder: Path) -> None:
     """Fail fast, before any work, when the cache folder cannot be created or written."""
@@ -309,18 +342,29 @@ def _is_sound(path: Path) -> bool:
         manifest = json.loads(manifest_path.read_text())
         crops = int(manifest["crops"])
         views = range(len(manifest["views"]))
-        names = [*COLUMNS, *(view_column(name, k) for k in views for name in VIEW_COLUMNS), *manifest["extra_columns"]]
+        names = [
+            *COLUMNS,
+            *(view_column(name, k) for k in views for name in VIEW_COLUMNS),
+            *manifest["extra_columns"],
+        ]
         for name in names:
             if len(np.load(path / COLUMNS_DIR / f"{name}.npy", mmap_mode="r")) != crops:
                 raise ValueError(f"column {name} does not have {crops} rows")
-        damaged = [entry["id"] for entry in manifest["images"]
-                   if entry["crops"] and not all(_image_file_sound(path, entry, k) for k in views)]
+        damaged = [
+            entry["id"]
+            for entry in manifest["images"]
+            if entry["crops"] and not all(_image_file_sound(path, entry, k) for k in views)
+        ]
     except (OSError, ValueError, KeyError, TypeError) as error:
         log.warning("crop cache %s is damaged (%s): repairing it", path, error)
         return False
     if damaged:
-        log.warning("crop cache %s: the crops of %d image(s) are damaged or missing (%s): cutting them again",
-                    path, len(damaged), ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else ""))
+        log.warning(
+            "crop cache %s: the crops of %d image(s) are damaged or missing (%s): cutting them again",
+            path,
+            len(damaged),
+            ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else ""),
+        )
         for entry in manifest["images"]:
             if entry["id"] in damaged:
                 (path / IMAGES / f"{entry['file']}.json").unlink(missing_ok=True)
@@ -338,7 +382,9 @@ def _image_file_sound(path: Path, entry: dict, view: int) -> bool:
     return record.is_file() and crops.shape[0] == entry["crops"] and crops.dtype == np.int16
 
 
-def _build(source: CropSource, path: Path, settings: CacheSettings, processes: int, skip_bad_scans: bool) -> Path:
+def _build(
+    source: CropSource, path: Path, settings: CacheSettings, processes: int, skip_bad_scans: bool
+) -> Path:
     check_writable(path.parent)
     check_writable(path)  # the folder itself: an incomplete cache on read-only storage cannot be finished
     images_dir = path / IMAGES
@@ -355,24 +401,43 @@ def _build(source: CropSource, path: Path, settings: CacheSettings, processes: i
     if missing:
         rows = int(np.isin(table.image, missing).sum())
         if source.missing_images_expected():
-            log.info("%d rows of %d images not on disk (on purpose, as in a partial download): skipped", rows,
-                     len(missing))
+            log.info(
+                "%d rows of %d images not on disk (on purpose, as in a partial download): skipped",
+                rows,
+                len(missing),
+            )
         else:
-            log.warning("%d rows of %d images have no volume on disk (e.g. %s): skipped", rows, len(missing),
-                        table.image_paths[missing[0]])
+            log.warning(
+                "%d rows of %d images have no volume on disk (e.g. %s): skipped",
+                rows,
+                len(missing),
+                table.image_paths[missing[0]],
+            )
     jobs = []
     for k in present:
         record = images_dir / f"{files[k]}.json"
         rows = order[starts[k] : starts[k + 1]]
         if len(rows) and not _record_readable(record):
             npys = [images_dir / image_file(files[k], view) for view in range(len(settings.views))]
-            jobs.append((table.image_paths[k], table.center_xyz[rows], settings, npys, record, skip_bad_scans))
+            jobs.append(
+                (table.image_paths[k], table.center_xyz[rows], settings, npys, record, skip_bad_scans)
+            )
     check_views_fit(settings, [table.image_paths[k] for k in present])
-    log.info("crop cache %s (%s; %s): cutting %d of %d images with %d process(es)", path, source.describe(),
-             ", ".join(view.describe() for view in settings.views), len(jobs), len(present), processes)
+    log.info(
+        "crop cache %s (%s; %s): cutting %d of %d images with %d process(es)",
+        path,
+        source.describe(),
+        ", ".join(view.describe() for view in settings.views),
+        len(jobs),
+        len(present),
+        processes,
+    )
     _run_jobs(jobs, processes)
-    records = {k: json.loads((images_dir / f"{files[k]}.json").read_text()) for k in present
-               if starts[k + 1] > starts[k]}
+    records = {
+        k: json.loads((images_dir / f"{files[k]}.json").read_text())
+        for k in present
+        if starts[k + 1] > starts[k]
+    }
     columns, crops_of, skipped = _assemble_columns(table, records)
     _write_columns(path, columns)
     _write_manifest(path, table, files, settings, records, crops_of, skipped, len(columns["row"]))
@@ -415,16 +480,22 @@ def check_views_fit(settings: CacheSettings, image_paths: list[Path]) -> None:
         size = np.multiply(view.width_irc, view.spacing_mm)
         described = f"{settings.view_name(k)}: {view.describe()} ({'x'.join(f'{v:g}' for v in size)} mm)"
         if (extents < size).all() or (size > UNIT_MISTAKE * largest).any():
-            raise CacheBuildError(f"{described} is larger than every volume (the largest extents are "
-                                  f"{'x'.join(f'{v:.0f}' for v in largest)} mm along {axes}): use fewer voxels or "
-                                  "a finer spacing (spacing_mm is in millimetres)")
+            raise CacheBuildError(
+                f"{described} is larger than every volume (the largest extents are "
+                f"{'x'.join(f'{v:.0f}' for v in largest)} mm along {axes}): use fewer voxels or "
+                "a finer spacing (spacing_mm is in millimetres)"
+            )
         if (size < finest).any():
-            raise CacheBuildError(f"{described} spans less than one voxel of every volume along some axis (the "
-                                  f"finest spacings are {'x'.join(f'{v:.3g}' for v in finest)} mm along {axes}): "
-                                  "its crops would be constant; is spacing_mm in millimetres?")
+            raise CacheBuildError(
+                f"{described} spans less than one voxel of every volume along some axis (the "
+                f"finest spacings are {'x'.join(f'{v:.3g}' for v in finest)} mm along {axes}): "
+                "its crops would be constant; is spacing_mm in millimetres?"
+            )
 
 
-def _assemble_columns(table: CropTable, records: dict[int, dict]) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+def _assemble_columns(
+    table: CropTable, records: dict[int, dict]
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """The per-crop columns in table order from the per-image records, each image's crop count, and
     the images skipped as unreadable."""
     order, starts = table.rows_of_image()
@@ -445,15 +516,22 @@ def _assemble_columns(table: CropTable, records: dict[int, dict]) -> tuple[dict[
         crops_of[k] = len(kept)
         parts["row"].append(kept)
         parts["image_row"].append(np.arange(len(kept)))
-        parts["center_irc"].append(np.array([irc for irc in record["center_irc"] if irc is not None],
-                                            dtype=np.int64).reshape(-1, 3))
+        parts["center_irc"].append(
+            np.array([irc for irc in record["center_irc"] if irc is not None], dtype=np.int64).reshape(-1, 3)
+        )
         for view, values in enumerate(record["views"]):
-            parts[view_column("offset_irc", view)].append(np.array(values["offset_irc"], dtype=np.int64).reshape(-1, 3))
+            parts[view_column("offset_irc", view)].append(
+                np.array(values["offset_irc"], dtype=np.int64).reshape(-1, 3)
+            )
             parts[view_column("checksum", view)].append(np.array(values["checksum"], dtype=np.uint64))
     if outside:
         first = outside[0]
-        log.warning("%d rows lie outside their volume and are skipped (e.g. image %s at %s mm)", len(outside),
-                    table.image_ids[table.image[first]], tuple(table.center_xyz[first].tolist()))
+        log.warning(
+            "%d rows lie outside their volume and are skipped (e.g. image %s at %s mm)",
+            len(outside),
+            table.image_ids[table.image[first]],
+            tuple(table.center_xyz[first].tolist()),
+        )
     if not parts["row"]:
         if records and all(record["error"] for record in records.values()):
             raise CacheBuildError("no row left to serve: no image has a readable volume")
@@ -462,8 +540,14 @@ def _assemble_columns(table: CropTable, records: dict[int, dict]) -> tuple[dict[
     in_table_order = np.argsort(joined["row"], kind="stable")
     rows = joined["row"][in_table_order]
     columns = {name: values[in_table_order] for name, values in joined.items()}
-    columns.update({"image": table.image[rows], "label": table.label[rows], "center_xyz": table.center_xyz[rows],
-                    **{name: values[rows] for name, values in table.extra.items()}})
+    columns.update(
+        {
+            "image": table.image[rows],
+            "label": table.label[rows],
+            "center_xyz": table.center_xyz[rows],
+            **{name: values[rows] for name, values in table.extra.items()},
+        }
+    )
     return columns, crops_of, skipped
 
 
@@ -473,27 +557,54 @@ def _write_columns(path: Path, columns: dict[str, np.ndarray]) -> None:
         _write_npy(path / COLUMNS_DIR / f"{name}.npy", np.ascontiguousarray(values))
 
 
-def _write_manifest(path: Path, table: CropTable, files: list[str], settings: CacheSettings, records: dict[int, dict],
-                    crops_of: np.ndarray, skipped: list[str], crops: int) -> None:
+def _write_manifest(
+    path: Path,
+    table: CropTable,
+    files: list[str],
+    settings: CacheSettings,
+    records: dict[int, dict],
+    crops_of: np.ndarray,
+    skipped: list[str],
+    crops: int,
+) -> None:
     """The manifest, written last: from now on the cache is complete."""
-    counts = np.bincount(table.label[np.load(path / COLUMNS_DIR / "row.npy")], minlength=len(table.class_names))
+    counts = np.bincount(
+        table.label[np.load(path / COLUMNS_DIR / "row.npy")], minlength=len(table.class_names)
+    )
     manifest = {
         "format_version": FORMAT_VERSION,
-        "views": [{"width_irc": list(view.width_irc), "spacing_mm": None if view.spacing_mm is None
-                   else list(view.spacing_mm)} for view in settings.views],
+        "views": [
+            {
+                "width_irc": list(view.width_irc),
+                "spacing_mm": None if view.spacing_mm is None else list(view.spacing_mm),
+            }
+            for view in settings.views
+        ],
         "intensity_window": list(settings.intensity_window),
         "intensity_scale": settings.intensity_scale,
         "class_names": table.class_names,
-        "images": [{"id": image_id, "file": files[k], "path": str(Path(table.image_paths[k]).resolve()),
-                    "group": table.groups[k], "fold": int(table.folds[k]), "crops": int(crops_of[k]),
-                    "spacing_irc": records[k].get("spacing_irc") if k in records else None}
-                   for k, image_id in enumerate(table.image_ids)],
+        "images": [
+            {
+                "id": image_id,
+                "file": files[k],
+                "path": str(Path(table.image_paths[k]).resolve()),
+                "group": table.groups[k],
+                "fold": int(table.folds[k]),
+                "crops": int(crops_of[k]),
+                "spacing_irc": records[k].get("spacing_irc") if k in records else None,
+            }
+            for k, image_id in enumerate(table.image_ids)
+        ],
         "extra_columns": sorted(table.extra),
         "skipped_images": skipped,
         "crops": crops,
         "crops_per_class": counts.tolist(),
     }
     _write_json(path / MANIFEST, manifest)
-    log.info("crop cache %s complete: %d crops (%s), %s on disk", path, crops,
-             ", ".join(f"{n} {name}" for n, name in zip(counts.tolist(), table.class_names)), describe_bytes(folder_size(path)))
-
+    log.info(
+        "crop cache %s complete: %d crops (%s), %s on disk",
+        path,
+        crops,
+        ", ".join(f"{n} {name}" for n, name in zip(counts.tolist(), table.class_names)),
+        describe_bytes(folder_size(path)),
+    )

@@ -89,9 +89,13 @@ class CropCache:
         try:
             self.manifest = json.loads(manifest_path.read_text())
         except (ValueError, UnicodeDecodeError) as error:
-            raise CacheBuildError(f"{manifest_path} is damaged ({error}); prepare_data() rebuilds it") from None
+            raise CacheBuildError(
+                f"{manifest_path} is damaged ({error}); prepare_data() rebuilds it"
+            ) from None
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise CacheBuildError(f"{self.path}: cache format {self.manifest.get('format_version')}, expected {FORMAT_VERSION}")
+            raise CacheBuildError(
+                f"{self.path}: cache format {self.manifest.get('format_version')}, expected {FORMAT_VERSION}"
+            )
         images = self.manifest["images"]
         self.image_ids: list[str] = [entry["id"] for entry in images]
         self.image_files: list[str] = [entry["file"] for entry in images]
@@ -99,11 +103,14 @@ class CropCache:
         self.groups: list[str] = [entry["group"] for entry in images]
         self.folds = np.array([entry["fold"] for entry in images], dtype=np.int64)
         # each image's voxel size along I, R, C (NaN for an image that was skipped)
-        self.image_spacing_irc = np.array([entry.get("spacing_irc") or [np.nan] * 3 for entry in images],
-                                          dtype=np.float64).reshape(-1, 3)
+        self.image_spacing_irc = np.array(
+            [entry.get("spacing_irc") or [np.nan] * 3 for entry in images], dtype=np.float64
+        ).reshape(-1, 3)
         self.class_names: list[str] = self.manifest["class_names"]
-        self.views: list[View] = [View(tuple(view["width_irc"]), None if view["spacing_mm"] is None
-                                       else tuple(view["spacing_mm"])) for view in self.manifest["views"]]
+        self.views: list[View] = [
+            View(tuple(view["width_irc"]), None if view["spacing_mm"] is None else tuple(view["spacing_mm"]))
+            for view in self.manifest["views"]
+        ]
         self._open()
 
     def _open(self) -> None:
@@ -128,7 +135,9 @@ class CropCache:
             try:
                 values = np.asarray(np.load(path, mmap_mode="r"))  # plain ndarray: fast scalar indexing
             except (OSError, ValueError) as error:
-                raise CacheBuildError(f"{path} cannot be read ({error}); prepare_data() rebuilds it") from None
+                raise CacheBuildError(
+                    f"{path} cannot be read ({error}); prepare_data() rebuilds it"
+                ) from None
             self._columns[name] = values
         return values
 
@@ -154,10 +163,18 @@ class CropCache:
         return self.column(view_column("offset_irc", view))
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "manifest": self.manifest, "image_ids": self.image_ids,
-                "image_files": self.image_files, "image_paths": self.image_paths, "groups": self.groups,
-                "folds": self.folds, "image_spacing_irc": self.image_spacing_irc, "class_names": self.class_names,
-                "views": self.views}
+        return {
+            "path": self.path,
+            "manifest": self.manifest,
+            "image_ids": self.image_ids,
+            "image_files": self.image_files,
+            "image_paths": self.image_paths,
+            "groups": self.groups,
+            "folds": self.folds,
+            "image_spacing_irc": self.image_spacing_irc,
+            "class_names": self.class_names,
+            "views": self.views,
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -171,7 +188,9 @@ class CropCache:
             try:
                 crops = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as error:
-                raise CacheBuildError(f"{path} cannot be read ({error}); prepare_data() rebuilds it") from None
+                raise CacheBuildError(
+                    f"{path} cannot be read ({error}); prepare_data() rebuilds it"
+                ) from None
             self._maps[image, view] = crops
         return crops
 
@@ -201,8 +220,15 @@ class CropCache:
         from luna.data.volume import Volume
 
         name, path = self.image_ids[image], self.image_paths[image]
-        log.warning("crop %d (view %d) of image %s in %s is damaged (checksum mismatch): serving it cut again from "
-                    "%s; the image's crops are rebuilt by the next prepare_data()", k, view, name, self.path, path)
+        log.warning(
+            "crop %d (view %d) of image %s in %s is damaged (checksum mismatch): serving it cut again from "
+            "%s; the image's crops are rebuilt by the next prepare_data()",
+            k,
+            view,
+            name,
+            self.path,
+            path,
+        )
         record = self.path / IMAGES / f"{self.image_files[image]}.json"
         try:
             record.unlink(missing_ok=True)  # no record: the next build cuts this image again
@@ -211,12 +237,15 @@ class CropCache:
         if self._recut is None or self._recut[0] != image:
             self._recut = (image, Volume.read(path, window=None))
         window, scale = self.manifest["intensity_window"], self.manifest["intensity_scale"]
-        crops, _ = cut_crops(self._recut[1], np.asarray(self.center_xyz[k]).reshape(1, 3), self.views[view],
-                             window, scale)
+        crops, _ = cut_crops(
+            self._recut[1], np.asarray(self.center_xyz[k]).reshape(1, 3), self.views[view], window, scale
+        )
         crop = crops[0]
         if crop_checksum(crop) != int(self.column(view_column("checksum", view))[k]):
-            raise CacheBuildError(f"image {name} ({path}) no longer gives the crops it gave when the cache was built; "
-                                  f"the volume changed: delete the cache folder {self.path} and rebuild it")
+            raise CacheBuildError(
+                f"image {name} ({path}) no longer gives the crops it gave when the cache was built; "
+                f"the volume changed: delete the cache folder {self.path} and rebuild it"
+            )
         crop.flags.writeable = False
         return crop
 
