@@ -1,4 +1,5 @@
-"""``python -m luna.phantom luna16|points OUT_DIR``: phantom data in the layouts luna reads (``luna.cli.phantom``)."""
+"""``python -m luna.phantom luna16|points OUT_DIR``: phantom data in the layouts luna reads
+(``luna.cli.phantom``)."""
 
 from luna.cli.phantom import cli, main
 

@@ -53,14 +53,16 @@ def write_v2_scale_csvs(
     with candidates.open("w") as f:
         f.write("seriesuid,coordX,coordY,coordZ,class\n")
         f.writelines(
-            f"{uids[s]},{x:.10f},{y:.10f},{z:.10f},{c}\n" for s, (x, y, z), c in zip(which, xyz, label)
+            f"{uids[s]},{x:.10f},{y:.10f},{z:.10f},{c}\n"
+            for s, (x, y, z), c in zip(which, xyz, label, strict=False)
         )
     annotations = folder / "annotations.csv"
     picks = rng.choice(np.flatnonzero(label), 1186, replace=False)
     with annotations.open("w") as f:
         f.write("seriesuid,coordX,coordY,coordZ,diameter_mm\n")
         f.writelines(
-            f"{uids[which[k]]},{xyz[k][0]:.10f},{xyz[k][1]:.10f},{xyz[k][2]:.10f},{rng.uniform(3.25, 32.3):.6f}\n"
+            f"{uids[which[k]]},{xyz[k][0]:.10f},{xyz[k][1]:.10f},{xyz[k][2]:.10f},"
+            f"{rng.uniform(3.25, 32.3):.6f}\n"
             for k in picks
         )
     return annotations, candidates
@@ -93,7 +95,8 @@ cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2],
 
 
 def build_worker_peak(data: Path, cache_dir: Path, processes: int) -> int:
-    """The most memory (bytes) a build worker adds beyond the pages it shares with the builder it forked from."""
+    """The most memory (bytes) a build worker adds beyond the pages it shares with the builder it
+    forked from."""
     shutil.rmtree(cache_dir, ignore_errors=True)
     added = cache_dir.with_suffix(".added")
     added.unlink(missing_ok=True)
@@ -190,14 +193,16 @@ def main() -> None:
     worker_peak = build_worker_peak(data, work / "cache-memory", args.processes)
     print(
         f"[build] {len(scans)} scans of {args.shape}: SimpleITK read alone {read_seconds:.2f} s, "
-        f"cache build {build_seconds:.2f} s with {args.processes} processes (best of {args.repeats}): ratio {build_seconds / read_seconds:.2f}x"
+        f"cache build {build_seconds:.2f} s with {args.processes} processes (best of {args.repeats}): ratio "
+        f"{build_seconds / read_seconds:.2f}x"
     )
     print(
         f"[build] resampled to {PHYSICAL.views[0].describe()}: {physical_seconds:.2f} s, "
         f"ratio to the native build {physical_seconds / build_seconds:.2f}x (target <= 2x)"
     )
     print(
-        f"[build] peak memory a build worker adds to what it shares with the builder: {worker_peak / 2**20:.0f} MiB; "
+        "[build] peak memory a build worker adds to what it shares with the builder: "
+        f"{worker_peak / 2**20:.0f} MiB; "
         f"one scan = {max(scan_bytes) / 2**20:.0f} MiB (int16); dataset = {sum(scan_bytes) / 2**20:.0f} MiB"
     )
 
@@ -221,7 +226,7 @@ def main() -> None:
         for s, name in enumerate(cache.image_files)
         if cache.manifest["images"][s]["crops"]
     }
-    where = list(zip(cache.image_of.tolist(), cache.column("image_row").tolist()))
+    where = list(zip(cache.image_of.tolist(), cache.column("image_row").tolist(), strict=False))
     for k in keys:  # pages in memory on both sides
         np.array(cache.crop(k))
         np.array(maps[where[k][0]][where[k][1]])
@@ -237,7 +242,8 @@ def main() -> None:
     bare, first, ours = max(bare_rates), max(first_rates), max(warm_rates)
     print(
         f"[reads] bare np.memmap slice {bare:,.0f} crops/s; CropDataset first read of each crop (checksum "
-        f"checked) {first:,.0f} crops/s: ratio {first / bare:.2f}x; warm {ours:,.0f} crops/s: ratio {ours / bare:.2f}x"
+        f"checked) {first:,.0f} crops/s: ratio {first / bare:.2f}x; warm {ours:,.0f} crops/s: ratio "
+        f"{ours / bare:.2f}x"
     )
 
     from monai.data import PersistentDataset
@@ -254,7 +260,8 @@ def main() -> None:
         persistent[k]
     monai_rate = read_rate(lambda k: persistent[k]["crop"], keys[: max(200, args.reads // 10)])
     print(
-        f"[reads] MONAI PersistentDataset {monai_rate:,.0f} crops/s: CropDataset is {ours / monai_rate:.1f}x faster"
+        f"[reads] MONAI PersistentDataset {monai_rate:,.0f} crops/s: CropDataset is "
+        f"{ours / monai_rate:.1f}x faster"
     )
 
 

@@ -111,20 +111,24 @@ def main() -> None:
     single_cpms = np.array([scored[name][0] for name in singles])
     print(
         f"\nheld-out phantom: {counts.scans} scans, {counts.nodules} nodules (seed {args.heldout_seed}); "
-        f"{len(singles)} fold models trained {args.epochs} epochs each; {RESAMPLES} paired bootstrap resamples "
+        f"{len(singles)} fold models trained {args.epochs} epochs each; {RESAMPLES} paired bootstrap "
+        "resamples "
         "of the held-out scans\n"
     )
     print("| model | held-out CPM | 95 % CI | its own fold's CPM (selection) |")
     print("| --- | --- | --- | --- |")
     for name in singles:
         print(
-            f"| {name} | {scored[name][0]:.3f} | {interval(scored[name][1])} | {own_fold_cpm[int(name.split()[1])]:.3f} |"
+            f"| {name} | {scored[name][0]:.3f} | {interval(scored[name][1])} | "
+            f"{own_fold_cpm[int(name.split()[1])]:.3f} |"
         )
     print(
-        f"| ensemble of {len(singles)} (mean probability) | {ensemble_cpm:.3f} | {interval(ensemble_resamples)} | — |"
+        f"| ensemble of {len(singles)} (mean probability) | {ensemble_cpm:.3f} | "
+        f"{interval(ensemble_resamples)} | — |"
     )
     print(
-        f"\nsingle fold models: mean {single_cpms.mean():.3f} ± {single_cpms.std(ddof=1):.3f} (sd over the folds), "
+        f"\nsingle fold models: mean {single_cpms.mean():.3f} ± {single_cpms.std(ddof=1):.3f} (sd over the "
+        "folds), "
         f"range {single_cpms.min():.3f}-{single_cpms.max():.3f}"
     )
     for label, name in (
@@ -133,7 +137,8 @@ def main() -> None:
     ):
         difference = ensemble_resamples - scored[name][1]
         print(
-            f"ensemble - {label} ({name}): {ensemble_cpm - scored[name][0]:+.3f} (paired 95 % CI {interval(difference)})"
+            f"ensemble - {label} ({name}): {ensemble_cpm - scored[name][0]:+.3f} (paired 95 % CI "
+            f"{interval(difference)})"
         )
 
 

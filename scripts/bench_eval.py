@@ -42,9 +42,10 @@ def write_release(folder: Path, rows: int, scans: int, nodules: int = 1186, irre
             writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
             writer.writerows(
                 [uids[s], *map(repr, p), repr(d)]
-                for s, p, d in zip(scan, xyz.tolist(), diameters(count).tolist())
+                for s, p, d in zip(scan, xyz.tolist(), diameters(count).tolist(), strict=False)
             )
-    # marks: one near each nodule (a detection), a tenth of the rest near irrelevant findings, the rest anywhere
+    # marks: one near each nodule (a detection), a tenth of the rest near irrelevant findings, the
+    # rest anywhere
     nodule_scan, nodule_xyz = findings["annotations.csv"]
     other_scan, other_xyz = findings["annotations_excluded.csv"]
     near_other = rows // 10
@@ -96,9 +97,12 @@ def main() -> None:
                 else ""
             )
             print(
-                f"{args.rows:,} rows ({size:.0f} MiB) over {args.scans} scans, {samples} bootstrap resamples: "
-                f"{seconds:.1f} s (CPM {result.cpm:.3f}{interval}; {result.counts.capped_marks:,} marks over the cap, "
-                f"{result.counts.false_positives:,} false positives, {result.counts.irrelevant_marks:,} on irrelevant findings)"
+                f"{args.rows:,} rows ({size:.0f} MiB) over {args.scans} scans, {samples} bootstrap "
+                "resamples: "
+                f"{seconds:.1f} s (CPM {result.cpm:.3f}{interval}; {result.counts.capped_marks:,} marks "
+                "over the cap, "
+                f"{result.counts.false_positives:,} false positives, {result.counts.irrelevant_marks:,} on "
+                "irrelevant findings)"
             )
 
 

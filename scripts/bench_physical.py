@@ -230,7 +230,8 @@ def report(
     )
     print(f"\n{title}\n")
     print(
-        f"| configuration | {label}: mean ± sd over seeds | 95 % CI of the mean | difference to the first row "
+        f"| configuration | {label}: mean ± sd over seeds | 95 % CI of the mean | difference to the first "
+        "row "
         f"(95 % CI) | per seed | " + " | ".join(name for name, _ in extra) + " |"
     )
     print("| --- " * (5 + len(extra)) + "|")
@@ -278,7 +279,8 @@ def main() -> None:
         first = results[CANDIDATE_CONFIGS[0].name][0]
         report(
             f"LUNA16-geometry phantom, {args.series} scans; validation: {first['scans']} scans, "
-            f"{first['nodules']} nodules, {first['candidates']} candidates; {budget} per run, seeds {args.seeds}",
+            f"{first['nodules']} nodules, {first['candidates']} candidates; {budget} per run, seeds "
+            f"{args.seeds}",
             ("CPM", "cpm"),
             CANDIDATE_CONFIGS,
             results,
@@ -288,8 +290,10 @@ def main() -> None:
         results = run_all("points", POINTS_CONFIGS, str(args.points_steps), points_run, args)
         first = results[POINTS_CONFIGS[0].name][0]
         report(
-            f"Points CSV phantom, NIfTI volumes of 0.5-1 mm in-plane and 0.5-3 mm slices, 3 classes; validation: "
-            f"{first['findings']} findings; {args.points_steps} steps of {args.batch_size} per run, seeds {args.seeds}",
+            "Points CSV phantom, NIfTI volumes of 0.5-1 mm in-plane and 0.5-3 mm slices, 3 classes; "
+            "validation: "
+            f"{first['findings']} findings; {args.points_steps} steps of {args.batch_size} per run, seeds "
+            f"{args.seeds}",
             ("macro F1 (most probable class)", "f1"),
             POINTS_CONFIGS,
             results,
@@ -306,7 +310,9 @@ def run_all(
         results[config.name] = []
         for seed in args.seeds:
             path = args.workdir / "results" / f"{part}-{number}-seed{seed}-{budget}.json"
-            results[config.name].append(cached(path, lambda: run(config, args, seed)))
+            results[config.name].append(
+                cached(path, lambda config=config, seed=seed: run(config, args, seed))
+            )
             log.info(
                 "%s, seed %d: %s",
                 config.name,

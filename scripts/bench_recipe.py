@@ -118,7 +118,8 @@ def run_recipes(args: argparse.Namespace) -> None:
         logging.getLogger("bench").info("%s: F1 %.3f", recipe.name, metrics["val/f1"])
     print(f"\nValidation on held-out series, {args.steps} steps of {args.batch_size} per training run:\n")
     print(
-        "| recipe | val F1 (at 0.5) | val AUROC | val CPM | calibration error (ECE) | validation samples | training s |"
+        "| recipe | val F1 (at 0.5) | val AUROC | val CPM | calibration error (ECE) | validation samples | "
+        "training s |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, f1, auroc, cpm, ece, samples, seconds in rows:
@@ -128,7 +129,7 @@ def run_recipes(args: argparse.Namespace) -> None:
 def book_per_sample(crops: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
     """The book's path: one affine_grid + grid_sample per crop (as in its Dataset's __getitem__)."""
     out = []
-    for crop, theta in zip(crops, transforms):
+    for crop, theta in zip(crops, transforms, strict=False):
         grid = F.affine_grid(theta[None], [1, *crop.shape], align_corners=False)
         sample = F.grid_sample(crop[None], grid, padding_mode="border", align_corners=False)[0]
         out.append(sample + torch.randn_like(sample) * BOOK.noise_hu)

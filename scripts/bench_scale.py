@@ -42,7 +42,7 @@ def write_v2_candidates(data_dir: Path, rows: int, positives: int = 1_557, nodul
     label[rng.choice(rows, positives, replace=False)] = 1
     lines = ["seriesuid,coordX,coordY,coordZ,class\n"]
     centers = []
-    for s, cls in zip(scan_of.tolist(), label.tolist()):
+    for s, cls in zip(scan_of.tolist(), label.tolist(), strict=False):
         g = geometries[s]
         centers.append(
             irc_to_xyz(rng.uniform(0, np.array(g.shape_irc) - 1), g.origin_xyz, g.spacing_xyz, g.direction)
@@ -52,7 +52,8 @@ def write_v2_candidates(data_dir: Path, rows: int, positives: int = 1_557, nodul
     (data_dir / "candidates.csv").write_text("".join(lines))
     picks = rng.choice(np.flatnonzero(label), nodules, replace=False)
     annotations = ["seriesuid,coordX,coordY,coordZ,diameter_mm\n"] + [
-        f"{scans[scan_of[k]][0]},{centers[k][0]!r},{centers[k][1]!r},{centers[k][2]!r},{float(rng.uniform(3.25, 32.3))!r}\n"
+        f"{scans[scan_of[k]][0]},{centers[k][0]!r},{centers[k][1]!r},{centers[k][2]!r},"
+        f"{float(rng.uniform(3.25, 32.3))!r}\n"
         for k in picks.tolist()
     ]
     (data_dir / "annotations.csv").write_text("".join(annotations))
@@ -91,7 +92,8 @@ def measured(*job):
 cache_build._cut_image = measured
 width = tuple(int(w) for w in sys.argv[3].split(","))
 start = time.perf_counter()
-cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2], cache_build.CacheSettings((View(width),), (-1000.0, 1000.0)), 2)
+settings = cache_build.CacheSettings((View(width),), (-1000.0, 1000.0))
+cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2], settings, 2)
 print(time.perf_counter() - start)
 """
 
@@ -189,7 +191,8 @@ def main() -> None:
     start = time.perf_counter()
     candidates = load_candidate_arrays(data / "annotations.csv", data / "candidates.csv")
     print(
-        f"[candidates] {len(candidates):,} rows loaded, joined and ordered in {time.perf_counter() - start:.1f} s"
+        f"[candidates] {len(candidates):,} rows loaded, joined and ordered in "
+        f"{time.perf_counter() - start:.1f} s"
     )
 
     cache = work / "cache"
@@ -201,7 +204,8 @@ def main() -> None:
     (path,) = cache.glob("luna-*")
     crop_bytes = sum(p.stat().st_size for p in (path / "images").glob("*.npy"))
     print(
-        f"[build] {args.scans} scans, {len(candidates):,} crops of {args.width}: {build_seconds:.0f} s with 2 "
+        f"[build] {args.scans} scans, {len(candidates):,} crops of {args.width}: {build_seconds:.0f} s with "
+        "2 "
         f"processes ({build_seconds / args.scans:.2f} s a scan); a build worker adds at most "
         f"{worker_peak / 2**20:.0f} MiB; crops {crop_bytes / 2**30:.2f} GiB"
     )
@@ -211,7 +215,8 @@ def main() -> None:
             WORKERS, str(data), str(cache), width, method
         ).split()
         print(
-            f"[workers, {method}] DataModule setup {float(setup):.2f} s; a training worker's private memory after 1 / 1,000 / "
+            f"[workers, {method}] DataModule setup {float(setup):.2f} s; a training worker's private memory "
+            "after 1 / 1,000 / "
             f"10,000 batches of 32: {int(first) / 2**20:.1f} / {int(thousand) / 2**20:.1f} / "
             f"{int(ten_thousand) / 2**20:.1f} MiB"
         )

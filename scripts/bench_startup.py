@@ -70,7 +70,8 @@ def main() -> None:
         f"({share / median['import luna.cli.fit']:.0%}); target < 1 s"
     )
     print(
-        f"`luna.fit --help` / `import pytorch_lightning`: {median['luna.fit --help'] / median['import pytorch_lightning']:.2f}x"
+        "`luna.fit --help` / `import pytorch_lightning`: "
+        f"{median['luna.fit --help'] / median['import pytorch_lightning']:.2f}x"
     )
 
     lightning = set(import_times("import pytorch_lightning"))
@@ -79,7 +80,8 @@ def main() -> None:
     own = sum(times[0] for name, times in only_luna.items() if name.split(".")[0] == "luna")
     brought = sum(times[0] for name, times in only_luna.items() if name.split(".")[0] != "luna")
     print(
-        f"\n-X importtime (one process), modules beyond `import pytorch_lightning`: luna's own {own / 1e6:.2f} s, "
+        "\n-X importtime (one process), modules beyond `import pytorch_lightning`: luna's own "
+        f"{own / 1e6:.2f} s, "
         f"others {brought / 1e6:.2f} s (Lightning's CLI, SimpleITK, ...)"
     )
     packages: dict[str, int] = {}

@@ -86,7 +86,9 @@ def main() -> None:
         )()
         fixed = next(iter(datamodule.train_dataloader()))
         for autocast in settings:
-            model_alone = samples_per_second(module, iter(lambda: fixed, None), args.steps, device, autocast)
+            model_alone = samples_per_second(
+                module, iter(lambda fixed=fixed: fixed, None), args.steps, device, autocast
+            )
             with_loader = samples_per_second(
                 module, datamodule.train_dataloader(), args.steps, device, autocast
             )

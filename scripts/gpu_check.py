@@ -246,7 +246,8 @@ def main() -> None:
     }
     name = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name(0)
     header = (
-        f"GPU check, {datetime.date.today().isoformat()}: {name}, {devices} device(s); torch {torch.__version__}"
+        f"GPU check, {datetime.date.today().isoformat()}: {name}, {devices} device(s); torch "
+        f"{torch.__version__}"
         f" (CUDA {torch.version.cuda}), Python {platform.python_version()}; batch 32, default job's phantom "
         f"({sizes.series} scans); {minutes:.1f} min (`bash scripts/gpu_check.sh"
         f"{' --dry-run' if args.dry_run else ''}`)"

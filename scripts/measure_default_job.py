@@ -5,7 +5,8 @@
 Runs ``python -m luna.fit`` with no arguments in an empty folder (the phantom is generated and the
 crop cache built, as on a first run), times it, reads the run's ``metrics.csv``, validates the
 last checkpoint again with ``--evaluation.prior_correction=true``, predicts its validation scans and
-scores them with ``luna.evaluate`` as the README's walk-through does (the CPM's 95 % interval), and replaces the block between
+scores them with ``luna.evaluate`` as the README's walk-through does (the CPM's 95 % interval), and
+replaces the block between
 ``<!-- default-job:begin -->`` and ``<!-- default-job:end -->`` in the README with the date, the
 machine, the command and the numbers. The README's figures then come from a run, never from memory.
 """
@@ -47,7 +48,8 @@ def machine() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cores} CPU cores ({cpu}), {memory:.0f} GB RAM, {gpu}; torch {torch.__version__}, Python {platform.python_version()}"
+    versions = f"torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{cores} CPU cores ({cpu}), {memory:.0f} GB RAM, {gpu}; {versions}"
 
 
 def luna(args: list[str], cwd: Path) -> str:
@@ -95,35 +97,47 @@ def main() -> None:
     minutes, seconds = divmod(round(time.perf_counter() - start), 60)
     run = work / "logs" / "version_0"
     rows = [row for row in csv.DictReader((run / "metrics.csv").open()) if row.get("val/f1")]
-    value = lambda row, name: float(row[f"val/{name}"])  # noqa: E731
+
+    def value(row: dict, name: str) -> float:
+        return float(row[f"val/{name}"])
+
     last, best = rows[-1], max(rows, key=lambda row: value(row, "cpm"))
     plain, corrected = (validate(work, run, extra) for extra in ([], ["--evaluation.prior_correction=true"]))
     froc = validation_froc(work, run)
     low, high = froc["cpm_ci"]
-    line = lambda row: (
-        f"CPM {value(row, 'cpm'):.3f}, F1 {value(row, 'f1'):.3f} at P ≥ 0.5 (best-threshold F1 "  # noqa: E731
-        f"{value(row, 'f1_best'):.3f} at {value(row, 'f1_best_threshold'):.2f}, optimistic), AUROC "
-        f"{value(row, 'auroc'):.3f}, ECE {value(row, 'calibration_error'):.3f}"
-    )
+
+    def line(row: dict) -> str:
+        return (
+            f"CPM {value(row, 'cpm'):.3f}, F1 {value(row, 'f1'):.3f} at P ≥ 0.5 (best-threshold F1 "
+            f"{value(row, 'f1_best'):.3f} at {value(row, 'f1_best_threshold'):.2f}, optimistic), AUROC "
+            f"{value(row, 'auroc'):.3f}, ECE {value(row, 'calibration_error'):.3f}"
+        )
+
     block = "\n".join(
         [
             BEGIN,
-            f"Measured {datetime.date.today()} on {machine()} with `python -m luna.fit` (no arguments, from an empty "
-            f"folder: phantom generated, crop cache built; `scripts/measure_default_job.py` ran it and wrote this).",
+            f"Measured {datetime.date.today()} on {machine()} with `python -m luna.fit` (no arguments, from "
+            "an empty "
+            "folder: phantom generated, crop cache built; `scripts/measure_default_job.py` ran it and "
+            "wrote this).",
             "",
             f"- Wall clock: {minutes} min {seconds} s for 10 epochs of 1,024 balanced samples; validation: "
             f"{int(value(last, 'samples'))} candidates of {froc['scans']} scans, {froc['nodules']} nodules.",
             f"- After the last epoch: {line(last)}.",
-            f"- The last checkpoint's validation predictions scored by `luna.evaluate` (the walk-through above: "
-            f"`predict`, then `luna.evaluate logs/version_0/predictions.csv`): CPM {froc['cpm']:.3f}, 95 % CI "
+            "- The last checkpoint's validation predictions scored by `luna.evaluate` (the walk-through "
+            "above: "
+            f"`predict`, then `luna.evaluate logs/version_0/predictions.csv`): CPM {froc['cpm']:.3f}, 95 % "
+            "CI "
             f"{low:.3f}–{high:.3f} (1,000 bootstrap resamples of the scans); sensitivity "
             f"{' / '.join(f'{v:.3f}' for v in froc['sensitivity'])} at 1/8 … 8 FP/scan.",
             f"- Best epoch by CPM (epoch {int(best['epoch'])}, kept as `best-*.ckpt`): {line(best)}.",
             f"- Prior correction of the last checkpoint (`validate --evaluation.prior_correction=true`): ECE "
             f"{plain['val/calibration_error']:.3f} → {corrected['val/calibration_error']:.3f}, F1 at 0.5 "
             f"{plain['val/f1']:.3f} → {corrected['val/f1']:.3f}, precision {plain['val/precision']:.3f} → "
-            f"{corrected['val/precision']:.3f}, recall {plain['val/recall']:.3f} → {corrected['val/recall']:.3f}; "
-            f"AUROC and CPM unchanged ({corrected['val/auroc']:.3f}, {corrected['val/cpm']:.3f}): the ranking is the same.",
+            f"{corrected['val/precision']:.3f}, recall {plain['val/recall']:.3f} → "
+            f"{corrected['val/recall']:.3f}; "
+            f"AUROC and CPM unchanged ({corrected['val/auroc']:.3f}, {corrected['val/cpm']:.3f}): the "
+            "ranking is the same.",
             END,
         ]
     )

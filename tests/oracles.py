@@ -38,7 +38,11 @@ def load_candidates(
     return [
         Candidate(uid, tuple(xyz), nodule, diameter)
         for uid, xyz, nodule, diameter in zip(
-            uids, arrays.center_xyz.tolist(), arrays.is_nodule.tolist(), arrays.diameter_mm.tolist()
+            uids,
+            arrays.center_xyz.tolist(),
+            arrays.is_nodule.tolist(),
+            arrays.diameter_mm.tolist(),
+            strict=True,
         )
     ]
 
@@ -60,7 +64,7 @@ def reference_crop(
     """The book's crop around a point: ``(int16 view of shape width_irc, center_irc)``."""
     center_irc = volume.xyz_to_irc(center_xyz)
     starts = crop_start(center_irc, width_irc, volume.voxels.shape)
-    return volume.voxels[tuple(slice(s, s + w) for s, w in zip(starts, width_irc))], center_irc
+    return volume.voxels[tuple(slice(s, s + w) for s, w in zip(starts, width_irc, strict=True))], center_irc
 
 
 def crop_start(

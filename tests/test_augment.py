@@ -33,7 +33,7 @@ def test_random_flips_are_exact_flip_about_half_the_samples_and_only_the_asked_a
     same = [torch.equal(flipped[k], crops[k]) for k in range(64)]
     along_c = [torch.equal(flipped[k], crops[k].flip(3)) for k in range(64)]
     assert all(
-        a or b for a, b in zip(same, along_c)
+        a or b for a, b in zip(same, along_c, strict=True)
     )  # exact: the sample itself or its mirror along C, nothing else
     assert 16 <= sum(along_c) <= 48  # p = 0.5: both happen
 
@@ -47,7 +47,7 @@ def test_presized_context_gives_the_reference_crop_exactly():
     assert torch.equal(augment(crops, torch.from_numpy(windows), WIDTH, Augmentation()), out)
     for k in range(4):
         start = crop_start(offsets[k].tolist(), WIDTH, context)
-        window = tuple(slice(s, s + w) for s, w in zip(start, WIDTH))
+        window = tuple(slice(s, s + w) for s, w in zip(start, WIDTH, strict=True))
         assert torch.equal(out[k, 0], crops[k, 0][window])
 
 
@@ -64,7 +64,7 @@ def test_one_crop_rule_puts_the_centre_at_width_over_two_for_odd_and_even_widths
     )  # the book's round(17 - 16.5) gives 0
     even = np.random.default_rng(0).integers(0, 100, (200, 3))
     book = [
-        [min(max(int(round(c - w / 2)), 0), 100 - w) for c, w in zip(row, (32, 48, 48))]
+        [min(max(int(round(c - w / 2)), 0), 100 - w) for c, w in zip(row, (32, 48, 48), strict=True)]
         for row in even.tolist()
     ]
     assert crop_starts(even, (32, 48, 48), (100, 100, 100)).tolist() == book  # even widths: the book's rule

@@ -161,7 +161,8 @@ def test_bom_crlf_and_spaces_around_uids_give_the_same_candidates_and_the_same_c
     body = [
         f" {uid} ,{x},{y},{z},{0.9 if label == '1' else 0.1}"
         for uid, x, y, z, label in zip(
-            *(rows.columns[name] for name in ("seriesuid", "coordX", "coordY", "coordZ", "class"))
+            *(rows.columns[name] for name in ("seriesuid", "coordX", "coordY", "coordZ", "class")),
+            strict=True,
         )
     ]
     predictions.write_bytes(

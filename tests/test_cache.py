@@ -44,7 +44,7 @@ def test_crops_match_the_reference_crop_and_order(phantom_dir, phantom_cache):
         crop, center_irc = reference_crop(Volume.read(scans[series_uid]), center_xyz)
         assert np.array_equal(cache.crop(k), crop)
         assert tuple(cache.column("center_irc")[k]) == center_irc
-        assert all(0 <= o < w for o, w in zip(cache.offset_irc()[k], (32, 48, 48)))
+        assert all(0 <= o < w for o, w in zip(cache.offset_irc()[k], (32, 48, 48), strict=True))
     assert cache.crop(0).dtype == np.int16 and not cache.crop(0).flags.writeable
     assert cache.manifest["crops_per_class"][1] == sum(c.is_nodule for c in expected)
 

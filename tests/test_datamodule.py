@@ -109,7 +109,7 @@ def test_ranks_draw_disjoint_shares_of_one_epoch(phantom_dir, cache_root):
     ranks = [TrainingSampler(dm.train_dataset, 1, 101, seed=5, num_replicas=2, rank=r) for r in (0, 1)]
     shares = [list(s) for s in ranks]
     assert len(shares[0]) == len(shares[1]) == 50
-    interleaved = [x for pair in zip(*shares) for x in pair]
+    interleaved = [x for pair in zip(*shares, strict=True) for x in pair]
     assert interleaved == ranks[0].global_order().tolist()
 
 

@@ -1,4 +1,5 @@
-"""The main job exactly as a new user runs it: `python -m luna.fit`, no arguments (slow: ~6 min on 2 cores)."""
+"""The main job exactly as a new user runs it: `python -m luna.fit`, no arguments (slow: ~6 min on
+2 cores)."""
 
 import csv
 import subprocess

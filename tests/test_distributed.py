@@ -99,7 +99,7 @@ def test_ddp_predictions_equal_one_process(trained, tmp_path):
         )
     one, two = (list(csv.reader(outputs[k].open())) for k in (1, 2))
     assert len(one) == split_size(config) + 1 and [r[:4] for r in one] == [r[:4] for r in two]
-    assert all(abs(float(a[4]) - float(b[4])) < 1e-6 for a, b in zip(one[1:], two[1:]))
+    assert all(abs(float(a[4]) - float(b[4])) < 1e-6 for a, b in zip(one[1:], two[1:], strict=True))
     about = {k: json.loads(outputs[k].with_suffix(".json").read_text()) for k in (1, 2)}
     assert about[2]["rows"] == about[1]["rows"] == len(one) - 1  # every rank's rows counted once
     assert about[2]["images"] == about[1]["images"] == sorted({row[0] for row in one[1:]})

@@ -91,7 +91,7 @@ def test_the_same_seed_gives_the_same_interval(oracle, tmp_path):
     noisy = np.random.default_rng(0).random(len(rows_of(predictions)))
     rows = [
         [r["seriesuid"], r["coordX"], r["coordY"], r["coordZ"], p]
-        for r, p in zip(rows_of(predictions), noisy)
+        for r, p in zip(rows_of(predictions), noisy, strict=True)
     ]
     path = write_predictions(tmp_path / "noisy.csv", rows)
     first, again = (
@@ -279,7 +279,8 @@ def test_rows_written_twice_are_named_and_a_file_changed_since_predict_is_seen(o
     with caplog.at_level(logging.WARNING):
         assert main([str(doubled), "--bootstrap", "0"]) == 0
     assert (
-        f"{len(lines) - 1} rows repeat an earlier row's series and position (e.g. line {len(lines) + 1} repeats "
+        f"{len(lines) - 1} rows repeat an earlier row's series and position (e.g. line {len(lines) + 1} "
+        "repeats "
         "line 2)" in caplog.text
     )
     assert (

@@ -67,7 +67,7 @@ def test_a_wandb_run_offline_gets_a_table_of_candidates_with_their_slices_and_it
     assert len(tables) == 1  # one validation, one table
     table = tables[0]
     assert table["columns"] == COLUMNS
-    rows = [dict(zip(COLUMNS, row)) for row in table["data"]]
+    rows = [dict(zip(COLUMNS, row, strict=True)) for row in table["data"]]
     dm = LunaDataModule(data_dir=phantom_dir, cache_dir=cache_root)
     dm.prepare_data()
     dm.setup()
@@ -200,22 +200,20 @@ def test_an_ensemble_of_another_model_or_in_fit_is_one_line(two_seeds, tmp_path,
 def test_the_folds_of_a_cross_validation_predict_together(phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "unused")
     output = tmp_path / "cv"
-    run = lambda *args: subprocess.run(
-        [
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [
             sys.executable,
             "-m",
             "luna.crossval",
             "--config",
-            str(config),  # noqa: E731
+            str(config),
             "--output",
             str(output),
             *args,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+        ]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
     assert run("--folds", "0,1", "--no_merge").returncode == 0
     done = run("--ensemble", "--data.eval_images=all")
     assert done.returncode == 0, done.stderr[-3000:]

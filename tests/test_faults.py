@@ -419,7 +419,8 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_resuming_an_end_of_epoch_checkpoint_with_loader_workers_repeats_a_straight_run(
     phantom_dir, cache_root, tmp_path
 ):
-    """The README's example: a 2-epoch run resumed to 4 epochs trains the same steps and weights as 4 straight."""
+    """The README's example: a 2-epoch run resumed to 4 epochs trains the same steps and weights as 4
+    straight."""
     from luna.cli.fit import main
 
     config = resume_config(tmp_path, phantom_dir, cache_root)
@@ -530,7 +531,8 @@ def test_init_checkpoint_loads_weights_only_unless_trusted(tmp_path):
     fresh = LunaModel()
     load_network_weights(fresh, luna_ckpt)  # luna's own configuration types are allowed
     assert all(
-        torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), weights.network.state_dict().values())
+        torch.equal(a, b)
+        for a, b in zip(fresh.state_dict().values(), weights.network.state_dict().values(), strict=True)
     )
     hostile = tmp_path / "hostile.ckpt"
     torch.save({"state_dict": {}, "extra": Untrusted()}, hostile)

@@ -149,7 +149,7 @@ def reference_froc(mark_rows, nodule_rows, irrelevant_rows, scan_count):
             scan_marks = [m for m in scan_marks if m[4] > cut]
         pool = list(range(len(scan_marks)))
 
-        def hits(finding):
+        def hits(finding, scan_marks=scan_marks):
             diameter = finding[4] if finding[4] >= 0 else 10.0
             return [
                 k

@@ -75,9 +75,9 @@ def test_candidates_lie_near_every_border(phantom_dir, phantom_cache):
     cache = CropCache(phantom_cache)
     scans = {uid: Geometry.read(path).shape_irc for uid, path in find_scans(phantom_dir).items()}
     faces = set()
-    for image, center_irc in zip(cache.image_of.tolist(), cache.column("center_irc").tolist()):
+    for image, center_irc in zip(cache.image_of.tolist(), cache.column("center_irc").tolist(), strict=True):
         shape = scans[cache.image_ids[image]]
-        for axis, (center, size) in enumerate(zip(center_irc, shape)):
+        for axis, (center, size) in enumerate(zip(center_irc, shape, strict=True)):
             if center <= 3:
                 faces.add((axis, 0))
             if center >= size - 4:

@@ -117,7 +117,7 @@ def test_linear_resampling_equals_simpleitks_at_the_edges_and_with_a_rotated_dir
     )  # inside, at an edge, a corner
     center_irc = (np.linalg.solve(ROTATED, (centers_xyz - origin).T).T / spacing_xyz)[:, ::-1]
     crops = resample_crops(values, center_irc, spacing_xyz[::-1], width, target_irc, fill=-1000.0)
-    for crop, center in zip(crops, centers_xyz):
+    for crop, center in zip(crops, centers_xyz, strict=True):
         resampler = sitk.ResampleImageFilter()
         resampler.SetInterpolator(sitk.sitkLinear)
         resampler.SetDefaultPixelValue(-1000.0)
@@ -161,7 +161,7 @@ def test_native_crops_stay_the_books(phantom_dir, phantom_cache, tmp_path):
         volume = volumes.setdefault(path, Volume.read(path))
         center_irc = volume.xyz_to_irc(cache.center_xyz[k])
         start = crop_start(center_irc, (32, 48, 48), volume.voxels.shape)
-        expected = volume.voxels[tuple(slice(s, s + w) for s, w in zip(start, (32, 48, 48)))]
+        expected = volume.voxels[tuple(slice(s, s + w) for s, w in zip(start, (32, 48, 48), strict=True))]
         assert np.array_equal(cache.crop(k), expected)
 
 
@@ -187,7 +187,7 @@ def test_the_cache_key_covers_the_spacing_and_a_damaged_physical_crop_is_cut_aga
     npy.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
         served = [CropCache(path).crop(k).copy() for k in range(len(original))]
-    assert all(np.array_equal(a, b) for a, b in zip(served, intact))
+    assert all(np.array_equal(a, b) for a, b in zip(served, intact, strict=True))
     assert any("checksum mismatch" in record.getMessage() for record in caplog.records)
 
 

@@ -91,7 +91,8 @@ def test_a_bad_search_file_names_the_file_and_the_parameter(tmp_path, parameters
                     "when": {"model.augmentation.rotate": "true"},
                 },
             },
-            r"parameter model\.augmentation\.noise_hu: when model\.augmentation\.rotate='true' \(str\) never holds: "
+            r"parameter model\.augmentation\.noise_hu: when model\.augmentation\.rotate='true' \(str\) "
+            r"never holds: "
             r"model\.augmentation\.rotate takes \[False, True\]",
         ),
         (

@@ -186,7 +186,7 @@ class CandidateTable(pl.Callback):
                 row.label == row.predicted,
                 *(wandb.Image(plane) for plane in row.slices),
             ]
-            for row, image_id, (x, y, z) in zip(rows, ids, centers.tolist())
+            for row, image_id, (x, y, z) in zip(rows, ids, centers.tolist(), strict=True)
         ]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -1,4 +1,5 @@
-"""The ``evaluation`` section of the command line: how this command evaluates, whatever the checkpoint says."""
+"""The ``evaluation`` section of the command line: how this command evaluates, whatever the checkpoint
+says."""
 
 from __future__ import annotations
 

@@ -82,7 +82,9 @@ class PredictionCsvWriter(BasePredictionWriter):
             probabilities = probabilities[:, 1:]
         with self._part(trainer, trainer.global_rank).open("a", newline="") as handle:
             writer = csv.writer(handle)
-            for uid, xyz, values in zip(uids, centers.tolist(), probabilities.astype(np.float64).tolist()):
+            for uid, xyz, values in zip(
+                uids, centers.tolist(), probabilities.astype(np.float64).tolist(), strict=True
+            ):
                 writer.writerow([uid, *map(repr, xyz), *map(repr, values)])
         self.rows_written += len(uids)
         self._images.update(uids)

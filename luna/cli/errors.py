@@ -95,7 +95,8 @@ def option_error(
     full, value = _given(argv, parsed.group(1))
     if full.startswith("trainer.logger") and "NestedArg" in message:
         return (
-            f"error: --{full}: luna makes the loggers itself (--loggers) in <trainer.default_root_dir>/version_N; "
+            f"error: --{full}: luna makes the loggers itself (--loggers) in "
+            "<trainer.default_root_dir>/version_N; "
             "move them with --trainer.default_root_dir, or give a whole logger with --trainer.logger=CLASS"
         )
     text = f"error: --{full}: {reason(message)}"
@@ -111,7 +112,7 @@ def describe(error: BaseException) -> str:
         return error.strerror  # names the file, the bytes it needed and the space left
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" while writing {error.filename}" if error.filename else ""
-        return f"no space left on the device{where}: free some space (or write elsewhere) and run the command again"
+        return f"no space left on the device{where}: free some space (or write elsewhere) and run it again"
     return reason(error)
 
 

@@ -35,8 +35,8 @@ DESCRIPTION = (
 SUBCOMMAND_HELP = {
     "fit": "Train (and validate every epoch); --ckpt_path=PATH resumes a run from its checkpoint.",
     "validate": "Evaluate a checkpoint (--ckpt_path) on the validation split; writes into its run.",
-    "test": "Evaluate a checkpoint (--ckpt_path) on the evaluation set (data.eval_images, default: validation).",
-    "predict": "Write each candidate's probabilities with a checkpoint (--ckpt_path) to predictions.csv in its run.",
+    "test": "Evaluate a checkpoint (--ckpt_path) on data.eval_images (default: the validation split).",
+    "predict": "Write each candidate's probabilities (--ckpt_path's model) to predictions.csv in its run.",
 }
 # what a user can cause and fix, besides bad values and files (ValueError, OSError): one line by `cli`
 USER_ERRORS = (CacheBuildError, ScanReadError, DivergenceError)

@@ -70,7 +70,8 @@ class LunaCLI(LightningCLI):
             "--help_full", action=FullHelp, help="show every option with its documentation and exit"
         )
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
-        parser.set_defaults(  # what to monitor is configs/default.yaml's (val/cpm), a dataset config's otherwise
+        # what to monitor is configs/default.yaml's (val/cpm), a dataset config's otherwise
+        parser.set_defaults(
             {
                 "checkpoint.filename": "best-epoch{epoch:03d}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,

@@ -51,13 +51,14 @@ CONDENSED = {
 
 # what --ckpt_path means to each subcommand (Lightning's text lists keywords a command line cannot use)
 CKPT_HELP = {
-    "fit": "a checkpoint to resume from (a run's checkpoints/last.ckpt): training goes on from its step, with its "
-    "optimizer, random streams and data order",
-    "validate": "the checkpoint to evaluate (a run's checkpoints/last.ckpt or best-*.ckpt); the results go into "
-    "its run",
-    "test": "the checkpoint to evaluate (a run's checkpoints/last.ckpt or best-*.ckpt); the results go into its run",
-    "predict": "the checkpoint to predict with (a run's checkpoints/last.ckpt or best-*.ckpt); predictions.csv goes "
+    "fit": "a checkpoint to resume from (a run's checkpoints/last.ckpt): training goes on from its step, "
+    "with its optimizer, random streams and data order",
+    "validate": "the checkpoint to evaluate (a run's checkpoints/last.ckpt or best-*.ckpt); the results go "
     "into its run",
+    "test": "the checkpoint to evaluate (a run's checkpoints/last.ckpt or best-*.ckpt); the results go "
+    "into its run",
+    "predict": "the checkpoint to predict with (a run's checkpoints/last.ckpt or best-*.ckpt); "
+    "predictions.csv goes into its run",
 }
 
 
@@ -130,7 +131,8 @@ class LunaArgumentParser(LightningArgumentParser):
         sys.exit(2)
 
     def _known_keys(self) -> list[str]:
-        """Every ``section.key`` of this parser; a subclass's arguments as ``section.key`` (no ``init_args``)."""
+        """Every ``section.key`` of this parser; a subclass's arguments as ``section.key`` (no
+        ``init_args``)."""
 
         def walk(prefix: str, value) -> list[str]:
             if isinstance(value, dict):

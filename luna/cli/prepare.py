@@ -53,8 +53,10 @@ class PrepareArgumentParser(LunaArgumentParser):
         )
         shown.add_class_arguments(LunaDataModule, "data", skip={"phantom"})
         return shown.format_help().replace("``", "") + (
-            "\nThe data class is the config's (configs/default.yaml: LunaDataModule); another class lists its "
-            "options with --data.help CLASS (e.g. PointsDataModule). Every other luna.fit option is accepted and "
+            "\nThe data class is the config's (configs/default.yaml: LunaDataModule); another class lists "
+            "its "
+            "options with --data.help CLASS (e.g. PointsDataModule). Every other luna.fit option is "
+            "accepted and "
             "ignored.\n"
         )
 

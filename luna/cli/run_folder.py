@@ -108,8 +108,9 @@ def run_loggers(
         # W&B stages tables, their images and checkpoints as artifacts in its data folder until they are
         # synced: keep them in the run's own folder, which `wandb sync` reads and a user deletes as one
         _stage_wandb_in(folder / "wandb" / "staging")
-        # offline unless WANDB_MODE=online (after `wandb login`); `wandb sync` uploads offline runs later, with
-        # the artifacts (tables, checkpoints) staged meanwhile: wandb's own mode, so Lightning stages those too
+        # offline unless WANDB_MODE=online (after `wandb login`); `wandb sync` uploads offline runs
+        # later, with the artifacts (tables, checkpoints) staged meanwhile: wandb's own mode, so
+        # Lightning stages those too
         os.environ.setdefault("WANDB_MODE", "offline")
         loggers.append(
             WandbLogger(

@@ -1,6 +1,7 @@
 """``python -m luna.tune``: hyperparameter sweeps over any ``luna.fit`` option, and seed repeats.
 
-    python -m luna.tune --search configs/search/recipe.yaml --trials 20 --study recipe [--config ...] [--key=value ...]
+    python -m luna.tune --search configs/search/recipe.yaml --trials 20 --study recipe [--config ...] \
+        [--key=value ...]
     python -m luna.tune --seeds 0,1,2 --study seeds [--config ...] [--key=value ...]
 
 An Optuna study (TPE sampler, median or Hyperband pruning per epoch) over the options a search

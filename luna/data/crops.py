@@ -64,7 +64,7 @@ class View:
         context = None
         if self.context_irc is not None:
             context = check_width(self.context_irc, f"{option}context_irc")
-            if any(c < w for c, w in zip(context, width)):
+            if any(c < w for c, w in zip(context, width, strict=True)):
                 raise ValueError(
                     f"{option}context_irc={list(context)} must be at least {option}width_irc="
                     f"{list(width)} on every axis"
@@ -131,12 +131,14 @@ def crop_starts(center_irc: np.ndarray, width_irc: Sequence[int], shape_irc: Seq
     outside = ((center < 0) | (center >= shape)).any(axis=1)
     if outside.any():
         raise CenterOutsideScanError(
-            f"centre {tuple(center[outside.argmax()].tolist())} (IRC) lies outside a volume of shape {tuple(shape.tolist())}"
+            f"centre {tuple(center[outside.argmax()].tolist())} (IRC) lies outside a volume of shape "
+            f"{tuple(shape.tolist())}"
         )
     if (width > shape).any():
         axis = int((width > shape).argmax())
         raise ValueError(
-            f"crop width {tuple(width.tolist())} exceeds the volume shape {tuple(shape.tolist())} on axis {axis}"
+            f"crop width {tuple(width.tolist())} exceeds the volume shape {tuple(shape.tolist())} on axis "
+            f"{axis}"
         )
     return np.clip(center - width // 2, 0, shape - width)
 

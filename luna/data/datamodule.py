@@ -244,19 +244,24 @@ class CropDataModule(pl.LightningDataModule):
         labels = self.cache.labels
         if len(self.train_positions) == 0 or len(self.val_positions) == 0:
             raise ValueError(
-                f"split_by={self.split_by!r} with val_stride={self.val_stride} leaves {len(self.train_positions)} "
-                f"training and {len(self.val_positions)} validation crops from {len(set(groups.tolist()))} groups: "
+                f"split_by={self.split_by!r} with val_stride={self.val_stride} leaves "
+                f"{len(self.train_positions)} "
+                f"training and {len(self.val_positions)} validation crops from {len(set(groups.tolist()))} "
+                "groups: "
                 "both must be non-empty"
             )
         describe = lambda positions: ", ".join(  # noqa: E731
             f"{n} {name}"
             for name, n in zip(
-                self.cache.class_names, np.bincount(labels[positions], minlength=len(self.cache.class_names))
+                self.cache.class_names,
+                np.bincount(labels[positions], minlength=len(self.cache.class_names)),
+                strict=True,
             )
         )
         val_groups = len(set(groups[self.val_positions].tolist()))
         how = {
-            "group": f"group ({len(set(groups.tolist()))} groups, e.g. scans or patients; {val_groups} validate)",
+            "group": f"group ({len(set(groups.tolist()))} groups, e.g. scans or patients; "
+            f"{val_groups} validate)",
             "fold": f"fold (fold {self.val_fold} validates: {val_groups} groups)",
             "row": f"row (every {self.val_stride}th crop validates; groups are not kept apart)",
         }[self.split_by]

@@ -105,8 +105,8 @@ class CropDataset(Dataset):
         if len(self.widths_irc) != len(cached):
             raise ValueError(f"{len(self.widths_irc)} crop widths for a cache of {len(cached)} views")
         self.window_irc = []
-        for view, (width, size) in enumerate(zip(self.widths_irc, cached)):
-            if any(w > c for w, c in zip(width, size)):
+        for view, (width, size) in enumerate(zip(self.widths_irc, cached, strict=True)):
+            if any(w > c for w, c in zip(width, size, strict=True)):
                 raise ValueError(
                     f"the model's crop {list(width)} is larger than the cached crop {list(size)}"
                 )

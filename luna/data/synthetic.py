@@ -18,7 +18,7 @@ import numpy as np
 def _box(center: np.ndarray, radius_vox: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
     low = np.maximum(np.floor(center - radius_vox - 1), 0).astype(int)
     high = np.minimum(np.ceil(center + radius_vox + 2), shape).astype(int)
-    return tuple(slice(lo, hi) for lo, hi in zip(low, high))
+    return tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))
 
 
 def _grid_mm(box: tuple[slice, ...], spacing_irc: np.ndarray) -> list[np.ndarray]:

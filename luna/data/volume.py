@@ -50,7 +50,8 @@ def xyz_to_irc(
 def xyz_to_continuous_irc(
     centers_xyz: np.ndarray, origin_xyz: np.ndarray, spacing_xyz: np.ndarray, direction: np.ndarray
 ) -> np.ndarray:
-    """Millimetres ``[n, 3]`` (x, y, z) to continuous voxel indices ``[n, 3]`` float64 (I, R, C), unrounded."""
+    """Millimetres ``[n, 3]`` (x, y, z) to continuous voxel indices ``[n, 3]`` float64 (I, R, C),
+    unrounded."""
     offset = np.asarray(centers_xyz, dtype=np.float64).reshape(-1, 3) - origin_xyz
     cri = np.linalg.solve(direction, offset.T).T / spacing_xyz
     return cri[:, ::-1]
@@ -174,7 +175,8 @@ def _meta_problem(mhd_path: Path) -> str | None:
     header_size = int(header.fields.get("HeaderSize", "0") or 0)
     actual = data.stat().st_size
     if header_size >= 0 and actual != voxels + max(header_size, 0):
-        return f"its voxel file {data.name} holds {actual:,} bytes but the header ({shape}) needs {voxels + header_size:,}"
+        needed = voxels + header_size
+        return f"its voxel file {data.name} holds {actual:,} bytes but the header ({shape}) needs {needed:,}"
     return None
 
 
@@ -194,21 +196,25 @@ def _zlib_problem(data: Path, expected: int, shape: str) -> str | None:
     if not inflater.eof:
         return f"its compressed voxel file {data.name} ends early: {produced:,} of {expected:,} bytes"
     if produced != expected:
-        return f"its compressed voxel file {data.name} holds {produced:,} bytes but the header ({shape}) needs {expected:,}"
+        return (
+            f"its compressed voxel file {data.name} holds {produced:,} bytes but the header ({shape}) needs "
+            f"{expected:,}"
+        )
     return None
 
 
 def _geometry_problem(
     origin: Sequence[float], spacing: Sequence[float], direction: Sequence[float]
 ) -> str | None:
-    """Why a volume's geometry cannot place its voxels (non-finite origin, spacing <= 0, a singular direction)."""
+    """Why a volume's geometry cannot place its voxels (non-finite origin, spacing <= 0, a singular
+    direction)."""
     if not np.isfinite(origin).all():
         return f"its origin {list(origin)} is not finite"
     if not (np.isfinite(spacing).all() and (np.asarray(spacing) > 0).all()):
         return f"its spacing {list(spacing)} is not positive and finite"
     matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
     if not np.isfinite(matrix).all() or abs(np.linalg.det(matrix)) < 1e-6:
-        return f"its direction (TransformMatrix) {matrix.ravel().tolist()} is not a rotation: it cannot place the voxels"
+        return f"its direction (TransformMatrix) {matrix.ravel().tolist()} is not a rotation"
     return None
 
 

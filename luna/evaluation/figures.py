@@ -44,7 +44,7 @@ def froc_figure(result: FrocResult, title: str = "FROC") -> Figure:
     )
     interval = f" (95 % CI {band.cpm_ci[0]:.3f}-{band.cpm_ci[1]:.3f})" if band else ""
     ax.plot(result.fp_per_scan, result.sensitivity, "o", color="C3", label=f"CPM {result.cpm:.3f}{interval}")
-    for x, y in zip(result.fp_per_scan, result.sensitivity):
+    for x, y in zip(result.fp_per_scan, result.sensitivity, strict=True):
         ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xticks(result.fp_per_scan, OPERATING_POINTS)

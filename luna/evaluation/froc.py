@@ -275,7 +275,8 @@ def froc(
     for name, part in (("marks", marks), ("nodules", nodules), ("irrelevant", irrelevant)):
         if len(part.scan) and (part.scan.min() < 0 or part.scan.max() >= scan_count):
             raise ValueError(
-                f"{name}: scan indices must lie in [0, {scan_count}); found {part.scan.min()}..{part.scan.max()}"
+                f"{name}: scan indices must lie in [0, {scan_count}); found "
+                f"{part.scan.min()}..{part.scan.max()}"
             )
     if len(marks.probability) and not np.isfinite(marks.probability).all():
         raise ValueError("marks: probabilities must be finite")

@@ -66,7 +66,7 @@ class CsvColumns:
         try:
             numbers = np.asarray(values, dtype=np.float64) if values else np.empty(0)
         except ValueError:
-            for line_number, text in zip(self.line_numbers, values):
+            for line_number, text in zip(self.line_numbers, values, strict=True):
                 try:
                     float(text)
                 except ValueError:
@@ -134,8 +134,8 @@ def read_columns(path: str | Path, columns: Sequence[str], description: str = "C
     width = len(header)
     line_numbers = [number for number, row in rows if row]
     rows = [row for _, row in rows if row]
-    for line_number, row in zip(line_numbers, rows):
+    for line_number, row in zip(line_numbers, rows, strict=True):
         if len(row) != width:
             raise CsvFormatError(f"{path}, line {line_number}: expected {width} values, found {len(row)}")
-    by_position = list(zip(*rows)) if rows else [()] * width
+    by_position = list(zip(*rows, strict=True)) if rows else [()] * width
     return CsvColumns(path, line_numbers, {name: list(by_position[header.index(name)]) for name in columns})

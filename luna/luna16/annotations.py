@@ -64,7 +64,7 @@ def read_annotations(path: str | Path, unknown_diameters: bool = False) -> Annot
         allowed = (
             "a positive diameter, or a negative one for an unknown size"
             if unknown_diameters
-            else f"a positive diameter (a negative one, an unknown size, is allowed only in {IRRELEVANT_FINDINGS})"
+            else f"a positive diameter (a negative one, unknown size, is for {IRRELEVANT_FINDINGS} only)"
         )
         raise CsvFormatError(
             f"{table.path}, line {table.line_numbers[row]}, column diameter_mm: "

@@ -100,7 +100,7 @@ def _load_candidates(
     if not len(table):
         raise CsvFormatError(f"{table.path}: no candidate rows after the header")
     labels = [label.strip() for label in table.columns["class"]]
-    for line_number, label in zip(table.line_numbers, labels):
+    for line_number, label in zip(table.line_numbers, labels, strict=True):
         if label not in ("0", "1"):
             raise CsvFormatError(f"{table.path}, line {line_number}, column class: {label!r} is not 0 or 1")
     uids, centers = table.text("seriesuid"), table.xyz()

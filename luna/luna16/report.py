@@ -54,16 +54,20 @@ def table(evaluation: SubmissionScore, source: str) -> str:
         "",
         "  FP/scan  sensitivity" + ("  95 % CI" if band else ""),
     ]
-    for k, (x, y) in enumerate(zip(result.fp_per_scan, result.sensitivity)):
+    for k, (x, y) in enumerate(zip(result.fp_per_scan, result.sensitivity, strict=True)):
         interval = f"  {band.sensitivity_ci[k][0]:.3f}-{band.sensitivity_ci[k][1]:.3f}" if band else ""
         lines.append(f"  {x:>7g}  {y:>11.3f}{interval}")
     cpm = f"CPM {result.cpm:.3f}"
     if band:
-        cpm += f" (95 % CI {band.cpm_ci[0]:.3f}-{band.cpm_ci[1]:.3f}, {band.samples} bootstrap resamples of the scans, seed {band.seed})"
+        cpm += (
+            f" (95 % CI {band.cpm_ci[0]:.3f}-{band.cpm_ci[1]:.3f}, {band.samples} bootstrap resamples of the "
+            f"scans, seed {band.seed})"
+        )
     lines += [
         "",
         cpm,
-        f"nodules detected: {counts.detected} of {counts.nodules}; false positives: {counts.false_positives}; "
+        f"nodules detected: {counts.detected} of {counts.nodules}; false positives: "
+        f"{counts.false_positives}; "
         f"marks ignored on irrelevant findings: {counts.irrelevant_marks}; double detections: "
         f"{counts.double_detections}; marks over the 100-per-scan cap: {counts.capped_marks}; rows of "
         f"unevaluated series: {evaluation.unevaluated_rows}",

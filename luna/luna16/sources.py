@@ -68,7 +68,10 @@ class _Luna16Source(CropSource):
             image_paths=paths,
             groups=list(series_uids),
             folds=np.array(
-                [subset_number(path) if uid in self.scans else -1 for uid, path in zip(series_uids, paths)]
+                [
+                    subset_number(path) if uid in self.scans else -1
+                    for uid, path in zip(series_uids, paths, strict=True)
+                ]
             ),
             image=series,
             center_xyz=center_xyz,
@@ -145,8 +148,10 @@ class Luna16Malignancy(_Luna16Source):
     def _check_file(self) -> None:
         if not self.malignancy_csv.is_file():
             raise FileNotFoundError(
-                f"expected {self.malignancy_csv}, the nodules with their malignancy (the book's chapter 14 file "
-                "annotations_with_malignancy.csv, columns seriesuid,coordX,coordY,coordZ,diameter_mm,mal_bool), "
+                f"expected {self.malignancy_csv}, the nodules with their malignancy (the book's chapter 14 "
+                "file "
+                "annotations_with_malignancy.csv, columns "
+                "seriesuid,coordX,coordY,coordZ,diameter_mm,mal_bool), "
                 "but it does not exist"
             )
 
@@ -161,7 +166,7 @@ class Luna16Malignancy(_Luna16Source):
         self._check_file()
         columns = read_columns(self.malignancy_csv, self.COLUMNS, "malignancy CSV")
         label = []
-        for line, text in zip(columns.line_numbers, columns.text("mal_bool")):
+        for line, text in zip(columns.line_numbers, columns.text("mal_bool"), strict=True):
             value = {"true": 1, "1": 1, "false": 0, "0": 0}.get(text.lower())
             if value is None:
                 raise CsvFormatError(

@@ -181,8 +181,8 @@ def _crosshair(ax, row: float, column: float, size: float, aspect: float) -> Non
 
 def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure | None:
     """The most confident mistakes of each true class: axial, coronal and sagittal slices through
-    the candidate (marked, drawn at the crop's true voxel aspect, in the data's display window), the probability the
-    model gave, the series and the centre in millimetres."""
+    the candidate (marked, drawn at the crop's true voxel aspect, in the data's display window),
+    the probability the model gave, the series and the centre in millimetres."""
     rows = [
         (true_class, mistakes)
         for true_class, mistakes in enumerate(outcome.mistakes)
@@ -213,7 +213,7 @@ def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = N
                 ("coronal", i, c, spacing_i / spacing_c),
                 ("sagittal", i, r, spacing_i / spacing_r),
             )
-            for ax, (plane, row, col, aspect) in zip(panel.subplots(1, 3), planes):
+            for ax, (plane, row, col, aspect) in zip(panel.subplots(1, 3), planes, strict=True):
                 pixels = mistakes[plane][k]
                 ax.imshow(pixels, cmap="gray", vmin=low, vmax=high, aspect=aspect)
                 _crosshair(ax, row, col, size=0.12 * pixels.shape[1], aspect=aspect)

@@ -289,12 +289,15 @@ class StageMetrics(nn.Module):
             for name, value in self.scores.compute().items():
                 if name == "recall_per_class":
                     values.update(
-                        {f"recall/{cls}": float(v) for cls, v in zip(self.class_names, value.tolist())}
+                        {
+                            f"recall/{cls}": float(v)
+                            for cls, v in zip(self.class_names, value.tolist(), strict=True)
+                        }
                     )
                 else:
                     values[name] = float(value)
         values["loss"] = float(self.loss.compute())  # NaN when a stage saw no sample
-        for name, class_loss in zip(self.loss_names, self.class_losses):
+        for name, class_loss in zip(self.loss_names, self.class_losses, strict=True):
             values[name] = float(class_loss.compute())
         return {f"{self.stage}/{name}": value for name, value in values.items()}
 

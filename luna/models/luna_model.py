@@ -183,7 +183,7 @@ class MultiViewLunaModel(nn.Module):
     def forward(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if len(views) != len(self.trunks):
             raise ValueError(f"MultiViewLunaModel has {len(self.trunks)} trunks but got {len(views)} views")
-        features = torch.cat([trunk(view) for trunk, view in zip(self.trunks, views)], dim=1)
+        features = torch.cat([trunk(view) for trunk, view in zip(self.trunks, views, strict=True)], dim=1)
         logits = self.head_linear(features)
         return logits, self.head_softmax(logits)
 

@@ -110,7 +110,7 @@ class PointsCsv(CropSource):
         centers = columns.xyz()
         lines = columns.line_numbers
         first_line = {}
-        for line, name in zip(lines, images):
+        for line, name in zip(lines, images, strict=True):
             first_line.setdefault(name, line)
         paths = [self.path.parent / image_id for image_id in image_ids]
         for k, image_path in enumerate(paths):
@@ -123,7 +123,9 @@ class PointsCsv(CropSource):
         )
         groups, folds = [""] * len(image_ids), np.full(len(image_ids), NO_FOLD, dtype=np.int64)
         seen: dict[int, int] = {}
-        for row, (k, group, fold) in enumerate(zip(image.tolist(), groups_of_rows, folds_of_rows.tolist())):
+        for row, (k, group, fold) in enumerate(
+            zip(image.tolist(), groups_of_rows, folds_of_rows.tolist(), strict=True)
+        ):
             if k in seen and (groups[k], folds[k]) != (group, int(fold)):
                 raise CsvFormatError(
                     f"{self.path}, line {lines[row]}, column group/fold: image {images[row]} has "

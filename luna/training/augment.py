@@ -57,7 +57,8 @@ class Augmentation:  # not frozen: Lightning walks hyperparameters with apply_to
 def window_crop(
     crops: torch.Tensor, window_irc: torch.Tensor, width_irc: tuple[int, int, int]
 ) -> torch.Tensor:
-    """The model's crops ``[B, C, *width_irc]`` cut exactly (no interpolation) at ``window_irc`` ``[B, 3]``."""
+    """The model's crops ``[B, C, *width_irc]`` cut exactly (no interpolation) at ``window_irc``
+    ``[B, 3]``."""
     if tuple(crops.shape[2:]) == tuple(width_irc):
         return crops
     axes = [window_irc[:, k, None] + torch.arange(w, device=crops.device) for k, w in enumerate(width_irc)]
@@ -181,7 +182,8 @@ def _resample(
     starts = window_irc.float()
     width = torch.tensor(width_irc, device=crops.device, dtype=torch.float32)
     size = torch.tensor(context, device=crops.device, dtype=torch.float32)
-    # model-crop normalised coords u -> context normalised coords: u * w/W + (2 * start + w)/W - 1, in (x, y, z)
+    # model-crop normalised coords u -> context normalised coords, in (x, y, z):
+    # u * w/W + (2 * start + w)/W - 1
     ratio = (width / size).flip(0)
     center = ((2 * starts + width) / size - 1).flip(1)
     theta = transform.clone()

@@ -54,7 +54,8 @@ def read_checkpoint(
     except pickle.UnpicklingError as error:
         if not trust:
             raise UntrustedCheckpointError(
-                f"{path} holds pickled objects that torch does not load safely ({str(error).splitlines()[0]}); "
+                f"{path} holds pickled objects that torch does not load safely "
+                f"({str(error).splitlines()[0]}); "
                 f"loading it could run code. If you trust this file, pass {trust_option}=true"
             ) from None
         log.warning("loading %s with full unpickling (%s=true)", path, trust_option)

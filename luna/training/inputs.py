@@ -76,21 +76,24 @@ class CropInputs:
     def describe(self) -> str:
         """``32x48x48 voxels at 1.25x0.7x0.7 mm`` (views joined by ``+``)."""
         spacings = self.spacings_mm or (None,) * len(self.widths_irc)
-        return " + ".join(_describe(width, spacing) for width, spacing in zip(self.widths_irc, spacings))
+        return " + ".join(
+            _describe(width, spacing) for width, spacing in zip(self.widths_irc, spacings, strict=True)
+        )
 
     def differences(self, given: CropInputs) -> list[str]:
         """What ``given`` (the data's crops) changes of these (a network's): one phrase per
         option, naming it; parts that either side leaves unknown are not compared."""
         if len(given.widths_irc) != len(self.widths_irc):
             return [
-                f"{len(self.widths_irc)} view(s) against the data's {len(given.widths_irc)} (data.extra_views)"
+                f"{len(self.widths_irc)} view(s) against the data's {len(given.widths_irc)} "
+                "(data.extra_views)"
             ]
         found = []
-        for view, (mine, theirs) in enumerate(zip(self.widths_irc, given.widths_irc)):
+        for view, (mine, theirs) in enumerate(zip(self.widths_irc, given.widths_irc, strict=True)):
             if mine != theirs:
                 found.append(f"{_option(view, 'width_irc')}={list(mine)}, the data gives {list(theirs)}")
         if self.spacings_mm is not None and given.spacings_mm is not None:
-            for view, (mine, theirs) in enumerate(zip(self.spacings_mm, given.spacings_mm)):
+            for view, (mine, theirs) in enumerate(zip(self.spacings_mm, given.spacings_mm, strict=True)):
                 if not _same(mine, theirs):
                     found.append(
                         f"{_option(view, 'spacing_mm')}={None if mine is None else list(mine)}, the data "
@@ -103,7 +106,8 @@ class CropInputs:
         ):
             found.append(
                 f"data.intensity_window={list(self.intensity[:2])} and data.intensity_scale="
-                f"{self.intensity[2]:g}, the data gives {list(given.intensity[:2])} and {given.intensity[2]:g}"
+                f"{self.intensity[2]:g}, the data gives {list(given.intensity[:2])} and "
+                f"{given.intensity[2]:g}"
             )
         return found
 
@@ -111,7 +115,9 @@ class CropInputs:
 def _same(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> bool:
     if a is None or b is None:
         return a is b
-    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9) for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9) for x, y in zip(a, b, strict=True)
+    )
 
 
 def _from_run_config(path: Path, views: int) -> tuple[list | None, list | None]:

@@ -92,10 +92,11 @@ class LunaClassifier(pl.LightningModule):
             cuts its input the same way.
         num_classes: classes of the data (linked to the data by the CLI); 2 for LUNA16 candidates.
         class_names: one name per class for logs and figures; default from the data.
-        augmentation: random training transforms, applied to the batch on the device.
+        augmentation: random training transforms, applied to the batch on the device; None: none.
         mixup_alpha: mixup of training crops with Beta(alpha, alpha) weights; 0 disables it.
         label_smoothing: cross-entropy label smoothing epsilon for training.
-        channels_last: run the network on ``channels_last_3d`` tensors (the layout oneDNN and cuDNN 3D convolutions prefer).
+        channels_last: run the network on ``channels_last_3d`` tensors (the layout oneDNN and cuDNN
+            3D convolutions prefer).
         compile: run the network through ``torch.compile`` (the weights and checkpoints stay the
             plain network's). The first steps compile (a minute or more); worth it for long GPU runs.
             A choice of the command, like the precision: not saved with the weights.
@@ -117,7 +118,7 @@ class LunaClassifier(pl.LightningModule):
         input_intensity: list[float] | None = None,
         num_classes: int = 2,
         class_names: list[str] | None = None,
-        augmentation: Augmentation = Augmentation(),
+        augmentation: Augmentation | None = None,
         mixup_alpha: float = 0.0,
         label_smoothing: float = 0.0,
         channels_last: bool = True,
@@ -136,7 +137,7 @@ class LunaClassifier(pl.LightningModule):
         self.network = network if network is not None else default_network(self.input_widths_irc, num_classes)
         check_network_views(self.network, self.input_widths_irc)
         self.optimizer_factory = optimizer
-        self.augmentation = augmentation
+        self.augmentation = augmentation or Augmentation()
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
         if init_checkpoint:
@@ -208,7 +209,7 @@ class LunaClassifier(pl.LightningModule):
             )
         inputs = [
             ViewCrops(view["crop"].float(), view["window_irc"], width, view["offset_irc"], view["voxel_mm"])
-            for view, width in zip(views, self.input_widths_irc)
+            for view, width in zip(views, self.input_widths_irc, strict=True)
         ]
         if self._attached_trainer() is not None and self.trainer.training:
             crops = augment_views(inputs, self.augmentation)
@@ -216,7 +217,7 @@ class LunaClassifier(pl.LightningModule):
             crops = [window_crop(view.crops, view.window_irc, view.width_irc) for view in inputs]
         if self.hparams.channels_last:
             crops = [crop.contiguous(memory_format=torch.channels_last_3d) for crop in crops]
-        extra = [{**view, "crop": crop} for view, crop in zip(views[1:], crops[1:])]
+        extra = [{**view, "crop": crop} for view, crop in zip(views[1:], crops[1:], strict=True)]
         return {**batch, "crop": crops[0], "extra_views": extra}
 
     def _attached_trainer(self) -> pl.Trainer | None:
@@ -320,7 +321,8 @@ class LunaClassifier(pl.LightningModule):
     def predict_step(
         self, batch: CropBatch, batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, np.ndarray]:
-        """Each sample's cache ``index`` and class ``probabilities``, as numpy copies (no shared memory kept)."""
+        """Each sample's cache ``index`` and class ``probabilities``, as numpy copies (no shared
+        memory kept)."""
         return {
             "index": batch["index"].cpu().numpy().copy(),
             "probabilities": self.probabilities(self.network_input(batch)).cpu().numpy(),
@@ -343,9 +345,12 @@ class LunaClassifier(pl.LightningModule):
         step = int(self.trainer.strategy.reduce(self._first_nonfinite_step.float(), reduce_op="max"))
         if step >= 0:
             raise DivergenceError(
-                f"the training loss became NaN or infinite at step {step} (epoch {self.current_epoch}); training "
-                "stopped. The weights after that step are not usable, so no checkpoint was written for it: the "
-                "last good one is checkpoints/last.ckpt (the end of the previous epoch). Lower the learning rate "
+                f"the training loss became NaN or infinite at step {step} (epoch {self.current_epoch}); "
+                "training "
+                "stopped. The weights after that step are not usable, so no checkpoint was written for it: "
+                "the "
+                "last good one is checkpoints/last.ckpt (the end of the previous epoch). Lower the learning "
+                "rate "
                 "or check the data."
             )
 

@@ -3,10 +3,10 @@
 The cache key hashes the source's inputs (``CropSource.fingerprint``: the CSV bytes and settings),
 the identity of every image file (a MetaImage's header bytes and its voxel file's size and
 modification time; any other file's size and modification time), the views (each crop's size
-and spacing), the intensity window and scale and ``FORMAT_VERSION``. A changed input gives a new cache; an unchanged one is
-reused without opening a volume. Hashing 120 GB of voxels is not an option, so a volume rewritten
-in place counts as changed (its modification time moves) and a copy that keeps times (``cp -p``,
-``rsync -a``) reuses the cache.
+and spacing), the intensity window and scale and ``FORMAT_VERSION``. A changed input gives a new
+cache; an unchanged one is reused without opening a volume. Hashing 120 GB of voxels is not an
+option, so a volume rewritten in place counts as changed (its modification time moves) and a copy
+that keeps times (``cp -p``, ``rsync -a``) reuses the cache.
 
 Every file is written under a temporary name and renamed, and an image whose record exists is
 never cut again, so a build killed at any moment resumes and ends with the same bytes as an
@@ -18,19 +18,11 @@ read-only storage is used as it is.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import hashlib
 import json
 import logging
-import multiprocessing
-import os
 import shutil
-import signal
-import sys
-import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +43,7 @@ from luna.data.cache.read import (
 )
 from luna.data.crops import View
 from luna.data.cutting import cut_crops
+from luna.data.jobs import run_jobs
 from luna.data.table import CropSource, CropTable, file_name_of
 from luna.data.volume import (
     HU_WINDOW,
@@ -75,7 +68,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """How crops are cut: one crop per view around each centre, intensities ``round(clip(v, window) * scale)``.
+    """How crops are cut: one crop per view around each centre, intensities
+    ``round(clip(v, window) * scale)``.
 
     Args:
         views: the crops of each row, as the cache keeps them (``View.width_irc`` is the cached
@@ -116,12 +110,14 @@ def _write_atomic(path: Path, write: Callable[[object], None], size_hint: int) -
         raise CacheBuildError(error.strerror) from None
 
 
-def _write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path, payload: dict) -> None:
+    """A JSON part of a cache, atomically; a full disk is a ``CacheBuildError``."""
     data = (json.dumps(payload) + "\n").encode()
     _write_atomic(path, lambda handle: handle.write(data), len(data))
 
 
-def _write_npy(path: Path, array: np.ndarray) -> None:
+def write_npy(path: Path, array: np.ndarray) -> None:
+    """An array part of a cache, atomically; a full disk is a ``CacheBuildError``."""
     _write_atomic(path, lambda handle: np.save(handle, array, allow_pickle=False), array.nbytes + 128)
 
 
@@ -184,12 +180,12 @@ def _cut_image(
     except ScanReadError as error:
         if not skip_bad_scans:
             raise
-        _write_json(record, {"error": str(error)})
+        write_json(record, {"error": str(error)})
         return image_path.name
     center_irc = xyz_to_irc_many(centers_xyz, volume.origin_xyz, volume.spacing_xyz, volume.direction)
     inside = ((center_irc >= 0) & (center_irc < np.asarray(volume.voxels.shape))).all(axis=1)
     views = []
-    for k, (view, npy) in enumerate(zip(settings.views, npys)):
+    for k, (view, npy) in enumerate(zip(settings.views, npys, strict=True)):
         try:
             crops, offset = cut_crops(
                 volume, centers_xyz[inside], view, settings.intensity_window, settings.intensity_scale
@@ -198,74 +194,21 @@ def _cut_image(
             raise CacheBuildError(
                 f"image {volume.name} ({image_path}), {settings.view_name(k)}: {error}"
             ) from None
-        _write_npy(npy, crops)
+        write_npy(npy, crops)
         views.append({"offset_irc": offset.tolist(), "checksum": [crop_checksum(crop) for crop in crops]})
-    _write_json(
+    write_json(
         record,
         {
             "error": None,
-            "center_irc": [irc if keep else None for irc, keep in zip(center_irc.tolist(), inside.tolist())],
+            "center_irc": [
+                irc if keep else None for irc, keep in zip(center_irc.tolist(), inside.tolist(), strict=True)
+            ],
             "spacing_irc": volume.spacing_xyz[::-1].tolist(),
             "shape_irc": list(volume.voxels.shape),
             "views": views,
         },
     )
     return image_path.name
-
-
-def _die_with_parent() -> None:
-    """Pool initializer: a build worker ends when the builder does (even when it is SIGKILLed)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the parent died before the call above took effect
-        os._exit(1)
-
-
-class _Progress:
-    """Logs "N/M images cut" as images finish, at most every 10 seconds, and at the end."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.last = total, 0, time.monotonic()
-
-    def advance(self) -> None:
-        self.done += 1
-        if self.done == self.total or time.monotonic() - self.last > 10:
-            log.info("crop cache: %d/%d images cut", self.done, self.total)
-            self.last = time.monotonic()
-
-
-def _run_jobs(jobs: list[tuple], processes: int) -> None:
-    """Run ``_cut_image`` jobs in-process (processes <= 1) or in a pool; the first error wins."""
-    progress = _Progress(len(jobs))
-    if processes <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            _cut_image(*job)
-            progress.advance()
-        return
-    # Fork where there is fork: workers start at once and share this process's pages instead of
-    # re-importing the caller's __main__ (the CLI's, with torch) as spawn and forkserver do. Freezing
-    # the collector keeps the children's GC off the parent's objects, so those pages stay shared
-    # (not copied); each job carries only its own image's rows.
-    context = multiprocessing.get_context(
-        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    )
-    gc.freeze()
-    try:
-        with ProcessPoolExecutor(
-            max_workers=processes, mp_context=context, initializer=_die_with_parent
-        ) as pool:
-            pending = {pool.submit(_cut_image, *job) for job in jobs}
-            while pending:
-                finished, pending = wait(pending, timeout=10, return_when=FIRST_EXCEPTION)
-                for future in finished:
-                    if future.exception() is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise future.exception()
-                    progress.advance()
-    finally:
-        gc.unfreeze()
 
 
 # --------------------------------------------------------------------------- build
@@ -300,7 +243,8 @@ def build_cache(
 
     Raises:
         CacheBuildError: unwritable folder or full disk (naming the file), a native crop wider
-            than its volume, a physical view larger than every volume, or no row left to serve. The error is also left in the cache folder for
+            than its volume, a physical view larger than every volume, or no row left to serve. The
+            error is also left in the cache folder for
             processes waiting on this build (``open_built_cache``).
         ScanReadError: an unreadable volume when ``skip_bad_scans`` is false.
     """
@@ -312,11 +256,11 @@ def build_cache(
     try:
         return _build(source, path, settings, processes, skip_bad_scans)
     except Exception as error:
-        _leave_failure(path, error, existed)
+        leave_failure(path, error, existed)
         raise
 
 
-def _leave_failure(path: Path, error: Exception, existed: bool) -> None:
+def leave_failure(path: Path, error: Exception, existed: bool) -> None:
     """After a failed build: a folder this build made and filled with no crop goes (nobody would
     reuse it); one holding crops stays, for the next build to resume, with the error in
     ``build-failed.txt`` for processes waiting on this build (``open_built_cache``)."""
@@ -432,7 +376,7 @@ def _build(
         len(present),
         processes,
     )
-    _run_jobs(jobs, processes)
+    run_jobs(_cut_image, jobs, processes, "crop cache", "images cut")
     records = {
         k: json.loads((images_dir / f"{files[k]}.json").read_text())
         for k in present
@@ -554,7 +498,7 @@ def _assemble_columns(
 def _write_columns(path: Path, columns: dict[str, np.ndarray]) -> None:
     (path / COLUMNS_DIR).mkdir(exist_ok=True)
     for name, values in columns.items():
-        _write_npy(path / COLUMNS_DIR / f"{name}.npy", np.ascontiguousarray(values))
+        write_npy(path / COLUMNS_DIR / f"{name}.npy", np.ascontiguousarray(values))
 
 
 def _write_manifest(
@@ -600,11 +544,11 @@ def _write_manifest(
         "crops": crops,
         "crops_per_class": counts.tolist(),
     }
-    _write_json(path / MANIFEST, manifest)
+    write_json(path / MANIFEST, manifest)
     log.info(
         "crop cache %s complete: %d crops (%s), %s on disk",
         path,
         crops,
-        ", ".join(f"{n} {name}" for n, name in zip(counts.tolist(), table.class_names)),
+        ", ".join(f"{n} {name}" for n, name in zip(counts.tolist(), table.class_names, strict=True)),
         describe_bytes(folder_size(path)),
     )

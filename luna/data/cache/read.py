@@ -215,7 +215,8 @@ class CropCache:
         return crop
 
     def _recover(self, k: int, image: int, view: int) -> np.ndarray:
-        """Cut crop ``k`` again from its volume (its cached bytes are damaged) and mark the image for rebuilding."""
+        """Cut crop ``k`` again from its volume (its cached bytes are damaged) and mark the image for
+        rebuilding."""
         from luna.data.cutting import cut_crops  # SimpleITK only in the rare process that needs it
         from luna.data.volume import Volume
 
