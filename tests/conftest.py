@@ -51,3 +51,27 @@ def points_dir(tmp_path_factory) -> Path:
         tmp_path_factory.mktemp("points") / "data",
         PointsPhantomSpec(patients=6, findings_per_image=5, seed=3, shape_irc=(40, 64, 64)),
     )
+
+
+@pytest.fixture(scope="session")
+def segmentation_run(phantom_dir, tmp_path_factory):
+    """A segmentation trained a few steps through luna.fit on the test phantom: config, run, CLI."""
+    from luna.cli.fit import main
+    from tests.helpers import segment_config
+
+    folder = tmp_path_factory.mktemp("segment")
+    config = segment_config(folder / "segment.yaml", phantom_dir, folder / "cache", folder / "runs")
+    cli = main(["--config", str(config)])
+    return config, folder / "runs" / "version_0", cli
+
+
+@pytest.fixture(scope="session")
+def classifier_run(phantom_dir, cache_root, tmp_path_factory):
+    """A classifier trained a few steps through luna.fit on the test phantom: config, last checkpoint."""
+    from luna.cli.fit import main
+    from tests.helpers import tiny_config
+
+    folder = tmp_path_factory.mktemp("classifier")
+    config = tiny_config(folder / "tiny.yaml", phantom_dir, cache_root, folder / "runs")
+    main(["--config", str(config)])
+    return config, folder / "runs" / "version_0" / "checkpoints" / "last.ckpt"

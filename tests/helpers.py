@@ -72,3 +72,29 @@ def run_cli(args: list[str], capsys, monkeypatch, command=None) -> tuple[int, st
 
 def last_error_line(stderr: str) -> str:
     return next(line for line in reversed(stderr.strip().splitlines()) if line.startswith("error:"))
+
+
+def segment_config(path: Path, data_dir: Path, cache_dir: Path, run_dir: Path, **data) -> Path:
+    config = {
+        "model": {"class_path": "luna.segmentation.module.SegmentationModule", "init_args": {}},
+        "data": {
+            "class_path": "luna.luna16.segmentation.Luna16SegmentationDataModule",
+            "init_args": {
+                "data_dir": str(data_dir),
+                "cache_dir": str(cache_dir),
+                "phantom": None,
+                "spacing_mm": [1.5, 1.5, 1.5],
+                "patch_irc": [32, 32, 32],
+                "batch_size": 2,
+                "num_workers": 0,
+                "samples_per_epoch": 8,
+                "val_stride": 4,
+                **data,
+            },
+        },
+        "checkpoint": {"monitor": "val/nodule_recall", "mode": "max"},
+        "trainer": {"max_epochs": 1, "default_root_dir": str(run_dir), "enable_progress_bar": False},
+        "loggers": ["csv"],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -244,6 +244,7 @@ def test_two_runs_started_together_never_share_a_run_folder(tmp_path):
     assert sorted(versions) == list(range(8))
 
 
+@pytest.mark.subprocess
 def test_two_commands_with_one_root_write_two_runs(phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -443,14 +444,14 @@ def test_a_failed_fit_leaves_no_empty_run_folder(phantom_copy, tmp_path, capsys,
 def test_validate_of_a_checkpoint_in_a_read_only_run_writes_under_default_root_dir(
     trained, tmp_path, caplog, monkeypatch
 ):
-    from luna.cli import lightning_cli
+    from luna.cli import trainer_options
     from luna.cli.fit import main
 
     config, checkpoint = trained
     run = checkpoint.parent.parent
-    real = lightning_cli.writable_problem
+    real = trainer_options.writable_problem
     monkeypatch.setattr(
-        lightning_cli,
+        trainer_options,
         "writable_problem",  # root ignores permissions: refuse as a read-only mount
         lambda folder: "read-only file system" if Path(folder) == run else real(folder),
     )

@@ -98,7 +98,7 @@ KILLER = textwrap.dedent(
         if calls == int(sys.argv[3]):
             os.kill(os.getpid(), signal.SIGKILL)  # the temporary file is written, not yet renamed
         real_replace(src, dst)
-    cache_build.os.replace = replace_then_die
+    os.replace = replace_then_die  # every atomic write renames through it (luna.io.files)
     cache_build.build_cache(Luna16Candidates(sys.argv[1]), sys.argv[2], SETTINGS)
     """
 )

@@ -48,7 +48,7 @@ def test_print_config_loads_back(config, tmp_path, capsys):
         main(["--config", str(config), "--model.label_smoothing=0.1", "--print_config"])
     printed = capsys.readouterr().out
     (tmp_path / "printed.yaml").write_text(printed)
-    assert yaml.safe_load(printed)["model"]["label_smoothing"] == 0.1
+    assert yaml.safe_load(printed)["model"]["init_args"]["label_smoothing"] == 0.1
     with pytest.raises(SystemExit):
         main(["--config", str(tmp_path / "printed.yaml"), "--print_config"])
     assert capsys.readouterr().out == printed

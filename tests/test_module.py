@@ -54,15 +54,17 @@ def test_sanity_check_does_not_leak_into_validation_metrics(datamodule, tmp_path
         assert f"val/{name}" in run.callback_metrics
 
 
-def test_predict_returns_plain_copies_of_indices_and_probabilities(datamodule, tmp_path):
+def test_predict_returns_plain_copies_of_images_centres_and_probabilities(datamodule, tmp_path):
     import numpy as np
 
     run = trainer(tmp_path)
     batches = run.predict(LunaClassifier(), datamodule=datamodule)
-    indices = np.concatenate([b["index"] for b in batches])
-    assert indices.tolist() == datamodule.val_dataset.positions.tolist()
+    dataset = datamodule.val_dataset
+    assert np.concatenate([b["image"] for b in batches]).tolist() == dataset.images.tolist()
+    centers = np.concatenate([b["center_xyz"] for b in batches])
+    assert np.array_equal(centers, np.asarray(datamodule.cache.center_xyz[dataset.positions]))
     first = batches[0]
-    assert isinstance(first["index"], np.ndarray) and isinstance(first["probabilities"], np.ndarray)
+    assert all(isinstance(first[key], np.ndarray) for key in ("image", "center_xyz", "probabilities"))
     assert first["probabilities"].shape == (8, 2) and np.allclose(first["probabilities"].sum(1), 1)
 
 

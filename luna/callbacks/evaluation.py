@@ -26,6 +26,8 @@ class EvaluationSettings(pl.Callback):
             probability is their mean.
         prior_correction: give probabilities at the natural class ratio of the training data.
         mistakes_shown: most confident mistakes per true class in the montage.
+        saliency: overlay where the model looked on the mistakes (montage and W&B table); it
+            costs a few hundred forward passes per mistake shown at each validation.
         ensemble: more checkpoints of the same model (the folds of a cross-validation, the seeds
             of a configuration): validate, test and predict average their probabilities with the
             evaluated one's (``--ckpt_path``).
@@ -38,15 +40,18 @@ class EvaluationSettings(pl.Callback):
         prior_correction: bool = False,
         mistakes_shown: int = 8,
         ensemble: list[str] | None = None,
+        saliency: bool = False,
     ) -> None:
-        self.evaluation = EvaluationChoices(threshold, tta_flips, prior_correction, mistakes_shown)
+        self.evaluation = EvaluationChoices(threshold, tta_flips, prior_correction, mistakes_shown, saliency)
         self.ensemble = list(ensemble or [])
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not isinstance(pl_module, LunaClassifier):
-            raise TypeError(
-                f"the evaluation settings configure a LunaClassifier, not {type(pl_module).__name__}"
-            )
+        if not isinstance(pl_module, LunaClassifier):  # the segmentation evaluates with its own threshold
+            if self.ensemble:
+                raise ValueError(
+                    f"evaluation.ensemble averages classifiers; {type(pl_module).__name__} is not one"
+                )
+            return
         pl_module.configure_evaluation(self.evaluation)
         if not self.ensemble:
             return

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from luna.data.contract import crop_data
+from luna.data.contract import image_data
 from luna.io.csvfile import XYZ_COLUMNS, probability_columns
 from luna.io.files import writable_problem, write_atomic, write_json_atomic
 
@@ -76,10 +76,15 @@ class PredictionCsvWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ):
-        uids, centers = crop_data(trainer).identify(prediction["index"])
-        probabilities = prediction["probabilities"]
+        """A batch's rows: ``prediction`` holds each row's ``image`` number, ``center_xyz`` (mm)
+        and class ``probabilities`` (the classifier: one row per crop; the segmentation: one per
+        candidate found in the batch's volume)."""
+        ids = image_data(trainer).image_ids
+        uids = [ids[image] for image in np.asarray(prediction["image"]).tolist()]
+        probabilities = np.asarray(prediction["probabilities"])
         if probabilities.shape[1] == 2:
             probabilities = probabilities[:, 1:]
+        centers = np.asarray(prediction["center_xyz"], dtype=np.float64).reshape(-1, 3)
         with self._part(trainer, trainer.global_rank).open("a", newline="") as handle:
             writer = csv.writer(handle)
             for uid, xyz, values in zip(
@@ -87,7 +92,10 @@ class PredictionCsvWriter(BasePredictionWriter):
             ):
                 writer.writerow([uid, *map(repr, xyz), *map(repr, values)])
         self.rows_written += len(uids)
-        self._images.update(uids)
+        predicted = prediction.get(
+            "volumes", prediction["image"]
+        )  # the segmentation names volumes without rows
+        self._images.update(ids[image] for image in np.asarray(predicted).tolist())
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.strategy.barrier("prediction parts written")
@@ -102,7 +110,7 @@ class PredictionCsvWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             path = self.resolved_path(trainer)
             parts = [self._part(trainer, rank) for rank in range(trainer.world_size)]
-            data = crop_data(trainer)
+            data = image_data(trainer)
             names = data.class_names
             header = (
                 ",".join([data.image_id_column, *XYZ_COLUMNS, *probability_columns(names)]) + "\r\n"

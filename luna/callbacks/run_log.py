@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # (metric, label) in the order a line shows them; absent metrics are left out
 SHOWN = (
+    ("dice", "Dice"),
+    ("nodule_recall", "nodule recall"),
+    ("candidates_per_scan", "candidates/scan"),
     ("f1", "F1"),
     ("auroc", "AUROC"),
     ("precision", "precision"),
@@ -37,6 +40,8 @@ def describe_metrics(metrics: dict[str, float], stage: str, threshold: float | N
         if value is None:
             continue
         text = f"{label} {float(value):.3f}"
+        if name == "dice" and threshold is not None:
+            text += f" (at P > {threshold:g})"
         if name == "f1":
             text += f" (at P >= {threshold:g})" if threshold is not None else " (macro)"
         if name == "f1_best":

@@ -30,3 +30,14 @@ def integer_list(
         return values
 
     return parse
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
 
 from pytorch_lightning import Callback
+from pytorch_lightning.cli import LightningArgumentParser
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from luna.cli.console import setup_logging
 from luna.cli.errors import run_command
-from luna.cli.lightning_cli import DEFAULT_CONFIG, SUBCOMMANDS, LunaCLI, RunConfig, build_cli
+from luna.cli.lightning_cli import DEFAULT_CONFIG, SUBCOMMANDS, LunaCLI, RunConfig
 from luna.cli.parser import LunaArgumentParser
 from luna.cli.run_folder import discard_unused_runs, forget_claimed_runs
 from luna.data.cache.read import CacheBuildError
 from luna.data.volume import ScanReadError
-from luna.points import datamodule as _points  # noqa: F401  (listed among the data's known subclasses)
+from luna.luna16 import datamodule as _luna16_crops  # noqa: F401  (the known subclasses, by short name:
+from luna.luna16 import segmentation as _luna16_volumes  # noqa: F401  --data.help LunaDataModule,
+from luna.points import datamodule as _points  # noqa: F401  --model.help SegmentationModule)
+from luna.segmentation import module as _segmentation  # noqa: F401
 from luna.training.module import DivergenceError
 
 USAGE = "python -m luna.fit [fit|validate|test|predict] [--config FILE ...] [--section.key=VALUE ...]"
@@ -40,6 +45,45 @@ SUBCOMMAND_HELP = {
 }
 # what a user can cause and fix, besides bad values and files (ValueError, OSError): one line by `cli`
 USER_ERRORS = (CacheBuildError, ScanReadError, DivergenceError)
+
+
+def build_cli(
+    cli_class: type[LunaCLI],
+    args: list[str],
+    parser_class: type[LightningArgumentParser],
+    parser_kwargs: dict,
+    **cli_kwargs,
+) -> LunaCLI:
+    """``cli_class`` over luna's classifier and data (the one construction behind ``luna.fit`` and
+    ``luna.prepare``); ``parser_kwargs`` name configs/default.yaml as the default config file of
+    the parser that reads the sections (each subcommand's, or the only one)."""
+    from pytorch_lightning import LightningDataModule, LightningModule
+
+    parser_class.argv = [arg for arg in args if arg not in SUBCOMMANDS]
+    # By design the module, not the DataModule, gives batches their final form on the device.
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+    # Lightning 2.6's own use of torch's pytree API, on every command: nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    # luna passes the command line to LightningCLI itself (the subcommand made explicit, sys.argv left
+    # alone), which Lightning warns about as if it were a notebook's mistake; and luna's epoch lines
+    # carry the training loss, so an epoch shorter than log_every_n_steps loses nothing
+    warnings.filterwarnings(
+        "ignore", message="LightningCLI's args parameter is intended to run from within Python"
+    )
+    warnings.filterwarnings(
+        "ignore", message="The number of training batches .* is smaller than the logging interval"
+    )
+    return cli_class(
+        LightningModule,  # the task: configs/default.yaml's LunaClassifier, or a config's own
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_class=parser_class,
+        auto_configure_optimizers=False,  # the module's own --model.optimizer, not a second top-level one
+        parser_kwargs=parser_kwargs,
+        args=args,
+        **cli_kwargs,
+    )
 
 
 def main(args: list[str] | None = None, extra_callbacks: list[Callback] | None = None) -> LunaCLI:

@@ -3,21 +3,18 @@ checkpoints checked against the data before they are loaded."""
 
 from __future__ import annotations
 
+import importlib
 import logging
-import sys
-import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning import Trainer
-from pytorch_lightning.callbacks import ModelSummary, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
 from luna.callbacks.candidate_table import CandidateTable
-from luna.callbacks.checkpoint import AtomicCheckpointIO, RunCheckpoint
+from luna.callbacks.checkpoint import RunCheckpoint
 from luna.callbacks.evaluation import EvaluationSettings
 from luna.callbacks.figures import ValidationFigures
 from luna.callbacks.learning_rate import LearningRateLog
@@ -25,26 +22,15 @@ from luna.callbacks.predictions import PredictionCsvWriter
 from luna.callbacks.run_log import RunLog
 from luna.cli.parser import FullHelp
 from luna.cli.run_folder import LoggerName, run_loggers
-from luna.io.files import writable_problem
-from luna.training.checkpoints import check_fits, read_checkpoint
+from luna.cli.trainer_options import CHECKPOINT_KEYWORDS, checkpoint_plugins, console_options, evaluated_run
+from luna.segmentation.module import SegmentationModule
+from luna.training.checkpoints import check_fits, check_task, read_checkpoint, task_of
 from luna.training.inputs import CropInputs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = resources.files("luna.configs") / "default.yaml"  # configs/, installed as package data
-CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's names for checkpoints of this process
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-
-def run_of_checkpoint(ckpt_path: str | None) -> Path | None:
-    """The luna run folder a checkpoint was written in (``<run>/checkpoints/x.ckpt`` beside
-    ``<run>/config.yaml``), or None (no checkpoint, or one from elsewhere)."""
-    if not ckpt_path or ckpt_path in CHECKPOINT_KEYWORDS:
-        return None
-    folder = Path(ckpt_path).resolve().parent
-    return (
-        folder.parent if folder.name == "checkpoints" and (folder.parent / "config.yaml").is_file() else None
-    )
 
 
 class RunConfig(SaveConfigCallback):
@@ -99,22 +85,34 @@ class LunaCLI(LightningCLI):
             "at the end; all: every one as it is written)",
         )
         parser.add_lightning_class_args(CandidateTable, "candidate_table")
-        parser.link_arguments("data.input_widths_irc", "model.input_widths_irc", apply_on="instantiate")
-        parser.link_arguments("data.input_spacings_mm", "model.input_spacings_mm", apply_on="instantiate")
-        parser.link_arguments("data.input_intensity", "model.input_intensity", apply_on="instantiate")
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        # what the network takes and predicts follows the data (both tasks' modules take these)
+        for linked in (
+            "input_widths_irc",
+            "input_spacings_mm",
+            "input_intensity",
+            "num_classes",
+            "class_names",
+        ):
+            parser.link_arguments(f"data.{linked}", f"model.init_args.{linked}", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """Parse, then read a ``--ckpt_path`` safely (before Lightning loads its hyperparameters):
         a missing, empty, truncated or untrusted file is one line here, not a traceback."""
         super().parse_arguments(parser, args)
         self._checkpoint_hparams: dict | None = None
+        self._checkpoint_task = None
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and path not in CHECKPOINT_KEYWORDS:
             trusted = "(none: Lightning loads only what torch loads safely)"
-            self._checkpoint_hparams = read_checkpoint(path, trust_option=trusted).get("hyper_parameters", {})
+            checkpoint = read_checkpoint(path, trust_option=trusted)
+            self._checkpoint_hparams = checkpoint.get("hyper_parameters", {})
+            self._checkpoint_task = task_of(checkpoint)
+            # Checked here: Lightning next replaces the configured model class by the checkpoint's.
+            module_name, _, class_name = self.config[subcommand]["model"]["class_path"].rpartition(".")
+            model_class = getattr(importlib.import_module(module_name), class_name)
+            expected = "segmentation" if issubclass(model_class, SegmentationModule) else "classification"
+            check_task(path, self._checkpoint_task, expected, "--ckpt_path")
 
     def before_fit(self) -> None:
         self._check_checkpoint()
@@ -132,12 +130,13 @@ class LunaCLI(LightningCLI):
         """A checkpoint trained for other classes or other crops (sizes, spacings, intensities)
         than the data gives is one line, before it is loaded: not a size mismatch deep inside
         ``load_state_dict``, and never probabilities of crops it was not trained on."""
-        if not self._checkpoint_hparams:
+        if self._checkpoint_task is None:
             return
+        path = self.config_init[self.subcommand].get("ckpt_path")
         data = self.datamodule
         crops = CropInputs.of(data.input_widths_irc, data.input_spacings_mm, data.input_intensity)
         check_fits(
-            self.config_init[self.subcommand].get("ckpt_path"),
+            path,
             self._checkpoint_hparams,
             data.num_classes,
             crops,
@@ -157,16 +156,7 @@ class LunaCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         trainer_config = config.get("trainer") or {}
         root = Path(trainer_config.get("default_root_dir") or "logs")
-        run = run_of_checkpoint(config.get("ckpt_path")) if self.subcommand != "fit" else None
-        problem = writable_problem(run) if run is not None else None
-        if problem:
-            log.warning(
-                "the checkpoint's run folder cannot take this %s (%s): writing it under %s instead",
-                self.subcommand,
-                problem,
-                root,
-            )
-            run = None
+        run = evaluated_run(self.subcommand, config.get("ckpt_path"), root)
         if trainer_config.get("fast_dev_run") or self.subcommand == "predict":
             kwargs["logger"] = False  # a debug run writes nothing; predict writes its CSV only
             kwargs["default_root_dir"] = str(run or root)
@@ -177,63 +167,6 @@ class LunaCLI(LightningCLI):
             kwargs["logger"] = run_loggers(
                 root, config["loggers"], wandb_checkpoints=config["wandb_checkpoints"]
             )
-        bar = trainer_config.get("enable_progress_bar")
-        if bar is None and not sys.stdout.isatty():
-            log.info(
-                "output is not a terminal: no progress bar (--trainer.enable_progress_bar=true keeps it)"
-            )
-            bar = kwargs["enable_progress_bar"] = False  # a file would get its last frame after the summary
-        if bar is False:
-            callbacks = trainer_config.get("callbacks") or []
-            kwargs["callbacks"] = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        if not sys.stdout.isatty() and trainer_config.get("enable_model_summary") is not False:
-            # Lightning's default summary is Rich's, cut to 80 columns in a log file ("LunaMod…")
-            callbacks = kwargs.get("callbacks", trainer_config.get("callbacks") or [])
-            if not any(isinstance(c, ModelSummary) for c in callbacks):
-                kwargs["callbacks"] = [*callbacks, ModelSummary()]
-        plugins = trainer_config.get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
-        if not any(
-            isinstance(plugin, CheckpointIO) for plugin in plugins
-        ):  # no half-written checkpoint, ever
-            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        kwargs.update(console_options(trainer_config))
+        kwargs.update(checkpoint_plugins(trainer_config))
         return super().instantiate_trainer(**kwargs)
-
-
-def build_cli(
-    cli_class: type[LunaCLI],
-    args: list[str],
-    parser_class: type[LightningArgumentParser],
-    parser_kwargs: dict,
-    **cli_kwargs,
-) -> LunaCLI:
-    """``cli_class`` over luna's classifier and data (the one construction behind ``luna.fit`` and
-    ``luna.prepare``); ``parser_kwargs`` name configs/default.yaml as the default config file of
-    the parser that reads the sections (each subcommand's, or the only one)."""
-    from luna.data.datamodule import CropDataModule
-    from luna.training.module import LunaClassifier
-
-    parser_class.argv = [arg for arg in args if arg not in SUBCOMMANDS]
-    # By design the module, not the DataModule, gives batches their final form on the device.
-    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
-    # Lightning 2.6's own use of torch's pytree API, on every command: nothing a user can act on
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
-    # luna passes the command line to LightningCLI itself (the subcommand made explicit, sys.argv left
-    # alone), which Lightning warns about as if it were a notebook's mistake; and luna's epoch lines
-    # carry the training loss, so an epoch shorter than log_every_n_steps loses nothing
-    warnings.filterwarnings(
-        "ignore", message="LightningCLI's args parameter is intended to run from within Python"
-    )
-    warnings.filterwarnings(
-        "ignore", message="The number of training batches .* is smaller than the logging interval"
-    )
-    return cli_class(
-        LunaClassifier,
-        CropDataModule,
-        subclass_mode_data=True,
-        parser_class=parser_class,
-        auto_configure_optimizers=False,  # the module's own --model.optimizer, not a second top-level one
-        parser_kwargs=parser_kwargs,
-        args=args,
-        **cli_kwargs,
-    )

@@ -17,8 +17,8 @@ from pytorch_lightning.cli import LightningArgumentParser
 
 from luna.cli.console import setup_logging
 from luna.cli.errors import run_command
-from luna.cli.fit import USER_ERRORS
-from luna.cli.lightning_cli import DEFAULT_CONFIG, LunaCLI, build_cli
+from luna.cli.fit import USER_ERRORS, build_cli
+from luna.cli.lightning_cli import DEFAULT_CONFIG, LunaCLI
 from luna.cli.parser import LunaArgumentParser
 from luna.data.datamodule import CropDataModule
 

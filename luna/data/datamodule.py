@@ -10,20 +10,19 @@ candidates, the default), ``luna.luna16.datamodule.MalignancyDataModule`` (the b
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, DistributedSampler
 
 from luna.data.cache.build import CacheSettings, build_cache, cache_path
 from luna.data.cache.read import CropCache, open_built_cache
 from luna.data.crops import DEFAULT_WIDTH_IRC, View
-from luna.data.dataset import CropDataset, collate_crops
+from luna.data.dataset import CropBatch, CropDataset, collate_crops
+from luna.data.inputs import resolve_input
+from luna.data.loading import make_loader, world_of
 from luna.data.samplers import EvaluationSampler, ResumableLoader, TrainingSampler
 from luna.data.splits import SplitBy, split_items
 from luna.data.table import CropSource
@@ -36,9 +35,6 @@ log = logging.getLogger(__name__)
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
         raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
-
-
-PHANTOM_CACHE_DIR = "data_cache"  # relative to the working directory: the project's own cache folder
 
 
 class CropDataModule(pl.LightningDataModule):
@@ -201,21 +197,12 @@ class CropDataModule(pl.LightningDataModule):
         what: str,
         cache_beside: str,
     ) -> tuple[Path, bool]:
-        """``(given, False)``, or, when it is None, ``(<cache_dir>/<phantom_folder>, True)``: where
-        ``phantom`` is to be generated. Phantom data is never a stand-in for a path that was given.
-
-        With ``cache_dir`` None, the crop cache goes beside the data, ``<given's folder>/<cache_beside>``
-        (real data's cache on its own large disk, never in the code checkout), or for a phantom,
-        which has no data folder to sit beside, in the project's ``data_cache/``."""
-        if given is not None:
-            if self.cache_dir is None:
-                self.cache_dir = Path(given).parent / cache_beside
-            return Path(given), False
-        if phantom is None:
-            raise ValueError(f"{what} is required, or phantom to generate phantom data")
-        if self.cache_dir is None:
-            self.cache_dir = Path(PHANTOM_CACHE_DIR)
-        return self.cache_dir / phantom_folder, True
+        """The data path and whether the phantom is generated there; sets ``cache_dir`` when it is
+        None (``luna.data.inputs.resolve_input``: beside the data, or ``data_cache/``)."""
+        path, generates, self.cache_dir = resolve_input(
+            given, phantom, phantom_folder, what, self.cache_dir, cache_beside
+        )
+        return path, generates
 
     # ------------------------------------------------------------------ build and open
     def prepare_data(self) -> None:
@@ -324,6 +311,14 @@ class CropDataModule(pl.LightningDataModule):
             self.cache.center_xyz[indices]
         )
 
+    def crops_at(self, indices: np.ndarray) -> CropBatch:
+        """The crops at cache ``indices`` as evaluation serves them, collated (every view): what
+        the saliency of a mistake is computed on, well after its batch has gone."""
+        if self.cache is None:
+            raise RuntimeError("call setup() before asking for data")
+        dataset = CropDataset(self.cache, np.asarray(indices, dtype=np.int64), self.input_widths_irc)
+        return collate_crops([dataset[k] for k in range(len(dataset))])
+
     def class_frequencies(self) -> tuple[np.ndarray, np.ndarray]:
         """Class frequencies of the training split as it is (natural) and as epochs sample it."""
         labels = self.train_dataset.labels
@@ -336,42 +331,13 @@ class CropDataModule(pl.LightningDataModule):
         return natural, np.full(self.num_classes, 1.0 / self.num_classes)
 
     # ------------------------------------------------------------------ loaders
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def _workers(self) -> int:
-        """``num_workers``, at most the CPUs this process may use (said once when it is fewer)."""
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if self.num_workers > cpus and not getattr(self, "_said_workers", False):
-            log.info(
-                "num_workers=%d, but this machine gives the process %d CPUs: using %d loader workers",
-                self.num_workers,
-                cpus,
-                cpus,
-            )
-            self._said_workers = True
-        return min(self.num_workers, cpus)
-
-    def _loader(
-        self, dataset: CropDataset, sampler: DistributedSampler, kind: type[DataLoader] = DataLoader
-    ) -> DataLoader:
-        workers = self._workers()
-        return kind(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=collate_crops,
-            pin_memory=self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator),
-            persistent_workers=workers > 0,
-            # workers' seeds from their own generator, not torch's global one (which augmentation
-            # draws from): creating the iterator after a resume then leaves that stream as it was
-            generator=torch.Generator().manual_seed(self.seed),
+    def _loader(self, dataset: CropDataset, sampler: DistributedSampler, kind: type[DataLoader] = DataLoader):
+        return make_loader(
+            self.trainer, dataset, sampler, self.batch_size, self.num_workers, collate_crops, self.seed, kind
         )
 
     def train_dataloader(self) -> DataLoader:
-        world, rank = self._world()
+        world, rank = world_of(self.trainer)
         dataset = self.train_dataset
         sampler = TrainingSampler(
             dataset, self.negatives_per_positive, self.samples_per_epoch, self.seed, world, rank
@@ -379,7 +345,7 @@ class CropDataModule(pl.LightningDataModule):
         return self._loader(dataset, sampler, ResumableLoader)
 
     def _evaluation_loader(self, dataset: CropDataset) -> DataLoader:
-        world, rank = self._world()
+        world, rank = world_of(self.trainer)
         return self._loader(dataset, EvaluationSampler(dataset, world, rank))
 
     def val_dataloader(self) -> DataLoader:

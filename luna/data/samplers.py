@@ -16,12 +16,12 @@ from luna.data.dataset import CropBatch, CropDataset
 from luna.data.splits import epoch_order
 
 
-class TrainingSampler(DistributedSampler):
-    """One training epoch (shuffled, optionally balanced), split into disjoint per-rank shares.
+class ResumableSampler(DistributedSampler):
+    """A training epoch as a global order split into disjoint per-rank shares, resumable mid-epoch.
 
-    All ranks compute the same global order from ``(seed, epoch)`` and rank ``r`` takes every
-    ``world_size``-th sample from ``r``; the order is cut to a multiple of the world size so every
-    rank runs the same number of steps. ``set_epoch`` (called by Lightning) reshuffles.
+    All ranks compute the same global order (``global_order``, from ``(seed, epoch)``) and rank
+    ``r`` takes every ``world_size``-th item from ``r``; the order is cut to a multiple of the world
+    size so every rank runs the same number of steps. ``set_epoch`` (called by Lightning) moves on.
 
     Resuming: ``resume_at(epoch, samples_done)`` makes the next pass go on where a checkpoint left
     off (the rest of that epoch, or the next epoch when it was finished), so that a stopped and
@@ -30,30 +30,21 @@ class TrainingSampler(DistributedSampler):
     """
 
     def __init__(
-        self,
-        dataset: CropDataset,
-        negatives_per_positive: int = 0,
-        samples_per_epoch: int | None = None,
-        seed: int = 0,
-        num_replicas: int = 1,
-        rank: int = 0,
+        self, dataset, samples_per_epoch: int, seed: int = 0, num_replicas: int = 1, rank: int = 0
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.labels = dataset.labels
-        self.negatives_per_positive = negatives_per_positive
-        global_length = samples_per_epoch or len(dataset)
-        self.num_samples = global_length // num_replicas
+        self.num_samples = samples_per_epoch // num_replicas
         if self.num_samples == 0:
             raise ValueError(
-                f"an epoch of {global_length} samples cannot be shared by {num_replicas} processes"
+                f"an epoch of {samples_per_epoch} samples cannot be shared by {num_replicas} processes"
             )
         self.total_size = self.num_samples * num_replicas
         self._skip_next = 0
         self.pass_epoch, self.pass_start = 0, 0  # the epoch of the latest pass and the samples it skipped
 
     def global_order(self) -> np.ndarray:
-        """This epoch's order over all ranks (positions into the dataset)."""
-        return epoch_order(self.labels, self.negatives_per_positive, self.total_size, self.seed, self.epoch)
+        """This epoch's order over all ranks: ``total_size`` items for the dataset."""
+        raise NotImplementedError
 
     def resume_at(self, epoch: int, samples_done: int) -> None:
         """Make the next pass continue a checkpointed one: epoch ``epoch`` after ``samples_done`` of
@@ -75,6 +66,27 @@ class TrainingSampler(DistributedSampler):
         return self.num_samples  # the whole epoch, also when a resumed pass starts part-way
 
 
+class TrainingSampler(ResumableSampler):
+    """The crops of one training epoch, shuffled and optionally balanced (``epoch_order``)."""
+
+    def __init__(
+        self,
+        dataset: CropDataset,
+        negatives_per_positive: int = 0,
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(dataset, samples_per_epoch or len(dataset), seed, num_replicas, rank)
+        self.labels = dataset.labels
+        self.negatives_per_positive = negatives_per_positive
+
+    def global_order(self) -> np.ndarray:
+        """This epoch's order over all ranks (positions into the dataset)."""
+        return epoch_order(self.labels, self.negatives_per_positive, self.total_size, self.seed, self.epoch)
+
+
 class ResumableLoader(DataLoader):
     """A training ``DataLoader`` whose place in its epoch is saved in checkpoints.
 
@@ -84,9 +96,9 @@ class ResumableLoader(DataLoader):
     from a loader of known length). Loader workers may have read further ahead; that does not count.
     """
 
-    sampler: TrainingSampler
+    sampler: ResumableSampler
 
-    def __init__(self, dataset: CropDataset, sampler: TrainingSampler, **kwargs) -> None:
+    def __init__(self, dataset, sampler: ResumableSampler, **kwargs) -> None:
         super().__init__(dataset, sampler=sampler, **kwargs)
         self._batches_served = 0
 

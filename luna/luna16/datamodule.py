@@ -21,13 +21,13 @@ from luna.luna16.sources import MALIGNANCY_FILE, Luna16Candidates, Luna16Maligna
 log = logging.getLogger(__name__)
 
 
-class _Luna16DataModule(CropDataModule):
-    """A LUNA16 folder, or the phantom generated for it when no folder is given."""
+class Luna16Release:
+    """A LUNA16 folder, or the phantom generated for it when no folder is given: mixed into the
+    LUNA16 DataModules of crops and of volumes, before their base class (it answers
+    ``describe_inputs`` and ``prepare_inputs`` for them)."""
 
-    def __init__(
-        self, data_dir: str | Path | None = None, phantom: PhantomSpec | None = None, **kwargs
-    ) -> None:
-        super().__init__(**kwargs)
+    def use_release(self, data_dir: str | Path | None, phantom: PhantomSpec | None) -> None:
+        """Take ``data_dir`` (it must exist) or ``phantom``; the cache goes beside the folder."""
         self.phantom = phantom
         self.data_dir, self.generates_phantom = self.input_path(
             data_dir,
@@ -50,6 +50,16 @@ class _Luna16DataModule(CropDataModule):
         if self.generates_phantom and not (self.data_dir / MARKER).is_file():
             log.info("generating phantom LUNA16 data (%d scans) in %s", self.phantom.series, self.data_dir)
             generate_phantom(self.data_dir, self.phantom)
+
+
+class _Luna16DataModule(Luna16Release, CropDataModule):
+    """LUNA16's crops: a LUNA16 folder, or its phantom."""
+
+    def __init__(
+        self, data_dir: str | Path | None = None, phantom: PhantomSpec | None = None, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.use_release(data_dir, phantom)
 
 
 class LunaDataModule(_Luna16DataModule):

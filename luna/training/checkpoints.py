@@ -21,6 +21,27 @@ from luna.training.inputs import CropInputs
 log = logging.getLogger(__name__)
 
 
+TASK_KEY = "luna_task"  # what a luna checkpoint holds: "classification" or "segmentation"
+FREQUENCIES_KEY = "luna_class_frequencies"  # a classifier's training classes, natural and as sampled
+
+
+def task_of(checkpoint: dict) -> str:
+    """What a checkpoint's network does: ``classification`` (also every checkpoint written before
+    luna recorded it, and the book's) or ``segmentation``."""
+    return str(checkpoint.get(TASK_KEY, "classification"))
+
+
+def check_task(path: str | Path, found: str, expected: str, option: str) -> None:
+    """Refuse a checkpoint of another task (``found``: ``task_of`` it), e.g. a classifier given where
+    a segmentation is wanted.
+
+    Raises:
+        CheckpointError: one line naming the option, the file and what it is.
+    """
+    if found != expected:
+        raise CheckpointError(f"{option}: {path} is a {found} checkpoint, not a {expected} one")
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names it and says why."""
 

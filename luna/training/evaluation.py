@@ -42,12 +42,16 @@ class EvaluationChoices:
             training data, so that a model trained on balanced epochs gives probabilities at the
             natural class ratio (validation, test, predict; not the training loss).
         mistakes_shown: most confident mistakes kept per true class for the montage.
+        saliency: overlay where the model looked (occlusion sensitivity, ``luna.models.saliency``)
+            on the mistakes montage and the mistakes of the W&B candidate table. It costs a few
+            hundred forward passes per mistake shown, at every validation.
     """
 
     threshold: float = 0.5
     tta_flips: list[list[int]] | None = None
     prior_correction: bool = False
     mistakes_shown: int = 8
+    saliency: bool = False
     flips: list[tuple[int, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -59,4 +63,6 @@ class EvaluationChoices:
             or self.mistakes_shown < 0
         ):
             raise ValueError(f"mistakes_shown={self.mistakes_shown!r}: must be an integer >= 0")
+        if not isinstance(self.saliency, bool):
+            raise ValueError(f"saliency={self.saliency!r}: must be true or false")
         object.__setattr__(self, "flips", check_flips(self.tta_flips))

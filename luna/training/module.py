@@ -24,7 +24,9 @@ from luna.data.dataset import CropBatch
 from luna.metrics.figures import display_window
 from luna.metrics.stage import EvaluationOutcome, StageMetrics
 from luna.models.luna_model import BOOK_WIDTH_IRC, LunaModel, MultiViewLunaModel, Network
+from luna.models.outputs import logits_of
 from luna.training.augment import Augmentation, ViewCrops, augment_views, flip, mixup, window_crop
+from luna.training.checkpoints import FREQUENCIES_KEY, TASK_KEY
 from luna.training.evaluation import EvaluationChoices
 from luna.training.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
 from luna.training.inputs import CropInputs
@@ -36,12 +38,6 @@ Schedule = Literal["constant", "one_cycle", "cosine"]
 
 class DivergenceError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-def logits_of(network: nn.Module, crops: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-    """A network's logits: the book's LunaModel returns ``(logits, probabilities)``, others logits."""
-    out = network(crops)
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def default_network(input_widths_irc: list[tuple[int, int, int]], num_classes: int) -> nn.Module:
@@ -151,6 +147,9 @@ class LunaClassifier(pl.LightningModule):
         example = [torch.zeros(1, 1, *width) for width in self.input_widths_irc]  # for the model summary
         self.example_input_array = example[0] if len(example) == 1 else (example,)
         self._checkpoint_epoch = 0
+        self.class_frequencies: tuple[list[float], list[float]] | None = (
+            None  # natural, sampled (training data)
+        )
         self._first_nonfinite_step = None
 
     @property
@@ -183,10 +182,15 @@ class LunaClassifier(pl.LightningModule):
             self.logit_shift = torch.zeros_like(self.logit_shift)
 
     def setup(self, stage: str) -> None:
-        """Take the prior correction from the training data, when asked for."""
+        """Note the training data's class frequencies when training (saved in checkpoints, for an
+        export's prior correction), and take the prior correction from them when asked for."""
+        if stage == "fit" or self.evaluation.prior_correction:
+            self.class_frequencies = tuple(
+                np.asarray(f).tolist() for f in crop_data(self.trainer).class_frequencies()
+            )
         if not self.evaluation.prior_correction:
             return
-        natural, sampled = crop_data(self.trainer).class_frequencies()
+        natural, sampled = (np.asarray(f) for f in self.class_frequencies)
         shift = np.log(natural) - np.log(sampled)
         self.logit_shift = torch.as_tensor(shift, dtype=torch.float32, device=self.logit_shift.device)
         log.info(
@@ -321,10 +325,11 @@ class LunaClassifier(pl.LightningModule):
     def predict_step(
         self, batch: CropBatch, batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, np.ndarray]:
-        """Each sample's cache ``index`` and class ``probabilities``, as numpy copies (no shared
-        memory kept)."""
+        """Each sample's ``image`` number, ``center_xyz`` and class ``probabilities``, as numpy
+        copies (no shared memory kept)."""
         return {
-            "index": batch["index"].cpu().numpy().copy(),
+            "image": batch["image"].cpu().numpy().copy(),
+            "center_xyz": batch["center_xyz"].cpu().numpy().copy(),
             "probabilities": self.probabilities(self.network_input(batch)).cpu().numpy(),
         }
 
@@ -388,7 +393,12 @@ class LunaClassifier(pl.LightningModule):
         self._end_evaluation(self.test_metrics)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the random streams too: a run resumed from this step then repeats an uninterrupted one."""
+        """Keep the random streams too: a run resumed from this step then repeats an uninterrupted one;
+        and say what the checkpoint is (``luna.training.checkpoints.task_of``)."""
+        checkpoint[TASK_KEY] = "classification"
+        if self.class_frequencies is not None:
+            natural, sampled = self.class_frequencies
+            checkpoint[FREQUENCIES_KEY] = {"natural": list(natural), "sampled": list(sampled)}
         kind, keys, position, has_gauss, cached = np.random.get_state()
         checkpoint["luna_rng"] = {
             "torch": torch.get_rng_state(),
@@ -399,6 +409,9 @@ class LunaClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._checkpoint_epoch = int(checkpoint.get("epoch", 0))
+        frequencies = checkpoint.get(FREQUENCIES_KEY)
+        if frequencies is not None and self.class_frequencies is None:
+            self.class_frequencies = (frequencies["natural"], frequencies["sampled"])
         states = checkpoint.get("luna_rng")
         if (
             states is not None
