@@ -1,4 +1,11 @@
-"""A phantom for the points-CSV route: CT-like NIfTI volumes with three kinds of finding.
+"""A phantom for your own data: CT-like NIfTI volumes with three kinds of finding, listed as a
+points CSV (the classifier's route) and with a mask volume each, listed as (image, mask) pairs
+(the segmentation's route, the image/label convention of MONAI and nnU-Net)::
+
+    OUT_DIR/images/caseNNN.nii.gz   int16 volumes
+    OUT_DIR/masks/caseNNN.nii.gz    uint8: 1 inside a finding
+    OUT_DIR/points.csv              image,coordX,coordY,coordZ,label,group
+    OUT_DIR/pairs.csv               image,mask,group
 
 Command line: ``python -m luna.phantom points OUT_DIR [--seed S]``.
 """
@@ -14,8 +21,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from luna.data.synthetic import ball
-from luna.data.volume import irc_to_xyz
+from luna.data.volume import Geometry, irc_to_xyz
 from luna.io.files import write_folder_atomically
+from luna.segmentation.masks import ball_mask
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,7 @@ class PointsPhantomSpec:
         in_plane_mm, slice_mm: the range of the in-plane and slice spacings, drawn uniformly per
             volume; e.g. ``(0.5, 1.0)`` and ``(0.5, 3.0)`` mix MRI-like thick slices with
             isotropic volumes.
+        layout: the version of the folder's layout (2: with the masks and ``pairs.csv``).
     """
 
     patients: int = 30
@@ -46,10 +55,11 @@ class PointsPhantomSpec:
     class_names: tuple[str, ...] = ("calcified", "cavity", "solid")
     in_plane_mm: tuple[float, float] = (0.7, 1.0)
     slice_mm: tuple[float, float] = (0.9, 1.5)
+    layout: int = 2
 
 
 def generate_points_phantom(out_dir: str | Path, spec: PointsPhantomSpec = PointsPhantomSpec()) -> Path:
-    """Write ``out_dir/images/*.nii.gz`` and ``out_dir/points.csv`` (atomically, a new folder)."""
+    """Write the phantom's volumes, masks and CSVs into ``out_dir`` (atomically, a new folder)."""
     write_folder_atomically(out_dir, lambda folder: _write_points_phantom(folder, spec))
     log.info("phantom points dataset written to %s (%d volumes)", out_dir, 2 * spec.patients)
     return Path(out_dir)
@@ -57,7 +67,9 @@ def generate_points_phantom(out_dir: str | Path, spec: PointsPhantomSpec = Point
 
 def _write_points_phantom(folder: Path, spec: PointsPhantomSpec) -> None:
     (folder / "images").mkdir()
+    (folder / "masks").mkdir()
     lines = ["image,coordX,coordY,coordZ,label,group\n"]
+    pairs = ["image,mask,group\n"]
     seeds = np.random.SeedSequence(spec.seed).spawn(2 * spec.patients)
     shape = np.array(spec.shape_irc)
     for index in range(2 * spec.patients):
@@ -92,9 +104,21 @@ def _write_points_phantom(folder: Path, spec: PointsPhantomSpec) -> None:
                 f"patient{index // 2:03d}\n"
             )
         volume += rng.normal(0.0, 25.0, size=volume.shape).astype(np.float32)
-        image = sitk.GetImageFromArray(np.clip(np.rint(volume), -1024, 3071).astype(np.int16))
-        image.SetSpacing(tuple(float(v) for v in spacing_xyz))
-        image.SetOrigin(tuple(float(v) for v in origin_xyz))
-        sitk.WriteImage(image, str(folder / "images" / f"case{index:03d}.nii.gz"), useCompression=True)
+        geometry = Geometry(tuple(shape), origin_xyz, spacing_xyz, np.eye(3))
+        centers = np.array([irc_to_xyz(c, origin_xyz, spacing_xyz, np.eye(3)) for c, _ in placed]).reshape(
+            -1, 3
+        )
+        mask = ball_mask(geometry, centers, np.array([d for _, d in placed]), threshold=None)
+        name = f"case{index:03d}.nii.gz"
+        for values, part in (
+            (np.clip(np.rint(volume), -1024, 3071).astype(np.int16), "images"),
+            (mask, "masks"),
+        ):
+            image = sitk.GetImageFromArray(values)
+            image.SetSpacing(tuple(float(v) for v in spacing_xyz))
+            image.SetOrigin(tuple(float(v) for v in origin_xyz))
+            sitk.WriteImage(image, str(folder / part / name), useCompression=True)
+        pairs.append(f"images/{name},masks/{name},patient{index // 2:03d}\n")
     (folder / "points.csv").write_text("".join(lines))
+    (folder / "pairs.csv").write_text("".join(pairs))
     (folder / "phantom.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
