@@ -41,7 +41,7 @@ def test_folds_run_in_turn_resume_and_merge_into_one_scored_submission(phantom_d
         )  # every held-out scan, only those
     merged = rows(output / "predictions.csv")
     assert len(merged) == sum(len(rows(output / f"fold{k}" / "predictions.csv")) for k in (0, 1))
-    record = json.loads((output / "crossval.json").read_text())
+    record = json.loads((output / "crossval.json").read_text())["candidates"]
     assert record["folds"] == [0, 1] and set(record["per_fold"]) == {"0", "1"}
     expected = evaluate_submission(
         output / "predictions.csv", phantom_dir, subsets=[0, 1], bootstrap_samples=0

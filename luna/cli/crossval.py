@@ -5,6 +5,8 @@
     python -m luna.crossval --merge_only --output DIR   # score what the folds have predicted so far
     python -m luna.crossval --ensemble --output DIR --data.data_dir=/data/other --data.eval_images=all
                                                      # predict other data with all fold models together
+    python -m luna.crossval --detect --data.data_dir=/data/LUNA16 --output logs/crossval
+                                                     # the whole detection: both stages per fold, one CPM
 
 Every other argument goes to ``python -m luna.fit`` unchanged. Rerun the same command to resume.
 """
@@ -13,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+from importlib import resources
 from pathlib import Path
 
 from luna.cli.arguments import integer_list
 from luna.cli.errors import run_command
-from luna.experiments.crossval import FOLDS, predict_with_ensemble, run_fold, score
+from luna.experiments.crossval import FOLDS, predict_with_ensemble, run_detection_fold, run_fold, score
+
+SEGMENT_CONFIG = resources.files("luna.configs") / "luna16_segment.yaml"
 
 DESCRIPTION = (
     "LUNA16's ten-fold cross-validation: each fold trains on nine subsets and predicts the tenth; "
@@ -56,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no_merge", action="store_true", help="only run the folds (a SLURM array task)")
     parser.add_argument(
+        "--detect",
+        action="store_true",
+        help="the detection track as well: per fold, also train "
+        "the segmentation and run luna.detect on the held-out subset; merged into one submission",
+    )
+    parser.add_argument(
+        "--segmentation_config",
+        type=Path,
+        default=Path(str(SEGMENT_CONFIG)),
+        help="with --detect: the segmentation's config (the other arguments apply to both stages)",
+    )
+    parser.add_argument(
         "--ensemble",
         action="store_true",
         help="predict with every trained fold's model at once "
@@ -68,15 +85,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.merge_only:
             for fold in sorted(set(args.folds)):
-                run_fold(fold, args.output, fit_args)
+                if args.detect:
+                    run_detection_fold(fold, args.output, fit_args, args.segmentation_config)
+                else:
+                    run_fold(fold, args.output, fit_args)
     except subprocess.CalledProcessError as error:
         raise FoldFailed(
             f"{' '.join(error.cmd[1:4])} failed with exit status {error.returncode}; rerun the same "
             "command to resume"
         ) from None
     if not args.no_merge:
-        _, report = score(args.output, args.bootstrap, args.bootstrap_seed)
-        print(report)
+        for track in ("candidates", "detection") if args.detect else ("candidates",):
+            _, report = score(args.output, args.bootstrap, args.bootstrap_seed, track)
+            print(report)
     return 0
 
 
