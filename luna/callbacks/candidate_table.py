@@ -19,9 +19,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
-from luna.data.contract import crop_data
-from luna.metrics.figures import display_window
+from luna.data.contract import CropData, crop_data
+from luna.metrics.figures import display_window, saliency_overlay
 from luna.metrics.mistakes import planes_through, voxel_inside
+from luna.training.module import LunaClassifier
+from luna.training.saliency import occlusion_maps
 
 COLUMNS = [
     "image_id",
@@ -45,16 +47,17 @@ class _Row:
     predicted: int
     probability: float  # of the predicted class
     slices: tuple[np.ndarray, np.ndarray, np.ndarray]  # uint8 axial, coronal, sagittal
+    marker: tuple[int, int, int]  # the candidate's voxel in the crop, where the slices cross
 
 
 def _slices(crops: torch.Tensor, at: torch.Tensor, window: tuple[float, float]) -> list[np.ndarray]:
     """The axial, coronal and sagittal planes of crops ``[B, I, R, C]`` through their voxels ``at``
-    ``[B, 3]`` (I, R, C), as uint8 arrays ``[B, h, w]`` with ``window`` black to white: one pass
-    for a batch."""
+    ``[B, 3]`` (I, R, C, inside the crop), as uint8 arrays ``[B, h, w]`` with ``window`` black to
+    white: one pass for a batch."""
     low, high = window
     return [
         ((plane.float().clamp(low, high) - low) / (high - low) * 255).round().byte().cpu().numpy()
-        for plane in planes_through(crops, voxel_inside(at, crops.shape[1:])).values()
+        for plane in planes_through(crops, at).values()
     ]
 
 
@@ -84,8 +87,12 @@ class CandidateTable(pl.Callback):
 
     @staticmethod
     def _active(trainer: pl.Trainer) -> bool:
+        """A W&B logger is on, a classifier evaluates (the segmentation's outputs are volumes), and
+        this is not the sanity check."""
         return (
-            any(isinstance(logger, WandbLogger) for logger in trainer.loggers) and not trainer.sanity_checking
+            any(isinstance(logger, WandbLogger) for logger in trainer.loggers)
+            and isinstance(trainer.lightning_module, LunaClassifier)
+            and not trainer.sanity_checking
         )
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -96,7 +103,7 @@ class CandidateTable(pl.Callback):
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        if self._active(trainer) and outputs is not None:
+        if self._active(trainer) and isinstance(outputs, dict) and "probabilities" in outputs:
             self._keep(
                 batch, outputs["probabilities"], display_window(pl_module.hparams.get("input_intensity"))
             )
@@ -105,9 +112,9 @@ class CandidateTable(pl.Callback):
 
     def _keep(self, batch: dict, probabilities: torch.Tensor, window: tuple[float, float]) -> None:
         confidence, predicted = probabilities.max(dim=1)
-        axial, coronal, sagittal = _slices(
-            batch["crop"][:, 0], batch["offset_irc"] - batch["window_irc"], window
-        )
+        marker = voxel_inside(batch["offset_irc"] - batch["window_irc"], batch["crop"].shape[2:])
+        axial, coronal, sagittal = _slices(batch["crop"][:, 0], marker, window)
+        markers = marker.cpu().numpy()
         for row in range(
             len(batch["label"])
         ):  # a kept row copies its slices: it must not hold the whole batch
@@ -117,6 +124,7 @@ class CandidateTable(pl.Callback):
                 int(predicted[row]),
                 float(confidence[row]),
                 (axial[row].copy(), coronal[row].copy(), sagittal[row].copy()),
+                tuple(int(v) for v in markers[row]),
             )
             if kept.label != 0:
                 self._positives.append(kept)
@@ -188,6 +196,30 @@ class CandidateTable(pl.Callback):
             ]
             for row, image_id, (x, y, z) in zip(rows, ids, centers.tolist(), strict=True)
         ]
+        columns = COLUMNS
+        module = trainer.lightning_module
+        if module.evaluation.saliency:  # where the model looked, on the axial slice of each mistake
+            columns = [*COLUMNS, "saliency"]
+            overlays = self._saliency(module, source, rows)
+            data = [
+                [*values, None if overlay is None else wandb.Image(overlay)]
+                for values, overlay in zip(data, overlays, strict=True)
+            ]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_table(f"{stage}/candidates", columns=COLUMNS, data=data, step=trainer.global_step)
+                logger.log_table(f"{stage}/candidates", columns=columns, data=data, step=trainer.global_step)
+
+    @staticmethod
+    def _saliency(module: LunaClassifier, source: CropData, rows: list[_Row]) -> list[np.ndarray | None]:
+        """An RGB axial slice with the occlusion map over it for each mistake, None for the others."""
+        wrong = [k for k, row in enumerate(rows) if row.predicted != row.label]
+        maps = occlusion_maps(
+            module,
+            source,
+            np.array([rows[k].index for k in wrong], dtype=np.int64),
+            np.array([rows[k].predicted for k in wrong], dtype=np.int64),
+        )
+        overlays: list[np.ndarray | None] = [None] * len(rows)
+        for k, saliency in zip(wrong, maps, strict=True):
+            overlays[k] = saliency_overlay(rows[k].slices[0], saliency[rows[k].marker[0]])
+        return overlays

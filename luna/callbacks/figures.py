@@ -2,7 +2,7 @@
 them to the run's loggers (TensorBoard and W&B get images, a CSV logger gets PNG files in
 ``<run>/figures/``).
 
-A new figure is one function in ``luna.metrics.figures`` (``EvaluationOutcome -> Figure | None``) and one
+A new figure is one function in ``luna.metrics.figures`` (an outcome -> ``Figure | None``) and one
 entry in ``FIGURES``.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytorch_lightning as pl
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from luna.data.contract import crop_data
+from luna.data.contract import crop_data, image_data
 from luna.evaluation.figures import figure_to_array, save_png
 from luna.metrics.figures import (
     confusion_figure,
@@ -24,17 +25,23 @@ from luna.metrics.figures import (
     mistakes_figure,
     pr_curve_figure,
     reliability_figure,
+    segmentation_figure,
 )
-from luna.metrics.stage import evaluation_of
+from luna.metrics.segmentation import SegmentationOutcome
+from luna.metrics.stage import EvaluationOutcome, evaluation_of
+from luna.training.module import LunaClassifier
+from luna.training.saliency import with_saliency
 
 log = logging.getLogger(__name__)
 
-FIGURES: dict[str, Callable[..., Figure | None]] = {
-    "pr_curve": pr_curve_figure,
-    "confusion_matrix": confusion_figure,
-    "reliability": reliability_figure,
-    "confident_mistakes": mistakes_figure,
-    "froc": froc_evaluation_figure,
+# name -> (the kind of evaluation it draws, the figure); a new figure is one line here
+FIGURES: dict[str, tuple[type, Callable[..., Figure | None]]] = {
+    "pr_curve": (EvaluationOutcome, pr_curve_figure),
+    "confusion_matrix": (EvaluationOutcome, confusion_figure),
+    "reliability": (EvaluationOutcome, reliability_figure),
+    "confident_mistakes": (EvaluationOutcome, mistakes_figure),
+    "froc": (EvaluationOutcome, froc_evaluation_figure),
+    "segmentation": (SegmentationOutcome, segmentation_figure),
 }
 
 
@@ -78,18 +85,25 @@ class ValidationFigures(pl.Callback):
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         outcome = evaluation_of(pl_module, stage)
-        if (
-            outcome is None
-            or not trainer.is_global_zero
-            or not trainer.loggers
-            or not outcome.scalars.get(f"{stage}/samples")
-        ):
+        if outcome is None or not trainer.is_global_zero or not trainer.loggers:
             return
-        image_ids = crop_data(trainer).image_ids
+        if isinstance(outcome, EvaluationOutcome) and not outcome.scalars.get(f"{stage}/samples"):
+            return  # nothing was evaluated
+        if (
+            isinstance(outcome, EvaluationOutcome)
+            and isinstance(pl_module, LunaClassifier)
+            and pl_module.evaluation.saliency
+            and "confident_mistakes" in self.figures
+        ):
+            outcome = replace(
+                outcome, mistakes=with_saliency(outcome.mistakes, pl_module, crop_data(trainer))
+            )
+        image_ids = image_data(trainer).image_ids
         image_name = (lambda image: f"…{image_ids[image][-12:]}") if image_ids else None
         figures = {}
         for name in self.figures:
-            fig = FIGURES[name](outcome, image_name)
+            kind, draw = FIGURES[name]
+            fig = draw(outcome, image_name) if isinstance(outcome, kind) else None
             if fig is not None:
                 figures[f"{stage}/{name}"] = fig
         log_figures(trainer, figures, outcome.epoch)

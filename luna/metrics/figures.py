@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from luna.evaluation.figures import froc_figure
 
 if TYPE_CHECKING:
+    from luna.metrics.segmentation import SegmentationOutcome
     from luna.metrics.stage import EvaluationOutcome
 
 ImageName = Callable[[int], str]
@@ -179,6 +180,30 @@ def _crosshair(ax, row: float, column: float, size: float, aspect: float) -> Non
     ax.plot(xs, ys, color="red", lw=1.2)
 
 
+SALIENCY_MAP = "bwr"  # red: evidence for the probability shown, blue: against it
+SALIENCY_NOTE = "\ncolour: occlusion sensitivity of the probability given (red: evidence for it)"
+
+
+def _saliency_planes(mistakes: dict[str, np.ndarray], k: int) -> tuple[dict[str, np.ndarray], float] | None:
+    """Mistake ``k``'s saliency planes (``luna.training.saliency``) and their symmetric colour
+    limit, or None when the evaluation computed none."""
+    if "saliency_axial" not in mistakes:
+        return None
+    planes = {plane: mistakes[f"saliency_{plane}"][k] for plane in ("axial", "coronal", "sagittal")}
+    peak = max(float(np.abs(values).max()) for values in planes.values())
+    return planes, peak or 1.0
+
+
+def saliency_overlay(gray: np.ndarray, saliency: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``[h, w, 3]``: a uint8 slice with its saliency over it (the montage's colours)."""
+    from matplotlib import colormaps
+
+    peak = float(np.abs(saliency).max()) or 1.0
+    colour = colormaps[SALIENCY_MAP]((saliency / peak + 1) / 2)[..., :3]
+    base = np.repeat(gray[..., None] / 255.0, 3, axis=2)
+    return np.round((0.6 * base + 0.4 * colour) * 255).astype(np.uint8)
+
+
 def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = None) -> Figure | None:
     """The most confident mistakes of each true class: axial, coronal and sagittal slices through
     the candidate (marked, drawn at the crop's true voxel aspect, in the data's display window),
@@ -213,9 +238,19 @@ def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = N
                 ("coronal", i, c, spacing_i / spacing_c),
                 ("sagittal", i, r, spacing_i / spacing_r),
             )
+            heat = _saliency_planes(mistakes, k)
             for ax, (plane, row, col, aspect) in zip(panel.subplots(1, 3), planes, strict=True):
                 pixels = mistakes[plane][k]
                 ax.imshow(pixels, cmap="gray", vmin=low, vmax=high, aspect=aspect)
+                if heat is not None:
+                    ax.imshow(
+                        heat[0][plane],
+                        cmap=SALIENCY_MAP,
+                        alpha=0.4,
+                        vmin=-heat[1],
+                        vmax=heat[1],
+                        aspect=aspect,
+                    )
                 _crosshair(ax, row, col, size=0.12 * pixels.shape[1], aspect=aspect)
                 ax.set_xticks([])
                 ax.set_yticks([])
@@ -239,7 +274,9 @@ def mistakes_figure(outcome: EvaluationOutcome, image_name: ImageName | None = N
         _title(
             outcome,
             f"most confident mistakes: three slices through each candidate (marked), "
-            f"values {low:g} to {high:g}" + (" HU" if outcome.display_window == LUNG_WINDOW_HU else ""),
+            f"values {low:g} to {high:g}"
+            + (" HU" if outcome.display_window == LUNG_WINDOW_HU else "")
+            + (SALIENCY_NOTE if any("saliency_axial" in mistakes for _, mistakes in rows) else ""),
         ),
         fontsize=11,
     )
@@ -251,3 +288,34 @@ def froc_evaluation_figure(outcome: EvaluationOutcome, image_name: ImageName | N
     if outcome.froc is None:
         return None
     return froc_figure(outcome.froc, _title(outcome, "FROC"))
+
+
+def segmentation_figure(outcome: SegmentationOutcome, image_name: ImageName | None = None) -> Figure | None:
+    """Axial slices of the first validation volumes, through each one's largest nodule: the mask
+    (green) and the prediction above the threshold (red) drawn over the scan, and the probability
+    map beside it."""
+    if not outcome.examples:
+        return None
+    low, high = LUNG_WINDOW_HU
+    fig = Figure(figsize=(6.4, 3.0 * len(outcome.examples) + 0.6), layout="constrained")
+    axes = fig.subplots(len(outcome.examples), 2, squeeze=False)
+    for row, (image, mask, probability) in enumerate(outcome.examples):
+        scan, heat = axes[row]
+        scan.imshow(image * 1000.0, cmap="gray", vmin=low, vmax=high)  # the network's [-1, 1] back to HU
+        for values, color in ((mask, "lime"), (probability > outcome.threshold, "red")):
+            if values.any() and not values.all():
+                scan.contour(values.astype(float), levels=[0.5], colors=color, linewidths=1.0)
+        shown = heat.imshow(probability, cmap="magma", vmin=0.0, vmax=1.0)
+        for ax, label in ((scan, "scan: mask green, prediction red"), (heat, "probability")):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(label, fontsize=8)
+        fig.colorbar(shown, ax=heat, fraction=0.046)
+    dice, recall = (
+        outcome.scalars.get(f"{outcome.stage}/{name}", float("nan")) for name in ("dice", "nodule_recall")
+    )
+    fig.suptitle(
+        f"{outcome.stage} segmentation, epoch {outcome.epoch}: Dice {dice:.3f}, nodule recall {recall:.3f}",
+        fontsize=10,
+    )
+    return fig
