@@ -58,7 +58,9 @@ def main() -> None:
     run("-m", "luna.crossval", "--output", str(crossval), f"--trainer.max_epochs={args.epochs}", *common)
     own_fold_cpm = {
         int(fold): record["cpm"]
-        for fold, record in json.loads((crossval / "crossval.json").read_text())["per_fold"].items()
+        for fold, record in json.loads((crossval / "crossval.json").read_text())["candidates"][
+            "per_fold"
+        ].items()
     }
 
     heldout = work / "heldout"

@@ -1,14 +1,14 @@
-"""Measure the default job as a new user runs it, and write the figures into README.md.
+"""Measure the default job as a new user runs it, and write the figures into docs/benchmarks.md.
 
-    python scripts/measure_default_job.py [--readme README.md] [--workdir DIR]
+    python scripts/measure_default_job.py [--page docs/benchmarks.md] [--workdir DIR]
 
 Runs ``python -m luna.fit`` with no arguments in an empty folder (the phantom is generated and the
 crop cache built, as on a first run), times it, reads the run's ``metrics.csv``, validates the
 last checkpoint again with ``--evaluation.prior_correction=true``, predicts its validation scans and
 scores them with ``luna.evaluate`` as the README's walk-through does (the CPM's 95 % interval), and
 replaces the block between
-``<!-- default-job:begin -->`` and ``<!-- default-job:end -->`` in the README with the date, the
-machine, the command and the numbers. The README's figures then come from a run, never from memory.
+``<!-- default-job:begin -->`` and ``<!-- default-job:end -->`` in docs/benchmarks.md with the date, the
+machine, the command and the numbers. The page's figures then come from a run, never from memory.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def validation_froc(work: Path, run: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="luna-default-job-"))
@@ -141,12 +141,10 @@ def main() -> None:
             END,
         ]
     )
-    readme = args.readme.read_text()
-    if BEGIN not in readme or END not in readme:
-        raise SystemExit(f"{args.readme} has no {BEGIN} ... {END} block to replace")
-    args.readme.write_text(
-        re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, readme, flags=re.S)
-    )
+    page = args.page.read_text()
+    if BEGIN not in page or END not in page:
+        raise SystemExit(f"{args.page} has no {BEGIN} ... {END} block to replace")
+    args.page.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, page, flags=re.S))
     print(block)
 
 

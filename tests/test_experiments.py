@@ -32,6 +32,7 @@ def staged_tables(data_dir: Path) -> list[dict]:
     return list(tables.values())
 
 
+@pytest.mark.subprocess
 def test_a_wandb_run_offline_gets_a_table_of_candidates_with_their_slices_and_its_checkpoints(
     phantom_dir, cache_root, tmp_path
 ):

@@ -148,6 +148,7 @@ def test_a_full_disk_names_the_file_the_bytes_needed_and_the_free_space(
         build_cache(Luna16Candidates(phantom_dir), tmp_path, SETTINGS)
 
 
+@pytest.mark.subprocess
 def test_builder_workers_die_with_a_killed_builder(phantom_dir, tmp_path):
     script = textwrap.dedent("""
         import sys, time
@@ -326,6 +327,7 @@ def fit(config: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.subprocess
 def test_sigterm_saves_the_true_last_step_exits_non_zero_and_the_resumed_run_equals_an_uninterrupted_one(
     phantom_dir, cache_root, tmp_path
 ):
@@ -442,6 +444,7 @@ def test_resuming_an_end_of_epoch_checkpoint_with_loader_workers_repeats_a_strai
     assert_same_run(straight, tmp_path / "b" / "version_1" / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.subprocess
 def test_a_run_killed_mid_epoch_resumes_from_the_last_epoch_end_as_if_never_killed(
     phantom_dir, cache_root, tmp_path
 ):
@@ -498,6 +501,7 @@ def test_a_run_killed_mid_epoch_resumes_from_the_last_epoch_end_as_if_never_kill
 # ------------------------------------------------------------------ messages and trust
 
 
+@pytest.mark.subprocess
 def test_cli_value_errors_are_one_line_without_a_traceback(phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
     for flag, message in (
@@ -583,6 +587,7 @@ def small_filesystem(tmp_path):
     subprocess.run(["umount", str(folder)], check=True)
 
 
+@pytest.mark.subprocess
 def test_fit_on_a_full_disk_says_so_in_one_line_and_leaves_no_broken_checkpoint(
     phantom_dir, cache_root, tmp_path, small_filesystem, capsys, monkeypatch
 ):
