@@ -29,6 +29,7 @@ from luna.segmentation.inference import normalised, probability_map
 from luna.segmentation.patches import PatchBatch
 from luna.training.checkpoints import TASK_KEY
 from luna.training.inputs import CropInputs
+from luna.training.schedules import Schedule, with_schedule
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class SegmentationModule(pl.LightningModule):
         self,
         network: nn.Module | None = None,
         optimizer: OptimizerCallable | None = None,
-        lr_schedule: Literal["constant", "one_cycle", "cosine"] = "constant",
+        lr_schedule: Schedule = "constant",
         loss: Loss = "dice_bce",
         threshold: float = 0.5,
         min_volume_mm3: float = 0.0,
@@ -283,15 +284,8 @@ class SegmentationModule(pl.LightningModule):
             else self.optimizer_factory(parameters)
         )
         schedule = self.hparams.lr_schedule
-        if schedule == "constant":
-            return optimizer
-        steps = int(self.trainer.estimated_stepping_batches)
-        if schedule == "one_cycle":
-            peaks = [group["lr"] for group in optimizer.param_groups]
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=steps)
-        else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        steps = int(self.trainer.estimated_stepping_batches) if schedule != "constant" else 0
+        return with_schedule(optimizer, schedule, steps)
 
 
 def _flip_pairs(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -30,10 +29,9 @@ from luna.training.checkpoints import FREQUENCIES_KEY, TASK_KEY
 from luna.training.evaluation import EvaluationChoices
 from luna.training.finetuning import freeze_all_but_last, load_network_weights, parameter_groups
 from luna.training.inputs import CropInputs
+from luna.training.schedules import Schedule, with_schedule
 
 log = logging.getLogger(__name__)
-
-Schedule = Literal["constant", "one_cycle", "cosine"]
 
 
 class DivergenceError(RuntimeError):
@@ -456,12 +454,5 @@ class LunaClassifier(pl.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] *= group["lr_scale"]
         schedule = self.hparams.lr_schedule
-        if schedule == "constant":
-            return optimizer
-        steps = int(self.trainer.estimated_stepping_batches)
-        if schedule == "one_cycle":
-            peaks = [group["lr"] for group in optimizer.param_groups]
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=steps)
-        else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        steps = int(self.trainer.estimated_stepping_batches) if schedule != "constant" else 0
+        return with_schedule(optimizer, schedule, steps)
