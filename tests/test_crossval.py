@@ -62,7 +62,7 @@ def test_folds_run_in_turn_resume_and_merge_into_one_scored_submission(phantom_d
     (output / "fold1" / "predictions.csv").unlink()
     (output / "fold1" / "trained.json").unlink()
     log = crossval(*common, "--folds", "1", "--no_merge")
-    assert "fold 1: resuming from" in log and "last.ckpt" in log
+    assert "fold 1: resuming" in log and "last.ckpt" in log
     assert (output / "fold1" / "predictions.csv").is_file()
 
 

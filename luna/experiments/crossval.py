@@ -233,7 +233,11 @@ def score(output: Path, bootstrap: int, seed: int, track: str = "candidates") ->
     merge(done, merged)
     subsets = None if len(done) == len(FOLDS) else sorted(done)
     if subsets is not None:
-        log.warning("only folds %s have %s: the merged FROC covers their subsets only", subsets, track)
+        log.warning(
+            "only folds %s have %s: the merged FROC covers their subsets only",
+            subsets,
+            "predictions" if track == "candidates" else "detections",
+        )
     per_fold = {
         fold: evaluate_submission(path, data_dir, subsets=[fold], bootstrap_samples=0).result
         for fold, path in done.items()
