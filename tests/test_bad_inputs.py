@@ -244,7 +244,7 @@ def test_two_runs_started_together_never_share_a_run_folder(tmp_path):
     assert sorted(versions) == list(range(8))
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_two_commands_with_one_root_write_two_runs(phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -41,6 +41,7 @@ def rows_of(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.e2e  # a whole run, several seconds: the e2e tier
 def test_a_folder_of_scans_without_any_csv_is_detected(checkpoints, bare_scans, tmp_path, caplog):
     segmentation, classifier = checkpoints
     assert (
@@ -149,6 +150,7 @@ def test_a_checkpoint_of_the_wrong_kind_is_one_line(checkpoints, bare_scans, tmp
     )
 
 
+@pytest.mark.e2e  # a whole run, several seconds: the e2e tier
 def test_a_damaged_scan_is_named_and_the_others_are_detected(checkpoints, bare_scans, tmp_path, caplog):
     segmentation, classifier = checkpoints
     folder = tmp_path / "scans"

@@ -67,7 +67,7 @@ def trained(phantom_dir, cache_root, tmp_path_factory):
     return config, tmp / "runs" / "version_0" / "checkpoints" / "last.ckpt"
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage", ["validate", "test"])
 def test_ddp_evaluation_equals_one_process(trained, tmp_path, stage):
     config, checkpoint = trained
@@ -84,7 +84,7 @@ def test_ddp_evaluation_equals_one_process(trained, tmp_path, stage):
         assert two[name] == pytest.approx(one[name], abs=1e-6), name
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_ddp_predictions_equal_one_process(trained, tmp_path):
     config, checkpoint = trained
     outputs = {}
@@ -116,12 +116,12 @@ def split_size(config: Path) -> int:
     return len(dm.val_dataset)
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_the_evaluation_split_is_odd_so_ranks_get_uneven_shares(trained):
     assert split_size(trained[0]) % 2 == 1
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_two_processes_on_an_empty_cache_build_once_and_both_train(phantom_dir, phantom_cache, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, tmp_path / "cache", tmp_path / "runs")
     result = luna("--config", str(config), *DDP)
@@ -138,7 +138,7 @@ def test_two_processes_on_an_empty_cache_build_once_and_both_train(phantom_dir, 
     assert float(rows[-1]["train/samples"]) == 16  # both ranks' 8 samples, synchronised
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_a_failed_build_stops_every_rank_with_its_error(phantom_copy, tmp_path):
     raw = sorted(phantom_copy.glob("subset*/*.raw"))[0]
     raw.write_bytes(raw.read_bytes()[:2048])
@@ -394,7 +394,7 @@ def wait_for(path: Path, job: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_sigusr1_saves_a_checkpoint_requeues_and_the_restart_resumes(phantom_dir, cache_root, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

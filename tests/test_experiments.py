@@ -32,7 +32,7 @@ def staged_tables(data_dir: Path) -> list[dict]:
     return list(tables.values())
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_a_wandb_run_offline_gets_a_table_of_candidates_with_their_slices_and_its_checkpoints(
     phantom_dir, cache_root, tmp_path
 ):
@@ -148,6 +148,7 @@ def probabilities(path: Path) -> dict[tuple, float]:
         return {(r["seriesuid"], r["coordX"]): float(r["probability"]) for r in csv.DictReader(handle)}
 
 
+@pytest.mark.e2e  # a whole run, several seconds: the e2e tier
 def test_an_ensemble_predicts_the_mean_probability_of_its_members(two_seeds, tmp_path):
     config, (first, second) = two_seeds
     out = {}

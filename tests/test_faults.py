@@ -148,7 +148,7 @@ def test_a_full_disk_names_the_file_the_bytes_needed_and_the_free_space(
         build_cache(Luna16Candidates(phantom_dir), tmp_path, SETTINGS)
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_builder_workers_die_with_a_killed_builder(phantom_dir, tmp_path):
     script = textwrap.dedent("""
         import sys, time
@@ -327,7 +327,7 @@ def fit(config: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_sigterm_saves_the_true_last_step_exits_non_zero_and_the_resumed_run_equals_an_uninterrupted_one(
     phantom_dir, cache_root, tmp_path
 ):
@@ -418,6 +418,7 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert torch.allclose(value.double(), second["state_dict"][name].double(), rtol=0, atol=1e-6), name
 
 
+@pytest.mark.e2e  # a whole run, several seconds: the e2e tier
 def test_resuming_an_end_of_epoch_checkpoint_with_loader_workers_repeats_a_straight_run(
     phantom_dir, cache_root, tmp_path
 ):
@@ -444,7 +445,7 @@ def test_resuming_an_end_of_epoch_checkpoint_with_loader_workers_repeats_a_strai
     assert_same_run(straight, tmp_path / "b" / "version_1" / "checkpoints" / "last.ckpt")
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_a_run_killed_mid_epoch_resumes_from_the_last_epoch_end_as_if_never_killed(
     phantom_dir, cache_root, tmp_path
 ):
@@ -501,7 +502,7 @@ def test_a_run_killed_mid_epoch_resumes_from_the_last_epoch_end_as_if_never_kill
 # ------------------------------------------------------------------ messages and trust
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_cli_value_errors_are_one_line_without_a_traceback(phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
     for flag, message in (
@@ -587,7 +588,7 @@ def small_filesystem(tmp_path):
     subprocess.run(["umount", str(folder)], check=True)
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_fit_on_a_full_disk_says_so_in_one_line_and_leaves_no_broken_checkpoint(
     phantom_dir, cache_root, tmp_path, small_filesystem, capsys, monkeypatch
 ):

@@ -25,6 +25,7 @@ def run_dir(tmp_path, version=0):
     return tmp_path / "runs" / f"version_{version}"
 
 
+@pytest.mark.e2e  # a whole run, several seconds: the e2e tier
 def test_python_m_luna_fit_trains_end_to_end(config, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "luna.fit", "--config", str(config), "--data.batch_size=4"],
@@ -66,6 +67,7 @@ def test_resume_continues_from_the_saved_epoch_and_reruns_do_not_abort(config, t
     assert epochs == {"1"}
 
 
+@pytest.mark.e2e  # a whole run, several seconds: the e2e tier
 def test_validate_test_and_predict_are_subcommands(config, tmp_path, phantom_dir, cache_root):
     main(["--config", str(config)])
     checkpoint = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
@@ -149,6 +151,7 @@ def test_candidate_split_logs_no_cpm(config, tmp_path):
     assert "val/cpm" not in cli.trainer.callback_metrics and "val/f1" in cli.trainer.callback_metrics
 
 
+@pytest.mark.e2e  # a whole run, several seconds: the e2e tier
 def test_every_output_of_a_run_lands_in_one_folder_under_default_root_dir(config, tmp_path):
     main(["--config", str(config), "--loggers=[csv, tensorboard]"])
     run = run_dir(tmp_path)
@@ -269,6 +272,7 @@ def test_the_debug_preset_writes_nothing(config, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.e2e  # a whole run, several seconds: the e2e tier
 def test_how_to_evaluate_is_this_commands_choice_not_the_checkpoints(config, tmp_path, caplog):
     import logging
 

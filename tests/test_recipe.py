@@ -54,6 +54,7 @@ def test_progressive_unfreezing_keeps_frozen_weights_and_adds_slower_groups(
     assert rates == [1e-3, 1e-3 * 0.5]
 
 
+@pytest.mark.e2e  # a whole run, several seconds: the e2e tier
 def test_lr_finder_suggests_a_rate_that_trains(phantom_dir, cache_root, tmp_path, capsys):
     config = tiny_config(
         tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs", samples_per_epoch=480

@@ -281,6 +281,26 @@ def test_a_classifier_checkpoint_given_to_the_segmentation_is_one_line(
     assert code == 2 and "is a classification checkpoint, not a segmentation one" in last_error_line(stderr)
 
 
+def test_the_shipped_segmentation_config_trains_and_validates_a_batch(phantom_dir, tmp_path):
+    """configs/luna16_segment.yaml as the README runs it, on the test phantom, one batch each way."""
+    from luna.cli.fit import main
+
+    cli = main(
+        [
+            "--config",
+            str(ROOT / "configs" / "luna16_segment.yaml"),
+            f"--data.data_dir={phantom_dir}",
+            f"--data.cache_dir={tmp_path / 'cache'}",
+            "--data.batch_size=1",
+            "--data.num_workers=0",
+            "--trainer.fast_dev_run=true",
+            f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        ]
+    )
+    assert type(cli.model).__name__ == "SegmentationModule" and cli.model.hparams.loss == "dice_bce"
+    assert cli.datamodule.store is not None and "val/nodule_recall" in cli.trainer.callback_metrics
+
+
 def test_the_pairs_config_trains_on_volumes_and_masks(points_dir, tmp_path):
     from luna.cli.fit import main
 
@@ -303,7 +323,7 @@ def test_the_pairs_config_trains_on_volumes_and_masks(points_dir, tmp_path):
     assert 0 <= float(cli.trainer.callback_metrics["val/nodule_recall"]) <= 1
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_ddp_nodule_recall_equals_one_process(segmentation_run, tmp_path):
     config, run, _ = segmentation_run
     checkpoint = tmp_path / "segmentation.ckpt"  # outside its run: validate writes under default_root_dir

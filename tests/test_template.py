@@ -135,7 +135,7 @@ def test_a_missing_malignancy_file_is_named(phantom_copy):
         Luna16Malignancy(phantom_copy).fingerprint()
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_ddp_multiclass_metrics_equal_one_process(points_dir, tmp_path):
     config = points_config(
         tmp_path / "points.yaml", points_dir / "points.csv", tmp_path / "cache", tmp_path / "runs"

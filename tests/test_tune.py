@@ -187,7 +187,7 @@ def test_a_draw_that_repeats_a_trial_is_drawn_again(tmp_path):
     assert sorted(finished) == [1.0, 2.0]
 
 
-@pytest.mark.subprocess
+@pytest.mark.e2e
 def test_sigterm_during_a_trial_stops_the_sweep_and_a_restart_retries_it(phantom_dir, cache_root, tmp_path):
     config = tiny_config(
         tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs", samples_per_epoch=64
@@ -259,6 +259,7 @@ def test_a_search_file_with_an_unknown_key_is_one_line_before_any_trial(phantom_
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.e2e  # a whole run, several seconds: the e2e tier
 def test_a_failing_trial_does_not_stop_the_study(phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
     search = search_file(
@@ -313,6 +314,7 @@ def torch_load(path):
     return torch.load(path, weights_only=False)
 
 
+@pytest.mark.e2e  # a whole run, several seconds: the e2e tier
 def test_seeds_repeat_a_configuration_and_report_its_spread(phantom_dir, cache_root, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", phantom_dir, cache_root, tmp_path / "runs")
     assert main(["--seeds", "0,1", "--config", str(config), "--data.negatives_per_positive=1"]) == 0
