@@ -3,6 +3,7 @@
 import importlib.util
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_gpu_check_dry_run_prints_one_row_per_measurement(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = gpu_check  # its dataclasses resolve their annotations through it
     spec.loader.exec_module(gpu_check)
     out = tmp_path / "table.md"
     result = subprocess.run(
