@@ -106,6 +106,8 @@ def load_trained(path: str | Path, task: str, option: str) -> TrainedNetwork:
         raise CheckpointError(
             f"{option}: the weights of {path} do not fit its network ({str(error).splitlines()[0]})"
         ) from None
+    if hparams.get("channels_last"):  # as the module ran it: oneDNN's fast 3D convolutions on CPU
+        network = network.to(memory_format=torch.channels_last_3d)
     class_names = hparams.get("class_names") or [
         f"class{k}" for k in range(int(hparams.get("num_classes", 2)))
     ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.inferers import sliding_window_inference
 from torch import nn
 
 
@@ -33,6 +32,8 @@ def probability_map(
 ) -> torch.Tensor:
     """``[I, R, C]`` the probability of each voxel of ``image`` (``[1, 1, I, R, C]``, normalised)
     belonging to a nodule, from ``network``'s logits (one channel)."""
+    from monai.inferers import sliding_window_inference  # here: classifying points never imports MONAI
+
     logits = sliding_window_inference(
         image, list(window_irc), windows_per_batch, network, overlap=overlap, mode="gaussian"
     )
