@@ -121,10 +121,9 @@ class LunaModel(LunaTrunk):
         num_classes: outputs of the head (2 for the book's nodule / non-nodule).
         head_init: ``zero`` (the default: the head starts at 0, every class equally likely, a first
             loss of ln 2) or ``kaiming`` (the book: Kaiming-normal with fan_out, which starts with
-            logits in the tens and first losses of 4 to 10). Measured on the LUNA16-geometry
-            phantom (``scripts/bench_physical.py``), the zero head reached CPM 0.890 ± 0.021 against
-            0.869 ± 0.029 over three seeds (difference +0.021, 95 % CI -0.004 to +0.056). Either way
-            the state-dict keys are the book's, so book checkpoints load.
+            logits in the tens and first losses of 4 to 10). The zero head was chosen by
+            measurement (``scripts/bench_physical.py``; the figures are in ``docs/crops.md``).
+            Either way the state-dict keys are the book's, so book checkpoints load.
 
     ``forward`` returns ``(logits, probabilities)``, both of shape ``[B, num_classes]``.
     """
