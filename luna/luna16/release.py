@@ -30,6 +30,29 @@ def find_scans(data_dir: str | Path) -> dict[str, Path]:
     return scans
 
 
+class ReleaseScans:
+    """The scans of a LUNA16 folder, found once and on first use: what the sources of both tasks
+    (candidates, nodule masks) read their images from.
+
+    Raises (from ``scans``):
+        FileNotFoundError: no folder, or no ``subset*/<seriesuid>.mhd`` in it.
+    """
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir)
+        self._scans: dict[str, Path] | None = None
+
+    @property
+    def scans(self) -> dict[str, Path]:
+        if self._scans is None:
+            self._scans = find_scans(self.data_dir)
+            if not self._scans:
+                raise FileNotFoundError(
+                    f"no scans found: expected {self.data_dir}/subset*/<seriesuid>.mhd files"
+                )
+        return self._scans
+
+
 def subset_number(mhd_path: Path) -> int:
     """The fold of a scan: the number of its ``subsetK`` folder (-1 outside one)."""
     digits = mhd_path.parent.name.removeprefix("subset")

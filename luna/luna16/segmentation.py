@@ -15,12 +15,12 @@ from luna.data.table import hash_files
 from luna.luna16.annotations import ANNOTATIONS, read_annotations
 from luna.luna16.datamodule import Luna16Release
 from luna.luna16.phantom import PhantomSpec
-from luna.luna16.release import find_scans, subset_number
+from luna.luna16.release import ReleaseScans, subset_number
 from luna.segmentation.datamodule import SegmentationDataModule
 from luna.segmentation.sources import VolumeSource, VolumeTable
 
 
-class Luna16Nodules(VolumeSource):
+class Luna16Nodules(ReleaseScans, VolumeSource):
     """The scans of a LUNA16 folder and their annotated nodules (centre and diameter in mm).
 
     Args:
@@ -29,19 +29,8 @@ class Luna16Nodules(VolumeSource):
     """
 
     def __init__(self, data_dir: str | Path, annotations_file: str = ANNOTATIONS) -> None:
-        self.data_dir = Path(data_dir)
+        super().__init__(data_dir)
         self.annotations_csv = self.data_dir / annotations_file
-        self._scans: dict[str, Path] | None = None
-
-    @property
-    def scans(self) -> dict[str, Path]:
-        if self._scans is None:
-            self._scans = find_scans(self.data_dir)
-            if not self._scans:
-                raise FileNotFoundError(
-                    f"no scans found: expected {self.data_dir}/subset*/<seriesuid>.mhd files"
-                )
-        return self._scans
 
     def fingerprint(self) -> str:
         if not self.annotations_csv.is_file():

@@ -19,29 +19,15 @@ from luna.data.table import CropSource, CropTable, hash_files
 from luna.io.csvfile import CsvFormatError, read_columns
 from luna.luna16.candidates import load_candidate_arrays
 from luna.luna16.phantom import MARKER as PHANTOM_MARKER
-from luna.luna16.release import find_scans, subset_number
+from luna.luna16.release import ReleaseScans, subset_number
 
 CANDIDATE_CLASSES = ["non-nodule", "nodule"]
 MALIGNANCY_CLASSES = ["benign", "malignant"]
 MALIGNANCY_FILE = "annotations_with_malignancy.csv"
 
 
-class _Luna16Source(CropSource):
+class _Luna16Source(ReleaseScans, CropSource):
     """What both LUNA16 tasks share: the scans on disk are the images, one group per series."""
-
-    def __init__(self, data_dir: str | Path) -> None:
-        self.data_dir = Path(data_dir)
-        self._scans: dict[str, Path] | None = None
-
-    @property
-    def scans(self) -> dict[str, Path]:
-        if self._scans is None:
-            self._scans = find_scans(self.data_dir)
-            if not self._scans:
-                raise FileNotFoundError(
-                    f"no scans found: expected {self.data_dir}/subset*/<seriesuid>.mhd files"
-                )
-        return self._scans
 
     def image_files(self) -> list[Path]:
         return [path for _, path in sorted(self.scans.items())]
