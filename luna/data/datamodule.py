@@ -21,7 +21,7 @@ from luna.data.cache.build import CacheSettings, build_cache, cache_path
 from luna.data.cache.read import CropCache, open_built_cache
 from luna.data.crops import DEFAULT_WIDTH_IRC, View
 from luna.data.dataset import CropBatch, CropDataset, collate_crops
-from luna.data.inputs import resolve_input
+from luna.data.inputs import DataInputs
 from luna.data.loading import make_loader, world_of
 from luna.data.samplers import EvaluationSampler, ResumableLoader, TrainingSampler
 from luna.data.splits import SplitBy, split_items
@@ -37,7 +37,7 @@ def _positive(name: str, value: int | None, minimum: int = 1) -> None:
         raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
 
 
-class CropDataModule(pl.LightningDataModule):
+class CropDataModule(DataInputs[CropSource], pl.LightningDataModule):
     """The data: a dataset's rows as batches of cached 3D crops; a subclass gives the rows (``source``).
 
     ``prepare_data`` builds the crop cache once per node (or once in all when ``shared_cache``);
@@ -141,17 +141,6 @@ class CropDataModule(pl.LightningDataModule):
         self.cache: CropCache | None = None
         self.train_positions = self.val_positions = np.empty(0, dtype=np.int64)
         self._datasets: dict[str, CropDataset] = {}
-        self._source: CropSource | None = None
-
-    # ------------------------------------------------------------------ what a dataset provides
-    def make_source(self) -> CropSource:
-        """The dataset's rows (built once per DataModule): what a dataset's subclass implements."""
-        raise NotImplementedError(f"{type(self).__name__} must implement make_source()")
-
-    def source(self) -> CropSource:
-        if self._source is None:
-            self._source = self.make_source()
-        return self._source
 
     @property
     def class_names(self) -> list[str]:
@@ -181,28 +170,6 @@ class CropDataModule(pl.LightningDataModule):
     def evaluation_reference(self, stage: str) -> Reference | None:
         """What a FROC analysis scores a stage against; None (the default): no FROC for this data."""
         return None
-
-    def describe_inputs(self) -> dict[str, str | None]:
-        """Where the data came from (recorded beside predictions); subclasses name their inputs."""
-        return {}
-
-    def prepare_inputs(self) -> None:
-        """Hook run by ``prepare_data`` before the cache is built (the phantom generators use it)."""
-
-    def input_path(
-        self,
-        given: str | Path | None,
-        phantom: object | None,
-        phantom_folder: str,
-        what: str,
-        cache_beside: str,
-    ) -> tuple[Path, bool]:
-        """The data path and whether the phantom is generated there; sets ``cache_dir`` when it is
-        None (``luna.data.inputs.resolve_input``: beside the data, or ``data_cache/``)."""
-        path, generates, self.cache_dir = resolve_input(
-            given, phantom, phantom_folder, what, self.cache_dir, cache_beside
-        )
-        return path, generates
 
     # ------------------------------------------------------------------ build and open
     def prepare_data(self) -> None:

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from luna.data.crops import check_width
-from luna.data.inputs import resolve_input
+from luna.data.inputs import DataInputs
 from luna.data.loading import make_loader, world_of
 from luna.data.samplers import EvaluationSampler, ResumableLoader
 from luna.data.splits import SplitBy, split_items
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 SEGMENTATION_CLASSES = ["background", "nodule"]
 
 
-class SegmentationDataModule(pl.LightningDataModule):
+class SegmentationDataModule(DataInputs[VolumeSource], pl.LightningDataModule):
     """The data of the segmentation stage; a subclass gives the volumes (``make_source``).
 
     ``prepare_data`` builds the volume store once per node (or once in all with ``shared_cache``);
@@ -122,33 +122,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.prepare_data_per_node = not shared_cache
         self.store: VolumeStore | None = None
         self.train_positions = self.val_positions = np.empty(0, dtype=np.int64)
-        self._source: VolumeSource | None = None
-
-    # ------------------------------------------------------------------ what a dataset provides
-    def make_source(self) -> VolumeSource:
-        """The dataset's volumes (built once per DataModule): what a subclass implements."""
-        raise NotImplementedError(f"{type(self).__name__} must implement make_source()")
-
-    def source(self) -> VolumeSource:
-        if self._source is None:
-            self._source = self.make_source()
-        return self._source
-
-    def prepare_inputs(self) -> None:
-        """Hook run by ``prepare_data`` before the store is built (phantom generators use it)."""
-
-    def describe_inputs(self) -> dict[str, str | None]:
-        """Where the data came from (recorded beside predictions)."""
-        return {}
-
-    def input_path(
-        self, given, phantom, phantom_folder: str, what: str, cache_beside: str
-    ) -> tuple[Path, bool]:
-        """As ``CropDataModule.input_path``: the data path, or where its phantom is generated."""
-        path, generates, self.cache_dir = resolve_input(
-            given, phantom, phantom_folder, what, self.cache_dir, cache_beside
-        )
-        return path, generates
 
     # ------------------------------------------------------------------ what the module asks
     @property
